@@ -1,0 +1,501 @@
+"""Dynamic Group Convolution (DGC).
+
+Su, Fang, Zhu, Pietikäinen, Liu, "Dynamic Group Convolution for Accelerating Convolutional
+Neural Networks", ECCV 2020, arXiv 2007.04242. Official code: github zhuogege1943/dgc, whose
+class ``DynamicMultiHeadConv`` this layer reproduces key for key (SPEC §1.1).
+
+A DGC layer splits its output channels among ``heads`` groups of filters. For every image, each
+head's small saliency generator scores the input channels; the head keeps the ``C_in - k``
+most salient ones, scales them by their saliency and convolves only those. ``k`` (the number of
+inactive channels) grows during training along the official schedule (``pruning.py``).
+
+Two executions compute the same numbers:
+
+* ``"mask"`` is the paper's reference formulation: every head convolves the full input with the
+  dropped channels zeroed (dense cost, ``heads``x the activation memory).
+* ``"gather"`` gathers, per image and head, only the kept channels and the matching filter
+  columns, then runs one batched matmul (1x1) or one grouped conv (kxk) over ``batch*heads``
+  groups: the MACs really fall to ``(C_in - k) / C_in`` of dense.
+
+The functional core (``select_channels``, ``dgc_mask_conv``, ``dgc_gather_conv``) sits next to
+the Module so that the maths can be tested without one.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.modules.utils import _pair
+
+__all__ = [
+    "DGCConv2d",
+    "DGCHead",
+    "select_channels",
+    "select_top_channels",
+    "dgc_mask_conv",
+    "dgc_gather_conv",
+    "interleave_heads",
+    "effective_squeeze_rate",
+    "final_inactive_channels",
+]
+
+Execution = Literal["auto", "mask", "gather"]
+EXECUTIONS = ("auto", "mask", "gather")
+
+# "auto" gathers when a head keeps at most this fraction of its input channels. Measured with
+# `python -m dgclab.bench layer`: above it the per-sample weight gather costs more than the MACs
+# it saves, so the dense masked conv wins (k = 0 during warm-up is the typical case).
+AUTO_GATHER_MAX_KEEP = 0.75
+
+# Target size of the per-sample filter columns gathered at once (about the L2 cache); see
+# ``dgc_gather_conv``.
+GATHER_CHUNK_BYTES = 4 * 2**20
+
+
+def effective_squeeze_rate(in_channels: int, squeeze_rate: int) -> int:
+    """The official quirk: the squeeze rate is halved when ``in_channels < 80``."""
+    return squeeze_rate // 2 if in_channels < 80 else squeeze_rate
+
+
+def final_inactive_channels(in_channels: int, pruning_rate: float) -> int:
+    """k at the end of the schedule, computed as the official code does (SPEC §1.2).
+
+    The official code stores the keep fraction ``gate_factor = 1 - pruning_rate`` and evaluates
+    ``round(C_in * (1 - gate_factor))`` with Python's (banker's) rounding; doing the same
+    arithmetic keeps ties identical.
+    """
+    gate_factor = 1 - pruning_rate
+    return round(in_channels * (1 - gate_factor))
+
+
+# --------------------------------------------------------------------------------------------
+# Functional core
+# --------------------------------------------------------------------------------------------
+
+
+def select_channels(saliency: torch.Tensor, inactive_channels: int) -> torch.Tensor:
+    """Which input channels each head keeps, per sample.
+
+    Everything less than or equal to the k-th smallest saliency is dropped, so ties at the
+    threshold drop together and fewer than ``C - k`` channels can survive (the ReLU makes many
+    saliencies exactly 0). This is the official rule, evaluated on a detached copy.
+
+    Args:
+        saliency: (B, heads, C) non-negative saliencies.
+        inactive_channels: k, 0 <= k < C.
+
+    Returns:
+        (B, heads, C) bool, True where the channel is kept.
+    """
+    g = saliency.detach()
+    if inactive_channels <= 0:
+        return torch.ones_like(g, dtype=torch.bool)
+    threshold = g.kthvalue(inactive_channels, dim=-1, keepdim=True).values  # (B, heads, 1)
+    return g > threshold
+
+
+def select_top_channels(
+    saliency: torch.Tensor, inactive_channels: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``select_channels`` plus the indices of the ``C - k`` most salient channels.
+
+    One ``topk`` gives the indices; the k-th smallest saliency is then the largest one outside
+    them, so the mask costs a scatter and a max instead of a second selection.
+
+    Returns:
+        keep_mask: (B, heads, C) bool, equal to ``select_channels(saliency, k)``.
+        keep_idx: (B, heads, C - k) int64, every kept channel plus, where ties dropped more
+            than k, some dropped ones (their gate is 0).
+    """
+    g = saliency.detach()
+    keep_idx = g.topk(g.shape[-1] - inactive_channels, dim=-1, sorted=False).indices
+    if inactive_channels <= 0:
+        return torch.ones_like(g, dtype=torch.bool), keep_idx
+    threshold = g.scatter(-1, keep_idx, float("-inf")).amax(dim=-1, keepdim=True)
+    return g > threshold, keep_idx
+
+
+def interleave_heads(out: torch.Tensor, heads: int) -> torch.Tensor:
+    """Head i's output channel j becomes channel ``j * heads + i`` (the official shuffle).
+
+    Args:
+        out: (B, heads * Co_h, H, W), heads stacked block-wise.
+
+    Returns:
+        (B, heads * Co_h, H, W), heads interleaved.
+    """
+    b, c, h, w = out.shape
+    return out.view(b, heads, c // heads, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+def dgc_mask_conv(
+    x: torch.Tensor,
+    gate: torch.Tensor,
+    weight: torch.Tensor,
+    stride=1,
+    padding=0,
+    dilation=1,
+) -> torch.Tensor:
+    """Reference execution: each head convolves the whole input, dropped channels zeroed.
+
+    Args:
+        x: (B, C, H, W) the layer's (already normalised) input.
+        gate: (B, heads, C) saliency where kept, 0 where dropped.
+        weight: (heads, Co_h, C, kh, kw) one filter bank per head.
+
+    Returns:
+        (B, heads * Co_h, H', W') with heads interleaved.
+    """
+    b, c, h, w = x.shape
+    heads = weight.shape[0]
+    x_heads = x.unsqueeze(1) * gate[..., None, None]  # (B, heads, C, H, W)
+    out = F.conv2d(
+        x_heads.reshape(b, heads * c, h, w),
+        weight.flatten(0, 1),  # (heads * Co_h, C, kh, kw)
+        None,
+        stride,
+        padding,
+        dilation,
+        groups=heads,
+    )  # (B, heads * Co_h, H', W')
+    return interleave_heads(out, heads)
+
+
+def dgc_gather_conv(
+    x: torch.Tensor,
+    gate: torch.Tensor,
+    keep_idx: torch.Tensor,
+    weight: torch.Tensor,
+    stride=1,
+    padding=0,
+    dilation=1,
+) -> torch.Tensor:
+    """Fast execution: convolve only the kept channels of every (sample, head) pair.
+
+    ``keep_idx`` lists ``keep`` channels per (sample, head); channels it lists whose ``gate`` is
+    0 (ties dropped with the threshold) contribute exactly 0, as in the mask execution.
+
+    Every (sample, head) needs its own filter columns, so the gathered weights are
+    ``B * keep / C`` times the layer's weight; the batch is processed in chunks whose gathered
+    weights stay near ``GATHER_CHUNK_BYTES`` (cache-sized: larger chunks fall out of cache and,
+    past glibc's 32 MB mmap threshold, page-fault on every call).
+
+    Args:
+        x: (B, C, H, W) the layer's (already normalised) input.
+        gate: (B, heads, C) saliency where kept, 0 where dropped.
+        keep_idx: (B, heads, keep) int64 channel indices.
+        weight: (heads, Co_h, C, kh, kw).
+
+    Returns:
+        (B, heads * Co_h, H', W') with heads interleaved, equal to ``dgc_mask_conv``.
+    """
+    b, c, h, w = x.shape
+    heads, co_h, _, kh, kw = weight.shape
+    keep = keep_idx.shape[-1]
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    gate_kept = gate.gather(-1, keep_idx)  # (B, heads, keep)
+    pointwise = (kh, kw) == (1, 1) and padding == (0, 0)
+    if pointwise:
+        # A 1x1 conv is a matmul per (sample, head): (Co_h x keep) @ (keep x H'W').
+        x = x[:, :, :: stride[0], :: stride[1]]
+        # Filter bank as rows (head * C + channel) -> Co_h weights.
+        w_rows = weight.view(heads, co_h, c).transpose(1, 2).reshape(heads * c, co_h)
+        w_offset = torch.arange(heads, device=x.device).view(1, heads, 1) * c
+    else:
+        # Filter bank as rows (head, out, channel) -> kh*kw taps, so that the gathered rows are
+        # already the (B*heads*Co_h, keep, kh, kw) weight of a grouped conv.
+        w_rows = weight.reshape(heads * co_h * c, kh * kw)
+        w_offset = (
+            torch.arange(heads, device=x.device).view(1, heads, 1, 1) * co_h * c
+            + torch.arange(co_h, device=x.device).view(1, 1, co_h, 1) * c
+        )
+
+    per_sample = heads * keep * co_h * kh * kw * weight.element_size()
+    chunk = max(1, min(b, GATHER_CHUNK_BYTES // per_sample))
+    outs = []  # (n, heads * Co_h, H', W') per chunk, heads block-wise
+    for s in range(0, b, chunk):
+        xs, idx, gs = x[s : s + chunk], keep_idx[s : s + chunk], gate_kept[s : s + chunk]
+        n, _, hs, ws = xs.shape
+        rows = (idx + torch.arange(n, device=x.device).view(n, 1, 1) * c).flatten()
+        x_kept = xs.reshape(n * c, hs * ws).index_select(0, rows)  # (n*heads*keep, HW)
+        x_kept = x_kept * gs.reshape(-1, 1)  # gate the input, as the mask execution does
+        if pointwise:
+            w_kept = w_rows.index_select(0, (idx + w_offset).flatten())  # (n*heads*keep, Co_h)
+            out = torch.bmm(
+                w_kept.view(n * heads, keep, co_h).transpose(1, 2),  # (n*heads, Co_h, keep)
+                x_kept.view(n * heads, keep, hs * ws),
+            )  # (n*heads, Co_h, H'W')
+            outs.append(out.view(n, heads * co_h, hs, ws))
+        else:
+            w_idx = (idx.unsqueeze(2) + w_offset).flatten()  # (n*heads*Co_h*keep,)
+            w_kept = w_rows.index_select(0, w_idx).view(n * heads * co_h, keep, kh, kw)
+            out = F.conv2d(
+                x_kept.view(1, n * heads * keep, hs, ws),
+                w_kept,
+                None,
+                stride,
+                padding,
+                dilation,
+                groups=n * heads,
+            )  # (1, n*heads*Co_h, H', W')
+            outs.append(out.view(n, heads * co_h, *out.shape[-2:]))
+    if len(outs) == 1:
+        return interleave_heads(outs[0], heads)
+    # Write each chunk straight into the interleaved output: one copy instead of cat + shuffle.
+    ho, wo = outs[0].shape[-2:]
+    out = outs[0].new_empty(b, co_h, heads, ho, wo)
+    for s, o in zip(range(0, b, chunk), outs):
+        out[s : s + o.shape[0]] = o.view(-1, heads, co_h, ho, wo).transpose(1, 2)
+    return out.view(b, co_h * heads, ho, wo)
+
+
+# --------------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------------
+
+
+class DGCHead(nn.Module):
+    """One head: its filter bank and its saliency generator (official ``HeadConv``).
+
+    Only holds parameters; ``DGCConv2d.forward`` evaluates all heads at once.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride,
+        padding,
+        dilation,
+        hidden: int,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, bias=False
+        )
+        self.fc1 = nn.Linear(in_channels, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, in_channels, bias=True)
+        nn.init.kaiming_normal_(self.fc1.weight)
+        nn.init.kaiming_normal_(self.fc2.weight)
+        nn.init.constant_(self.fc2.bias, 1.0)  # every channel starts salient
+
+
+class DGCConv2d(nn.Module):
+    """Dynamic group convolution, faithful to the official ``DynamicMultiHeadConv``.
+
+    Forward for x of shape (B, C_in, H, W):
+    ``x = ReLU(BN(x))``; ``p = avgpool(x)`` shared by all heads; per head
+    ``g_i = ReLU(fc2_i(ReLU(fc1_i(p))))``; the k least salient channels of ``g_i`` are dropped
+    (ties together), kept ones are scaled by ``g_i``; head i convolves its gated input into
+    ``C_out / heads`` channels; heads are interleaved (head i channel j -> ``j*heads + i``).
+
+    Args:
+        in_channels: C_in, divisible by ``heads``.
+        out_channels: C_out, divisible by ``heads``.
+        kernel_size, stride, padding, dilation: as ``nn.Conv2d`` (int or pair).
+        heads: number of filter groups, each with its own saliency generator.
+        squeeze_rate: hidden width of the saliency MLP is ``C_in // squeeze_rate`` (halved rate
+            when ``C_in < 80``, as in the official code).
+        pruning_rate: xi, the target fraction of input channels each head drops (the official
+            code's ``1 - gate_factor``).
+        execution: ``"mask"`` (reference), ``"gather"`` (computes only the kept channels) or
+            ``"auto"`` (gather when a head keeps at most 3/4 of its channels, else mask).
+
+    Attributes set by every forward (detached except the lasso):
+        last_lasso: 0-d tensor, sum over heads of mean(g_i) (the paper's lasso term).
+        last_saliency: (B, heads, C_in) the saliencies g.
+        last_selection: (B, heads, C_in) bool, the channels each head actually kept.
+
+    Example:
+        >>> layer = DGCConv2d(64, 64, 3, padding=1, heads=4, pruning_rate=0.75)
+        >>> layer.inactive_channels = 48
+        >>> layer(torch.randn(2, 64, 8, 8)).shape
+        torch.Size([2, 64, 8, 8])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        heads: int = 4,
+        squeeze_rate: int = 16,
+        pruning_rate: float = 0.75,
+        execution: Execution = "auto",
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
+        if not isinstance(heads, int) or heads <= 0:
+            raise ValueError(f"heads must be a positive int, got heads={heads!r}")
+        if in_channels % heads:
+            raise ValueError(
+                f"heads must divide in_channels, got heads={heads}, in_channels={in_channels}"
+            )
+        if out_channels % heads:
+            raise ValueError(
+                f"heads must divide out_channels, got heads={heads}, out_channels={out_channels}"
+            )
+        if not 0 <= pruning_rate < 1:
+            raise ValueError(f"pruning_rate must be in [0, 1), got pruning_rate={pruning_rate}")
+        if final_inactive_channels(in_channels, pruning_rate) >= in_channels:
+            raise ValueError(
+                f"pruning_rate={pruning_rate} would drop all {in_channels} input channels"
+            )
+        if not isinstance(squeeze_rate, int) or squeeze_rate <= 0:
+            raise ValueError(f"squeeze_rate must be a positive int, got {squeeze_rate!r}")
+        sr = effective_squeeze_rate(in_channels, squeeze_rate)
+        hidden = in_channels // sr if sr > 0 else 0
+        if hidden <= 0:
+            raise ValueError(
+                f"squeeze_rate={squeeze_rate} leaves a 0-wide saliency MLP for "
+                f"in_channels={in_channels} (effective rate {sr}); use a smaller squeeze_rate"
+            )
+
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.dilation = _pair(dilation)
+        self.heads = heads
+        self.squeeze_rate = squeeze_rate
+        self.hidden = hidden
+        self.pruning_rate = float(pruning_rate)
+        self.execution = execution
+
+        self.norm = nn.BatchNorm2d(in_channels)
+        self.relu = nn.ReLU(inplace=True)
+        # k as the official float buffer of shape (1,): checkpoints carry it, a fresh model
+        # prunes nothing.
+        self.register_buffer("_inactive_channels", torch.zeros(1))
+        for i in range(heads):
+            self.add_module(
+                f"headconv_{i}",
+                DGCHead(
+                    in_channels,
+                    out_channels // heads,
+                    self.kernel_size,
+                    self.stride,
+                    self.padding,
+                    self.dilation,
+                    hidden,
+                ),
+            )
+
+        self.last_lasso: torch.Tensor | None = None
+        self.last_saliency: torch.Tensor | None = None
+        self.last_selection: torch.Tensor | None = None
+
+    # ---- state ------------------------------------------------------------------------------
+
+    @property
+    def execution(self) -> str:
+        return self._execution
+
+    @execution.setter
+    def execution(self, value: str) -> None:
+        if value not in EXECUTIONS:
+            raise ValueError(f"execution must be one of {EXECUTIONS}, got execution={value!r}")
+        self._execution = value
+
+    @property
+    def inactive_channels(self) -> int:
+        """k, the number of input channels each head drops (0 <= k < in_channels)."""
+        return int(self._inactive_channels.item())
+
+    @inactive_channels.setter
+    def inactive_channels(self, k: int) -> None:
+        if isinstance(k, bool) or int(k) != k:
+            raise ValueError(f"inactive_channels must be an int, got {k!r}")
+        k = int(k)
+        if not 0 <= k < self.in_channels:
+            raise ValueError(
+                f"inactive_channels must be in [0, {self.in_channels}), got {k} "
+                f"(k = in_channels would drop every channel)"
+            )
+        self._inactive_channels.fill_(k)
+
+    @property
+    def heads_list(self) -> list[DGCHead]:
+        return [getattr(self, f"headconv_{i}") for i in range(self.heads)]
+
+    def resolved_execution(self, k: int | None = None) -> str:
+        """The execution a forward with the current k uses ("mask" or "gather")."""
+        if self._execution != "auto":
+            return self._execution
+        k = self.inactive_channels if k is None else k
+        keep = self.in_channels - k
+        return "gather" if keep <= AUTO_GATHER_MAX_KEEP * self.in_channels else "mask"
+
+    def extra_repr(self) -> str:
+        k = self.inactive_channels
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}"
+        )
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        execution = self._execution
+        if execution == "auto":
+            execution = f"auto({self.resolved_execution(k)})"
+        return (
+            s + f", heads={self.heads}, pruning_rate={self.pruning_rate}, "
+            f"k={k}/{self.in_channels}, execution={execution}"
+        )
+
+    # ---- forward ----------------------------------------------------------------------------
+
+    def saliency(self, pooled: torch.Tensor) -> torch.Tensor:
+        """All heads' saliency generators at once.
+
+        Args:
+            pooled: (B, C_in) globally pooled input.
+
+        Returns:
+            (B, heads, C_in) non-negative saliencies g.
+        """
+        heads = self.heads_list
+        w1 = torch.cat([h.fc1.weight for h in heads])  # (heads*hidden, C)
+        w2 = torch.stack([h.fc2.weight for h in heads])  # (heads, C, hidden)
+        b2 = torch.stack([h.fc2.bias for h in heads])  # (heads, C)
+        hidden = F.relu(F.linear(pooled, w1)).view(-1, self.heads, self.hidden)  # (B, heads, hid)
+        g = torch.einsum("bnh,nch->bnc", hidden, w2) + b2  # (B, heads, C)
+        return F.relu(g)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"DGCConv2d expects a 4-D input (B, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected {self.in_channels} input channels, got {x.shape[1]} "
+                f"(input shape {tuple(x.shape)})"
+            )
+        k = self.inactive_channels
+        x = self.relu(self.norm(x))
+        g = self.saliency(x.mean(dim=(2, 3)))  # (B, heads, C)
+        self.last_lasso = g.mean(dim=(0, 2)).sum()  # before pruning, as the official code
+
+        weight = torch.stack([h.conv.weight for h in self.heads_list])  # (heads, Co_h, C, kh, kw)
+        if self.resolved_execution(k) == "mask":
+            keep_mask = select_channels(g, k)  # (B, heads, C)
+            keep_idx = None
+        else:
+            keep_mask, keep_idx = select_top_channels(g, k)  # (B, heads, C), (B, heads, C-k)
+        gate = g * keep_mask
+        self.last_saliency = g.detach()
+        self.last_selection = keep_mask
+
+        if keep_idx is None:
+            return dgc_mask_conv(x, gate, weight, self.stride, self.padding, self.dilation)
+        return dgc_gather_conv(x, gate, keep_idx, weight, self.stride, self.padding, self.dilation)

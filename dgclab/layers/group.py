@@ -1,0 +1,60 @@
+"""Static group convolution, the baseline every DGC comparison is made against (SPEC §2).
+
+``GroupConv2d`` is ``nn.Conv2d(groups=G)`` with an optional channel shuffle that interleaves the
+groups' outputs the way a DGC layer interleaves its heads (group i channel j -> j*G + i; the
+ShuffleNet shuffle, Zhang et al., arXiv 1707.01083), so a DGC layer and its static twin differ
+in one argument.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["GroupConv2d"]
+
+
+class GroupConv2d(nn.Conv2d):
+    """``nn.Conv2d`` with ``groups`` fixed groups, optionally followed by a channel shuffle.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, bias: as nn.Conv2d.
+        groups: G, divides both channel counts.
+        shuffle: interleave the groups' outputs (group i channel j -> channel j*G + i).
+
+    Example:
+        >>> GroupConv2d(64, 64, 3, padding=1, groups=4, shuffle=True)(torch.randn(1, 64, 8, 8)).shape
+        torch.Size([1, 64, 8, 8])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 4,
+        shuffle: bool = False,
+        bias: bool = False,
+    ) -> None:
+        if not isinstance(groups, int) or groups <= 0:
+            raise ValueError(f"groups must be a positive int, got groups={groups!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"groups must divide in_channels and out_channels, got groups={groups}, "
+                f"in_channels={in_channels}, out_channels={out_channels}"
+            )
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
+        )
+        self.shuffle = shuffle
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return F.channel_shuffle(out, self.groups) if self.shuffle and self.groups > 1 else out
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", shuffle=True" if self.shuffle else "")
