@@ -1,0 +1,176 @@
+"""Speed of one DGC layer against the convs it replaces (SPEC §1.6).
+
+For each shape of SPEC §1.6 (batch 64, eval, heads 4, pruning rate 0.75, so k = 3/4 C_in):
+BN-ReLU + dense conv, BN-ReLU + static groups=4 conv, the mask DGC (the official formulation)
+and the gather DGC, timed interleaved; ratios are against BN-ReLU + dense, because a DGC
+layer carries its own BN-ReLU. Peak memory of mask vs gather is the peak of the tensors one forward
+creates (``PeakTensorMemory``).
+
+``--variants`` also times the other gather strategies that were tried (README, "Speed").
+
+Targets (issue #2): gather <= 0.5x dense on both 3x3 shapes, <= 1.5x on the 1x1 shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..layers import DGCConv2d
+from ..layers import dgc as dgc_module
+from .memory import PeakTensorMemory
+from .timing import interleaved_medians
+
+# (C_in, C_out, kernel, H=W) from SPEC §1.6, with the official-code timings in ms for reference.
+SHAPES = [
+    ((128, 128, 3, 16), "official DGC 79.4 ms = 2.27x dense"),
+    ((256, 256, 3, 14), "official DGC 179.6 ms = 1.69x dense"),
+    ((256, 128, 1, 8), "official DGC 16.0 ms = 5.6x dense"),
+]
+TARGETS = {3: 0.5, 1: 1.5}
+
+
+def _layers(cin, cout, k, seed=0):
+    torch.manual_seed(seed)
+    pad = k // 2
+    dense = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, cout, k, padding=pad, bias=False))
+    group = nn.Sequential(
+        nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, cout, k, padding=pad, groups=4, bias=False)
+    )
+    dgc = DGCConv2d(cin, cout, k, padding=pad, heads=4, pruning_rate=0.75)
+    dgc.inactive_channels = round(cin * 0.75)
+    return dense.eval(), group.eval(), dgc.eval()
+
+
+def peak_forward_mib(dgc: DGCConv2d, x: torch.Tensor, execution: str) -> float:
+    """Peak memory of the tensors one forward creates, in MiB."""
+    dgc.execution = execution
+    with torch.no_grad(), PeakTensorMemory() as mem:
+        dgc(x)
+    return mem.peak / 2**20
+
+
+def _variants(dgc: DGCConv2d, x: torch.Tensor):
+    """The other gather strategies tried, as callables over the same inputs."""
+    with torch.no_grad():
+        xn = dgc.relu(dgc.norm(x))
+        g = dgc.saliency(xn.mean((2, 3)))
+        keep, idx = dgc_module.select_top_channels(g, dgc.inactive_channels)
+        gate = g * keep
+        weight = torch.stack([h.conv.weight for h in dgc.heads_list])
+    b, c, h, w = xn.shape
+    heads, co_h, _, kh, kw = weight.shape
+    keep_n = idx.shape[-1]
+
+    def gather_conv(chunk_bytes):
+        def run():
+            old = dgc_module.GATHER_CHUNK_BYTES
+            dgc_module.GATHER_CHUNK_BYTES = chunk_bytes
+            try:
+                return dgc_module.dgc_gather_conv(xn, gate, idx, weight, dgc.stride, dgc.padding)
+            finally:
+                dgc_module.GATHER_CHUNK_BYTES = old
+        return run
+
+    def per_sample_loop():
+        # one grouped conv (groups = heads) per image, weights gathered per image
+        outs = []
+        for i in range(b):
+            xi = xn[i, idx[i].flatten()].unsqueeze(0) * gate[i].gather(-1, idx[i]).view(1, -1, 1, 1)
+            wi = torch.stack([weight[j][:, idx[i, j]] for j in range(heads)]).flatten(0, 1)
+            outs.append(F.conv2d(xi, wi, None, dgc.stride, dgc.padding, groups=heads))
+        return dgc_module.interleave_heads(torch.cat(outs), heads)
+
+    def im2col_bmm():
+        # unfold the gathered input, one batched matmul over batch*heads
+        rows = (idx + torch.arange(b).view(b, 1, 1) * c).flatten()
+        xk = xn.reshape(b * c, h, w).index_select(0, rows).view(b * heads, keep_n, h, w)
+        xk = xk * gate.gather(-1, idx).view(b * heads, keep_n, 1, 1)
+        cols = F.unfold(xk, (kh, kw), padding=dgc.padding, stride=dgc.stride)  # (BH, keep*kk, L)
+        wk = weight.permute(0, 2, 1, 3, 4)  # (heads, C, Co_h, kh, kw)
+        wk = wk[torch.arange(heads).view(1, heads, 1), idx]  # (B, heads, keep, Co_h, kh, kw)
+        wk = wk.permute(0, 1, 3, 2, 4, 5).reshape(b * heads, co_h, keep_n * kh * kw)
+        out = torch.bmm(wk, cols)  # (BH, Co_h, L)
+        ho = (h + 2 * dgc.padding[0] - kh) // dgc.stride[0] + 1
+        return dgc_module.interleave_heads(out.view(b, heads * co_h, ho, -1), heads)
+
+    reference = gather_conv(dgc_module.GATHER_CHUNK_BYTES)()
+    variants = {
+        "gather, chunked (default)": gather_conv(dgc_module.GATHER_CHUNK_BYTES),
+        "gather, one chunk": gather_conv(1 << 62),
+        "per-image loop": per_sample_loop,
+        "unfold + bmm": im2col_bmm,
+    }
+    for name, fn in variants.items():  # every variant must compute the same numbers
+        with torch.no_grad():
+            torch.testing.assert_close(fn(), reference, rtol=1e-4, atol=1e-4, msg=name)
+    return variants
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dgclab.bench layer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--variants", action="store_true", help="also time other gather strategies")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    args = parser.parse_args(argv)
+    if args.batch <= 0 or args.threads <= 0 or args.rounds <= 0:
+        parser.error(f"batch, threads and rounds must be positive, got {args.batch}, "
+                     f"{args.threads}, {args.rounds}")
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, eval, "
+          f"heads 4, pruning rate 0.75, medians of {args.rounds} interleaved rounds (ms)\n")
+    header = f"{'shape':>22} {'dense':>8} {'group4':>8} {'mask':>8} {'gather':>8}  " \
+             f"{'group/d':>7} {'mask/d':>7} {'gather/d':>8}  target"
+    print(header)
+    rows = []
+    for (shape, official) in SHAPES:
+        cin, cout, k, hw = shape
+        dense, group, dgc = _layers(cin, cout, k)
+        x = torch.randn(args.batch, cin, hw, hw)
+
+        def dgc_with(execution):
+            def run():
+                dgc.execution = execution
+                return dgc(x)
+            return run
+
+        with torch.no_grad():
+            t = interleaved_medians(
+                {"dense": lambda: dense(x), "group": lambda: group(x),
+                 "mask": dgc_with("mask"), "gather": dgc_with("gather")},
+                rounds=args.rounds,
+            )
+        ms = {n: v * 1e3 for n, v in t.items()}
+        r = {n: ms[n] / ms["dense"] for n in ms}
+        ok = r["gather"] <= TARGETS[k]
+        label = f"{cin}->{cout} {k}x{k} {hw}^2"
+        print(f"{label:>22} {ms['dense']:8.2f} {ms['group']:8.2f} {ms['mask']:8.2f} "
+              f"{ms['gather']:8.2f}  {r['group']:7.2f} {r['mask']:7.2f} {r['gather']:8.2f}  "
+              f"<= {TARGETS[k]} {'met' if ok else 'MISSED'}   ({official})")
+        rows.append((shape, label, dgc, x))
+
+    if not args.no_memory:
+        print("\npeak memory of the tensors one forward creates (MiB)")
+        for shape, label, dgc, x in rows:
+            mem = {e: peak_forward_mib(dgc, x, e) for e in ("mask", "gather")}
+            print(f"{label:>22}  mask {mem['mask']:7.1f}  gather {mem['gather']:7.1f}  "
+                  f"gather/mask {mem['gather'] / max(mem['mask'], 1e-9):.2f}")
+
+    if args.variants:
+        print("\ngather strategies (ms; all checked to give the same output)")
+        for shape, label, dgc, x in rows:
+            variants = _variants(dgc, x)
+            with torch.no_grad():
+                t = interleaved_medians(variants, rounds=max(3, args.rounds // 3), warmup=1)
+            print(f"{label:>22}  " + "  ".join(f"{n}: {v * 1e3:.1f}" for n, v in t.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

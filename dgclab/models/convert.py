@@ -1,0 +1,188 @@
+"""Turn any CNN into its dynamic-group (DGC) or static-group twin by swapping its convs.
+
+DGC: Su, Fang, Zhu, Pietikäinen, Liu, "Dynamic Group Convolution for Accelerating
+Convolutional Neural Networks", ECCV 2020, arXiv 2007.04242. Static group conv with a channel
+shuffle: Zhang, Zhou, Lin, Sun, "ShuffleNet", CVPR 2018, arXiv 1707.01083.
+
+``convert`` replaces, in place, every ``nn.Conv2d`` it can by a ``DGCConv2d`` or a
+``GroupConv2d(shuffle=True)`` with the same channels, kernel, stride, padding and dilation,
+and says why it left the others alone.
+
+The result is a new architecture to train from scratch, not the old network made faster:
+
+* a ``DGCConv2d`` carries its own BN-ReLU pre-activation, so converting to DGC inserts a
+  BN-ReLU before every converted conv (in a torchvision ResNet the input of a block's conv1 is
+  then normalised and rectified twice);
+* neither target can hold a dense conv's weights (a head sees all inputs but owns C_out/heads
+  filters; a group sees C_in/groups inputs), so no weight is copied: every new conv starts from
+  the layer's own init.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Literal, NamedTuple
+
+import torch.nn as nn
+
+from ..layers import DGCConv2d, GroupConv2d
+
+__all__ = ["Conversion", "convert"]
+
+Target = Literal["dgc", "group"]
+TARGETS = ("dgc", "group")
+
+
+class Conversion(NamedTuple):
+    """What ``convert`` did: ``model, converted, skipped = convert(...)``."""
+
+    model: nn.Module
+    """The model, modified in place."""
+    converted: list[str]
+    """Names (``named_modules``) of the convs that were replaced."""
+    skipped: dict[str, str]
+    """Name -> reason, for every conv left as it was."""
+
+
+def _convs(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module, str, nn.Module]]:
+    """(name, parent, attribute, conv) for every conv-like module, without entering DGC or
+    GroupConv2d layers (their inner convs are part of them).
+
+    Walks ``_modules`` rather than ``named_children()``, which lists a module registered under
+    two names only once: every attribute holding a conv must be rewired.
+    """
+    for attr, child in module._modules.items():
+        if child is None:
+            continue
+        name = f"{prefix}.{attr}" if prefix else attr
+        if isinstance(child, (nn.Conv2d, DGCConv2d)):
+            yield name, module, attr, child
+        else:
+            yield from _convs(child, name)
+
+
+def _skip_reason(conv: nn.Conv2d, divisor: int, divisor_name: str) -> str | None:
+    """Why ``conv`` cannot become a grouped or dynamic conv, or None if it can."""
+    if isinstance(conv, DGCConv2d):
+        return "already a DGCConv2d"
+    if isinstance(conv, GroupConv2d):
+        return f"already a GroupConv2d (groups={conv.groups})"
+    if conv.groups != 1:
+        return f"already grouped (groups={conv.groups})"
+    if conv.bias is not None:
+        return "has a bias (the DGC and group convs have none)"
+    if isinstance(conv.padding, str):
+        return f"padding={conv.padding!r} is a string; only explicit padding is converted"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r}; only zero padding is converted"
+    for side in ("in_channels", "out_channels"):
+        channels = getattr(conv, side)
+        if channels % divisor:
+            return f"{side}={channels} is not divisible by {divisor_name}={divisor}"
+    return None
+
+
+def convert(
+    model: nn.Module,
+    to: Target = "dgc",
+    heads: int = 4,
+    groups: int | None = None,
+    pruning_rate: float = 0.75,
+    squeeze_rate: int = 16,
+    skip: Iterable[str] = (),
+) -> Conversion:
+    """Replace every convertible ``nn.Conv2d`` of ``model`` by a DGC or static group conv.
+
+    Each replacement keeps in/out channels, kernel, stride, padding and dilation, so every
+    activation keeps its shape; it lands on the old weight's device and dtype and in the old
+    module's train/eval mode. A conv shared by several parents is replaced by one shared new
+    layer. No weights are copied (see the module docstring: this is a new network to train;
+    for DGC it also adds a BN-ReLU before each converted conv).
+
+    Skipped, with the reason recorded: convs named in ``skip``; already grouped ones
+    (``groups != 1``, ``GroupConv2d``, ``DGCConv2d``, whose insides are never entered); convs
+    with a bias; string padding (``"same"``) or non-zero padding modes; channels not divisible
+    by ``heads`` (DGC) or ``groups``; and any conv for which ``DGCConv2d`` itself refuses the
+    configuration (e.g. a 0-wide saliency MLP; its message becomes the reason).
+
+    Args:
+        model: any ``nn.Module`` holding ``nn.Conv2d`` layers (not a bare conv: it cannot be
+            replaced in place).
+        to: ``"dgc"`` (``DGCConv2d``) or ``"group"`` (``GroupConv2d``, shuffle=True).
+        heads: DGC heads.
+        groups: groups of ``GroupConv2d``; defaults to ``heads``.
+        pruning_rate, squeeze_rate: of every new DGC layer.
+        skip: module names (as in ``model.named_modules()``) to leave alone.
+
+    Returns:
+        ``Conversion(model, converted, skipped)``: the same model object, the names replaced,
+        and name -> reason for the convs left alone.
+
+    Example:
+        >>> import torchvision
+        >>> model, converted, skipped = convert(torchvision.models.resnet18(num_classes=10))
+        >>> skipped
+        {'conv1': 'in_channels=3 is not divisible by heads=4'}
+    """
+    if to not in TARGETS:
+        raise ValueError(f"to must be one of {TARGETS}, got to={to!r}")
+    if isinstance(model, (nn.Conv2d, DGCConv2d)):
+        raise ValueError(
+            f"convert replaces the convs inside a model, got a bare {type(model).__name__}; "
+            "wrap it, e.g. nn.Sequential(conv)"
+        )
+    groups = heads if groups is None else groups
+    for name, value in (("heads", heads), ("groups", groups)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
+    if not 0 <= pruning_rate < 1:
+        raise ValueError(f"pruning_rate must be in [0, 1), got pruning_rate={pruning_rate}")
+    if isinstance(squeeze_rate, bool) or not isinstance(squeeze_rate, int) or squeeze_rate <= 0:
+        raise ValueError(f"squeeze_rate must be a positive int, got squeeze_rate={squeeze_rate!r}")
+    skip = {skip} if isinstance(skip, str) else set(skip)
+    unknown = skip - {name for name, _ in model.named_modules()}
+    if unknown:
+        raise ValueError(f"skip names modules that model does not have: {sorted(unknown)}")
+    divisor, divisor_name = (heads, "heads") if to == "dgc" else (groups, "groups")
+
+    converted: list[str] = []
+    skipped: dict[str, str] = {}
+    replaced: dict[int, nn.Module] = {}  # id(old conv) -> its replacement, for shared convs
+    for name, parent, attr, conv in list(_convs(model)):
+        if id(conv) in replaced:
+            setattr(parent, attr, replaced[id(conv)])
+            converted.append(name)
+            continue
+        reason = "listed in skip" if name in skip else _skip_reason(conv, divisor, divisor_name)
+        if reason is None:
+            try:
+                new = _replacement(conv, to, heads, groups, pruning_rate, squeeze_rate)
+            except ValueError as err:  # e.g. DGC's 0-wide saliency MLP
+                reason = str(err)
+        if reason is not None:
+            skipped[name] = reason
+            continue
+        new = new.to(device=conv.weight.device, dtype=conv.weight.dtype).train(conv.training)
+        setattr(parent, attr, new)
+        replaced[id(conv)] = new
+        converted.append(name)
+    return Conversion(model, converted, skipped)
+
+
+def _replacement(
+    conv: nn.Conv2d, to: Target, heads: int, groups: int, pruning_rate: float, squeeze_rate: int
+) -> nn.Module:
+    """A freshly initialised DGC or group conv with ``conv``'s geometry."""
+    geometry = dict(
+        in_channels=conv.in_channels,
+        out_channels=conv.out_channels,
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+    )
+    if to == "dgc":
+        return DGCConv2d(
+            **geometry, heads=heads, squeeze_rate=squeeze_rate, pruning_rate=pruning_rate
+        )
+    return GroupConv2d(**geometry, groups=groups, shuffle=True)

@@ -1,0 +1,394 @@
+"""DGCConv2d against its oracles: the official fixture, the masked formulation, plain convs."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import dgclab
+from dgclab.layers import (
+    DGCConv2d,
+    GroupConv2d,
+    dgc_gather_conv,
+    dgc_mask_conv,
+    pruning_schedule,
+    saliency_loss,
+    select_channels,
+    set_pruning_progress,
+)
+from dgclab.layers import dgc as dgc_module
+from dgclab.layers.dgc import select_top_channels
+
+
+def make_layer(cin, cout, ksize, *, heads=4, k=None, seed=0, **kw) -> DGCConv2d:
+    torch.manual_seed(seed)
+    layer = DGCConv2d(cin, cout, ksize, heads=heads, squeeze_rate=kw.pop("squeeze_rate", 4), **kw)
+    # Non-trivial BN statistics so that eval mode is not an identity.
+    with torch.no_grad():
+        layer.norm.running_mean.uniform_(-0.2, 0.2)
+        layer.norm.running_var.uniform_(0.5, 1.5)
+        layer.norm.weight.uniform_(0.5, 1.5)
+        layer.norm.bias.uniform_(-0.2, 0.2)
+    if k is not None:
+        layer.inactive_channels = k
+    return layer
+
+
+def run(layer: DGCConv2d, x: torch.Tensor, execution: str):
+    """Forward + backward of a fixed random projection; returns output, grads and lasso."""
+    layer.execution = execution
+    layer.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    out = layer(x)
+    proj = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    proj = proj.to(out.device)
+    ((out * proj).sum() + layer.last_lasso).backward()
+    grads = {
+        n: (p.grad if p.grad is not None else torch.zeros_like(p)).clone()
+        for n, p in layer.named_parameters()
+    }
+    return out.detach(), x.grad.clone(), grads, layer.last_lasso.detach(), layer.last_selection
+
+
+def assert_executions_agree(layer, x, train: bool):
+    layer.train(train)
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    ref = run(layer, x, "mask")
+    layer.load_state_dict(state)  # train-mode BN moved its running stats: start again
+    got = run(layer, x, "gather")
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-4, atol=1e-5)
+    for name in ref[2]:
+        torch.testing.assert_close(got[2][name], ref[2][name], rtol=1e-4, atol=1e-5, msg=name)
+    torch.testing.assert_close(got[3], ref[3])
+    assert torch.equal(got[4], ref[4])
+
+
+# ---- the official fixture -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("execution", ["mask", "gather", "auto"])
+def test_reproduces_official_layer(fixtures_dir, execution):
+    fx = torch.load(fixtures_dir / "official_dgc_layer.pt", weights_only=True)
+    c = fx["config"]
+    layer = DGCConv2d(
+        c["in_channels"], c["out_channels"], c["kernel_size"], c["stride"], c["padding"],
+        heads=c["heads"], squeeze_rate=c["squeeze_rate"], pruning_rate=c["pruning_rate"],
+        execution=execution,
+    )
+    layer.load_state_dict(fx["state_dict"])
+    layer.eval()
+    assert layer.inactive_channels == 24  # the final k travels in the checkpoint
+    with torch.no_grad():
+        out = layer(fx["input"])
+    torch.testing.assert_close(out, fx["output"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(layer.last_lasso, fx["lasso"])
+
+
+# ---- mask and gather agree -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize(
+    "cin,cout,ksize,stride,padding,dilation,heads",
+    [
+        (16, 16, 1, 1, 0, 1, 4),  # 1x1 -> batched matmul
+        (16, 32, 1, 2, 0, 1, 4),  # strided 1x1
+        (16, 16, 3, 1, 1, 1, 4),  # 3x3 -> grouped conv over batch*heads
+        (16, 8, 3, 2, 1, 1, 2),  # strided 3x3
+        (16, 16, 3, 1, 2, 2, 4),  # dilated 3x3
+        (8, 8, 1, 1, 1, 1, 1),  # padded 1x1 takes the conv path; one head
+        (16, 16, (3, 1), 1, (1, 0), 1, 8),  # rectangular kernel, eight heads
+    ],
+)
+def test_mask_and_gather_agree(cin, cout, ksize, stride, padding, dilation, heads, train):
+    for k in sorted({0, 1, cin // 2, (3 * cin) // 4, cin - 1}):
+        layer = make_layer(cin, cout, ksize, stride=stride, padding=padding, dilation=dilation,
+                           heads=heads, k=k, squeeze_rate=2)
+        x = torch.randn(3, cin, 9, 9)
+        assert_executions_agree(layer, x, train)
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4, 8])
+def test_mask_and_gather_agree_batch_one(heads):
+    layer = make_layer(16, 16, 3, padding=1, heads=heads, k=12, squeeze_rate=2)
+    assert_executions_agree(layer, torch.randn(1, 16, 6, 6), train=False)
+
+
+def test_gather_in_chunks_agrees(monkeypatch):
+    """Batches larger than one chunk are written into the interleaved output piecewise."""
+    monkeypatch.setattr(dgc_module, "GATHER_CHUNK_BYTES", 1)  # one sample per chunk
+    for ksize in (1, 3):
+        layer = make_layer(16, 16, ksize, padding=ksize // 2, k=10, squeeze_rate=2)
+        assert_executions_agree(layer, torch.randn(5, 16, 7, 7), train=True)
+
+
+def test_ties_drop_together():
+    """Everything <= the k-th smallest saliency is dropped: ReLU zeros tie and drop together."""
+    g = torch.tensor([[[0.0, 0.0, 0.0, 0.5, 0.7, 0.2, 0.0, 0.9]]])
+    keep = select_channels(g, 2)  # 2nd smallest is 0 -> every zero goes, 4 survive (not 6)
+    assert keep.tolist() == [[[False, False, False, True, True, True, False, True]]]
+    mask, idx = select_top_channels(g, 2)
+    assert torch.equal(mask, keep)
+    assert idx.shape == (1, 1, 6)
+    assert set(idx.flatten().tolist()) >= {3, 4, 5, 7}
+
+
+def test_select_top_channels_matches_select_channels():
+    torch.manual_seed(0)
+    for k in range(0, 12):
+        g = torch.randint(0, 4, (6, 3, 12)).float()  # many ties
+        mask, idx = select_top_channels(g, k)
+        assert torch.equal(mask, select_channels(g, k))
+        assert mask.gather(-1, idx).sum() == mask.sum()  # every kept channel is indexed
+
+
+# ---- oracles a plain F.conv2d can give -----------------------------------------------------
+
+
+def fixed_saliency(layer: DGCConv2d, saliency: torch.Tensor) -> None:
+    """Make head i's saliency the constant vector saliency[i] (fc2 weight 0, bias = saliency)."""
+    with torch.no_grad():
+        for i, head in enumerate(layer.heads_list):
+            head.fc2.weight.zero_()
+            head.fc2.bias.copy_(saliency[i])
+
+
+@pytest.mark.parametrize("execution", ["mask", "gather"])
+def test_equals_dense_conv_with_hand_built_weight(execution):
+    """With fixed saliencies, DGC is one dense conv whose weight is the interleaved heads'
+    filters, dropped columns zeroed and kept ones scaled by their saliency."""
+    heads, cin, cout = 4, 8, 8
+    layer = make_layer(cin, cout, 3, padding=1, heads=heads, k=5, execution=execution,
+                       squeeze_rate=2).eval()
+    sal = torch.rand(heads, cin) + 0.1
+    fixed_saliency(layer, sal)
+    x = torch.randn(2, cin, 5, 5)
+    keep = select_channels(sal.unsqueeze(0), 5)[0]  # (heads, C)
+    weight = torch.empty(cout, cin, 3, 3)
+    for i, head in enumerate(layer.heads_list):
+        cols = (sal[i] * keep[i]).view(1, cin, 1, 1)
+        weight[i::heads] = head.conv.weight.detach() * cols  # head i channel j -> j*heads + i
+    expected = F.conv2d(F.relu(layer.norm(x)), weight, padding=1)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)
+    assert layer.last_selection.sum(-1).tolist() == [[3, 3, 3, 3]] * 2
+
+
+def test_one_head_no_pruning_unit_saliency_is_bn_relu_conv():
+    layer = make_layer(8, 6, 3, padding=1, heads=1, k=0, squeeze_rate=2).eval()
+    fixed_saliency(layer, torch.ones(1, 8))
+    x = torch.randn(2, 8, 5, 5)
+    expected = F.conv2d(F.relu(layer.norm(x)), layer.headconv_0.conv.weight, padding=1)
+    for execution in ("mask", "gather"):
+        layer.execution = execution
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_functional_core_matches_module():
+    layer = make_layer(8, 8, 1, k=4, squeeze_rate=2).eval()
+    x = torch.randn(2, 8, 4, 4)
+    with torch.no_grad():
+        out = layer(x)
+        xn = F.relu(layer.norm(x))
+        g = layer.saliency(xn.mean((2, 3)))
+        keep, idx = select_top_channels(g, 4)
+        w = torch.stack([h.conv.weight for h in layer.heads_list])
+        torch.testing.assert_close(dgc_mask_conv(xn, g * keep, w), out)
+        torch.testing.assert_close(dgc_gather_conv(xn, g * keep, idx, w), out)
+
+
+# ---- float64 gradcheck ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("execution", ["mask", "gather"])
+@pytest.mark.parametrize("ksize", [1, 3])
+def test_gradcheck_float64(execution, ksize):
+    """Tiny shapes with well separated saliencies, so a finite-difference step flips nothing."""
+    torch.manual_seed(0)
+    layer = DGCConv2d(4, 4, ksize, padding=ksize // 2, heads=2, squeeze_rate=2,
+                      execution=execution).double().eval()
+    layer.inactive_channels = 2
+    with torch.no_grad():
+        for i, head in enumerate(layer.heads_list):
+            head.fc2.bias.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]).roll(i) * 10)
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,), eps=1e-6, atol=1e-5)
+    names = ["headconv_0.conv.weight", "headconv_1.conv.weight", "headconv_0.fc2.bias",
+             "headconv_1.fc1.weight"]
+
+    def of_params(*values):
+        out = torch.func.functional_call(layer, dict(zip(names, values)), (x.detach(),))
+        return out.sum() + layer.last_lasso
+
+    inputs = tuple(
+        layer.get_parameter(n).detach().clone().requires_grad_(True) for n in names
+    )
+    assert torch.autograd.gradcheck(of_params, inputs, eps=1e-6, atol=1e-5)
+
+
+# ---- k, the schedule, the lasso --------------------------------------------------------------
+
+
+def test_schedule_matches_official_figures():
+    # SPEC §1.2, measured on the official code for C_in = 128, xi = 0.75
+    expected = {0.0: 0, 1 / 12: 0, 0.1: 2, 0.2: 17, 0.3: 31, 0.4: 46, 0.5: 60, 0.6: 74,
+                0.7: 89, 0.75: 96, 0.9: 96, 1.0: 96}
+    for p, k in expected.items():
+        assert pruning_schedule(p, 128, 0.75) == k, p
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5, float("nan")])
+def test_progress_outside_unit_interval_is_refused(p):
+    with pytest.raises(ValueError, match="progress"):
+        set_pruning_progress(make_layer(8, 8, 1), p)
+
+
+def test_set_pruning_progress_in_any_mode_and_forward_never_changes_k():
+    model = nn.Sequential(make_layer(32, 32, 1), nn.Sequential(make_layer(16, 16, 1)))
+    wrapped = nn.Module()
+    wrapped.module = model  # as DistributedDataParallel holds it
+    model.eval()
+    ks = set_pruning_progress(wrapped, 1.0)
+    assert ks == {"module.0": 24, "module.1.0": 12}
+    model.train()
+    model[0](torch.randn(2, 32, 4, 4))
+    assert model[0].inactive_channels == 24
+    set_pruning_progress(model[0], 0.0)  # the layer itself is accepted
+    assert model[0].inactive_channels == 0
+
+
+def test_k_is_a_persistent_buffer_and_fresh_layers_prune_nothing():
+    layer = make_layer(16, 16, 1)
+    assert layer.inactive_channels == 0
+    layer.inactive_channels = 7
+    other = make_layer(16, 16, 1)
+    other.load_state_dict(layer.state_dict())
+    assert other.inactive_channels == 7
+    assert layer.state_dict()["_inactive_channels"].shape == (1,)
+
+
+def test_saliency_loss_is_sum_over_layers_and_heads():
+    model = nn.Sequential(make_layer(16, 16, 1), make_layer(16, 16, 1, seed=1))
+    with pytest.raises(ValueError, match="forward"):
+        saliency_loss(model)
+    model.eval()  # the lasso is computed in eval too
+    x = torch.randn(2, 16, 4, 4)
+    model(x)
+    xn = F.relu(model[0].norm(x))
+    g = model[0].saliency(xn.mean((2, 3)))
+    per_head = [g[:, i].mean() for i in range(4)]
+    torch.testing.assert_close(model[0].last_lasso, torch.stack(per_head).sum())
+    torch.testing.assert_close(saliency_loss(model), model[0].last_lasso + model[1].last_lasso)
+    assert saliency_loss(nn.Linear(2, 2)).item() == 0.0
+
+
+# ---- construction, errors, repr ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(in_channels=10, out_channels=8, heads=4), "heads=4, in_channels=10"),
+        (dict(in_channels=8, out_channels=10, heads=4), "heads=4, out_channels=10"),
+        (dict(heads=0), "heads=0"),
+        (dict(heads=-2), "heads=-2"),
+        (dict(pruning_rate=1.0), "pruning_rate=1.0"),
+        (dict(pruning_rate=-0.1), "pruning_rate=-0.1"),
+        (dict(in_channels=4, out_channels=4, pruning_rate=0.9, squeeze_rate=1), "pruning_rate=0.9"),
+        (dict(in_channels=4, out_channels=4, squeeze_rate=16), "squeeze_rate=16"),
+        (dict(squeeze_rate=1), "squeeze_rate=1"),
+        (dict(execution="fast"), "execution='fast'"),
+    ],
+)
+def test_bad_arguments_name_the_value(kwargs, match):
+    args = dict(in_channels=16, out_channels=16, kernel_size=1, squeeze_rate=2) | kwargs
+    with pytest.raises(ValueError, match=match.replace("(", r"\(").replace(")", r"\)")):
+        DGCConv2d(**args)
+
+
+def test_bad_k_and_bad_inputs():
+    layer = make_layer(8, 8, 1)
+    for k in (-1, 8, 100, 2.5):
+        with pytest.raises(ValueError, match=str(k)):
+            layer.inactive_channels = k
+    with pytest.raises(ValueError, match=r"4-D.*\(8, 4, 4\)"):
+        layer(torch.randn(8, 4, 4))
+    with pytest.raises(ValueError, match="expected 8 input channels, got 6"):
+        layer(torch.randn(1, 6, 4, 4))
+    with pytest.raises(ValueError, match="execution"):
+        layer.execution = "dense"
+
+
+def test_conv_arguments_accept_int_or_pair():
+    layer = DGCConv2d(8, 8, (3, 1), stride=(2, 1), padding=(1, 0), dilation=(1, 1), squeeze_rate=2)
+    assert layer.kernel_size == (3, 1) and layer.stride == (2, 1)
+    assert layer(torch.randn(1, 8, 6, 6)).shape == (1, 8, 3, 6)
+
+
+def test_repr_shows_heads_rate_k_and_execution():
+    layer = make_layer(16, 16, 3, padding=1, k=12)
+    text = repr(layer)
+    for part in ("heads=4", "pruning_rate=0.75", "k=12/16", "execution=auto(gather)"):
+        assert part in text
+    layer.inactive_channels = 0
+    assert "execution=auto(mask)" in repr(layer)
+    layer.execution = "gather"
+    assert "execution=gather" in repr(layer)
+
+
+def test_squeeze_quirk_below_80_channels():
+    assert DGCConv2d(64, 64, 1).hidden == 64 // 8
+    assert DGCConv2d(80, 80, 1, heads=4).hidden == 80 // 16
+    head = DGCConv2d(64, 64, 1).headconv_0
+    assert torch.all(head.fc2.bias == 1.0)
+
+
+def test_public_api():
+    assert dgclab.DGCConv2d is DGCConv2d
+    assert dgclab.set_pruning_progress is set_pruning_progress
+    assert dgclab.saliency_loss is saliency_loss
+    layer = make_layer(8, 8, 1)
+    for attr in ("in_channels", "out_channels", "heads", "pruning_rate", "execution",
+                 "inactive_channels"):
+        assert hasattr(layer, attr)
+
+
+# ---- the static baseline ---------------------------------------------------------------------
+
+
+def test_group_conv_is_conv2d_with_groups_and_optional_shuffle():
+    torch.manual_seed(0)
+    conv = GroupConv2d(8, 12, 3, padding=1, groups=4)
+    x = torch.randn(2, 8, 5, 5)
+    torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, padding=1, groups=4))
+    conv.shuffle = True
+    plain = F.conv2d(x, conv.weight, padding=1, groups=4)
+    shuffled = conv(x)
+    for i, j in itertools.product(range(4), range(3)):  # group i channel j -> j*G + i
+        torch.testing.assert_close(shuffled[:, j * 4 + i], plain[:, i * 3 + j])
+    with pytest.raises(ValueError, match="groups=3"):
+        GroupConv2d(8, 8, 1, groups=3)
+
+
+# ---- CUDA ------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("ksize", [1, 3])
+def test_cuda_matches_cpu_in_both_executions(ksize):
+    layer = make_layer(32, 32, ksize, padding=ksize // 2, k=24, squeeze_rate=4).eval()
+    x = torch.randn(4, 32, 8, 8)
+    with torch.no_grad():
+        ref = layer(x)
+        gpu = layer.cuda()
+        for execution in ("mask", "gather"):
+            gpu.execution = execution
+            torch.testing.assert_close(gpu(x.cuda()).cpu(), ref, rtol=1e-3, atol=1e-4)
+    assert_executions_agree(gpu, x.cuda(), train=True)
