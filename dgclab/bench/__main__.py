@@ -6,6 +6,7 @@ import sys
 
 BENCHMARKS = {
     "layer": "dgclab.bench.layer",
+    "macs": "dgclab.bench.macs",
 }
 
 

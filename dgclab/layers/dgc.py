@@ -50,9 +50,11 @@ EXECUTIONS = ("auto", "mask", "gather")
 # it saves, so the dense masked conv wins (k = 0 during warm-up is the typical case).
 AUTO_GATHER_MAX_KEEP = 0.75
 
-# Target size of the per-sample filter columns gathered at once (about the L2 cache); see
-# ``dgc_gather_conv``.
-GATHER_CHUNK_BYTES = 4 * 2**20
+# The gather execution runs the batch in chunks: at most this many bytes of per-sample filter
+# columns, and at most this many samples, at once (see ``dgc_gather_conv``; measured with
+# ``python -m dgclab.bench layer --variants``).
+GATHER_CHUNK_BYTES = 8 * 2**20
+GATHER_CHUNK_SAMPLES = 16
 
 
 def effective_squeeze_rate(in_channels: int, squeeze_rate: int) -> int:
@@ -179,9 +181,9 @@ def dgc_gather_conv(
     0 (ties dropped with the threshold) contribute exactly 0, as in the mask execution.
 
     Every (sample, head) needs its own filter columns, so the gathered weights are
-    ``B * keep / C`` times the layer's weight; the batch is processed in chunks whose gathered
-    weights stay near ``GATHER_CHUNK_BYTES`` (cache-sized: larger chunks fall out of cache and,
-    past glibc's 32 MB mmap threshold, page-fault on every call).
+    ``B * keep / C`` times the layer's weight; the batch is processed in chunks of at most
+    ``GATHER_CHUNK_SAMPLES`` samples and ``GATHER_CHUNK_BYTES`` of gathered weights (larger
+    chunks fall out of cache and, past glibc's 32 MB mmap threshold, page-fault on every call).
 
     Args:
         x: (B, C, H, W) the layer's (already normalised) input.
@@ -214,7 +216,8 @@ def dgc_gather_conv(
         )
 
     per_sample = heads * keep * co_h * kh * kw * weight.element_size()
-    chunk = max(1, min(b, GATHER_CHUNK_BYTES // per_sample))
+    chunk = max(1, min(b, GATHER_CHUNK_SAMPLES, GATHER_CHUNK_BYTES // per_sample))
+    chunk = -(-b // -(-b // chunk))  # balance: the same number of chunks, evened out
     outs = []  # (n, heads * Co_h, H', W') per chunk, heads block-wise
     for s in range(0, b, chunk):
         xs, idx, gs = x[s : s + chunk], keep_idx[s : s + chunk], gate_kept[s : s + chunk]
@@ -469,9 +472,10 @@ class DGCConv2d(nn.Module):
         w1 = torch.cat([h.fc1.weight for h in heads])  # (heads*hidden, C)
         w2 = torch.stack([h.fc2.weight for h in heads])  # (heads, C, hidden)
         b2 = torch.stack([h.fc2.bias for h in heads])  # (heads, C)
-        hidden = F.relu(F.linear(pooled, w1)).view(-1, self.heads, self.hidden)  # (B, heads, hid)
-        g = torch.einsum("bnh,nch->bnc", hidden, w2) + b2  # (B, heads, C)
-        return F.relu(g)
+        hidden = F.relu(F.linear(pooled, w1))  # (B, heads*hidden)
+        hidden = hidden.view(-1, self.heads, self.hidden).transpose(0, 1)  # (heads, B, hidden)
+        g = torch.baddbmm(b2.unsqueeze(1), hidden, w2.transpose(1, 2))  # (heads, B, C)
+        return F.relu(g).transpose(0, 1)  # (B, heads, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
