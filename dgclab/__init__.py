@@ -15,12 +15,15 @@ from .layers import (
     saliency_loss,
     set_pruning_progress,
 )
+from .record import Recorder, load_recording
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DGCConv2d",
     "GroupConv2d",
+    "Recorder",
+    "load_recording",
     "pruning_schedule",
     "saliency_loss",
     "set_pruning_progress",

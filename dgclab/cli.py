@@ -29,6 +29,49 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                           width=args.width, seed=args.seed)
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import Trainer, TrainConfig
+
+    config = TrainConfig(
+        model=args.model, width=args.width, conv=args.conv, heads=args.heads,
+        pruning_rate=args.pruning_rate, dataset=args.dataset, data_root=args.data_root,
+        subset=args.subset, augment=not args.no_augment, epochs=args.epochs,
+        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+        momentum=args.momentum, weight_decay=args.weight_decay,
+        lasso_lambda=args.lasso_lambda, seed=args.seed, device=args.device,
+        sync_bn=args.sync_bn, workers=args.workers, download=not args.no_download,
+    )
+    trainer = Trainer(config, args.out, resume=args.resume, progress=not args.no_progress)
+    history = trainer.fit()
+    if trainer.is_main:
+        last = history.iloc[-1]
+        print(f"{args.out}: epoch {int(last.epoch)}, test accuracy {last.test_acc:.4f}, "
+              f"paper MACs {last.paper_macs / 1e6:.2f}M, realized MACs "
+              f"{last.realized_macs / 1e6:.2f}M")
+        if args.report:
+            from .report import write_report
+
+            print(f"report: {write_report(args.out)}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .train.evaluate import evaluate_run
+
+    result = evaluate_run(args.run, device=args.device)
+    print(f"{args.run}: test accuracy {result['test_acc']:.4f} on {result['images']} images, "
+          f"paper MACs {result['paper_macs'] / 1e6:.2f}M, realized MACs "
+          f"{result['realized_macs'] / 1e6:.2f}M per image")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(f"report: {write_report(args.run)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dgclab",
@@ -42,6 +85,48 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--no-apt", action="store_true", help="do not apt-get install anything")
     data.add_argument("--no-download", action="store_true", help="do not try torchvision's download")
     data.set_defaults(func=_cmd_data)
+
+    from .data import DATASETS
+    from .models.registry import MODEL_NAMES
+    from .train.config import CONVS, OPTIMIZERS, TrainConfig
+
+    d = TrainConfig()
+    train = sub.add_parser("train", help="train a model; writes a run folder (see --out)")
+    train.add_argument("--model", default=d.model, choices=MODEL_NAMES)
+    train.add_argument("--width", type=int, default=d.width, help="resnet base width")
+    train.add_argument("--conv", default=d.conv, choices=CONVS)
+    train.add_argument("--heads", type=int, default=d.heads)
+    train.add_argument("--pruning-rate", type=float, default=d.pruning_rate)
+    train.add_argument("--dataset", default=d.dataset, choices=DATASETS)
+    train.add_argument("--data-root", default=d.data_root)
+    train.add_argument("--subset", type=int, default=None, help="train on N images (quick runs)")
+    train.add_argument("--no-augment", action="store_true")
+    train.add_argument("--no-download", action="store_true")
+    train.add_argument("--epochs", type=int, default=d.epochs)
+    train.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
+    train.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
+    train.add_argument("--lr", type=float, default=d.lr)
+    train.add_argument("--momentum", type=float, default=d.momentum)
+    train.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    train.add_argument("--lasso-lambda", type=float, default=d.lasso_lambda)
+    train.add_argument("--seed", type=int, default=d.seed)
+    train.add_argument("--device", default=d.device)
+    train.add_argument("--workers", type=int, default=d.workers)
+    train.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm (CUDA only)")
+    train.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--report", action="store_true", help="write report.html at the end")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("eval", help="test accuracy and MACs of a run folder")
+    ev.add_argument("run")
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(func=_cmd_eval)
+
+    rep = sub.add_parser("report", help="(re)build RUN/report.html")
+    rep.add_argument("run")
+    rep.set_defaults(func=_cmd_report)
 
     demo = sub.add_parser("demo", help="the main job of `make demo`")
     demo.add_argument("--root", default="data", help="where Fashion-MNIST is (default: data)")
@@ -60,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     start = time.perf_counter()
-    code = args.func(args)
-    if code == 0 and args.command != "data":
+    try:
+        code = args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"dgclab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    if code == 0 and args.command in ("demo", "train"):
         print(f"\ndone in {time.perf_counter() - start:.1f} s")
     return code

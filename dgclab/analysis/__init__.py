@@ -1,10 +1,36 @@
-"""Analysis: MAC counts as the DGC paper reports them (SPEC §1.5)."""
+"""Analysis: MAC counts as the DGC paper reports them (SPEC §1.5), what the DGC heads select
+(SPEC §1.7), implicit filter-level sparsity (SPEC §7), and a training-time metric tracker."""
 
 from .macs import conv_output_hw, count_macs, dgc_layer_mac_terms, dgc_layer_macs
+from .selection import (
+    binary_entropy,
+    channel_usage,
+    head_input_dependence,
+    head_jaccard,
+    head_overlap,
+    jaccard_similarity,
+    realized_macs,
+    sample_similarity,
+)
+from .sparsity import bn_relu_pairs, filter_sparsity
+from .tracker import CHEAP_METRICS, EXPENSIVE_METRICS, MetricTracker
 
 __all__ = [
+    "CHEAP_METRICS",
+    "EXPENSIVE_METRICS",
+    "MetricTracker",
+    "binary_entropy",
+    "bn_relu_pairs",
+    "channel_usage",
     "conv_output_hw",
     "count_macs",
     "dgc_layer_mac_terms",
     "dgc_layer_macs",
+    "filter_sparsity",
+    "head_input_dependence",
+    "head_jaccard",
+    "head_overlap",
+    "jaccard_similarity",
+    "realized_macs",
+    "sample_similarity",
 ]

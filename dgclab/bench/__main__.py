@@ -7,6 +7,7 @@ import sys
 BENCHMARKS = {
     "layer": "dgclab.bench.layer",
     "macs": "dgclab.bench.macs",
+    "record": "dgclab.bench.record",
 }
 
 

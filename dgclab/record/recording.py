@@ -132,6 +132,22 @@ class Recording:
             keep &= np.isin(self._labels, np.asarray(labels).ravel())
         return torch.from_numpy(np.flatnonzero(keep))
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays this recording holds."""
+        arrays = [self._labels, self._ids, *self._packed.values(), *self._saliencies.values(),
+                  *self._activation_max.values()]
+        return sum(a.nbytes for a in arrays)
+
+    def save(self, path) -> None:
+        """Write the recording to one ``.npz`` file; ``dgclab.load_recording`` reads it back.
+
+        See ``dgclab.record.io.save_recording`` (portable: arrays and JSON, no pickle).
+        """
+        from .io import save_recording
+
+        save_recording(self, path)
+
     def _check_layer(self, name: str) -> None:
         if name not in self._packed:
             raise ValueError(f"no DGC layer {name!r} in this recording; layers: {self.layer_names}")

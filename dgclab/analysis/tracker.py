@@ -1,0 +1,231 @@
+"""Snapshots of selection and sparsity metrics during training, in one tidy DataFrame.
+
+``MetricTracker`` is a callback: the training loop calls it, it reads the model, and it appends
+rows ``(step, epoch, layer, metric, value)`` to ``tracker.frame``, ready for
+``seaborn.relplot(data=tracker.frame, x="step", y="value", hue="layer", col="metric")``.
+
+The callback protocol (what a training loop does):
+
+* ``tracker.on_step(step, epoch)`` after every optimizer step, ``step`` being the number of
+  steps taken so far (1 after the first) and ``epoch`` the current epoch (0-based). With
+  ``every_n_steps=n`` the cheap metrics are snapshotted when ``step % n == 0``; otherwise the
+  call does nothing. Call it after the training forward: the selection metrics read each DGC
+  layer's ``last_selection``, i.e. the last batch the model saw.
+* ``tracker.on_epoch_end(epoch, step)`` after each epoch: snapshots the cheap metrics (unless
+  ``on_step`` already did at this step) and, when the tracker has a loader, the expensive ones
+  (a pass over the loader with ``filter_sparsity``; the model is put in eval mode and restored).
+* ``tracker.snapshot(step, epoch, expensive=False)`` at any other moment.
+
+Metrics (``layer`` is a module name from ``named_modules``):
+
+========================  ================================================================
+``inactive_channels``     per DGC layer: k, the channels each head drops (cheap)
+``kept_channels``         per DGC layer: channels kept per head, mean over heads and the
+                          samples of the last batch (cheap)
+``head_jaccard``          per DGC layer with >= 2 heads: Jaccard of two heads' selections,
+                          mean over head pairs and the samples of the last batch (cheap)
+``dead_gamma``            per BN-ReLU pair: fraction of filters with |gamma| < threshold
+                          (cheap)
+``dead_activation``       per BN-ReLU pair: fraction of filters whose max ReLU(BN) output over
+                          the loader is below threshold (expensive: one pass over the loader)
+``selectivity``           per BN-ReLU pair: mean selectivity of the live filters (expensive:
+                          a second pass over the loader)
+========================  ================================================================
+
+Selection metrics are skipped for a DGC layer that has not run a forward yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from dgclab.layers.pruning import dgc_layers
+
+from .selection import head_jaccard
+from .sparsity import _first_inputs, bn_relu_pairs, filter_sparsity
+
+__all__ = ["MetricTracker", "CHEAP_METRICS", "EXPENSIVE_METRICS"]
+
+CHEAP_METRICS = ("inactive_channels", "kept_channels", "head_jaccard", "dead_gamma")
+EXPENSIVE_METRICS = ("dead_activation", "selectivity")
+_SPARSITY_METRICS = ("dead_gamma",) + EXPENSIVE_METRICS
+COLUMNS = ["step", "epoch", "layer", "metric", "value"]
+
+
+class MetricTracker:
+    """Record selection and sparsity metrics every N steps and at each epoch's end.
+
+    Args:
+        model: the model being trained (DGC layers and BN-ReLU pairs are found inside it).
+        every_n_steps: snapshot the cheap metrics in ``on_step`` every this many steps; None:
+            only at epoch ends.
+        metrics: names from ``CHEAP_METRICS`` and ``EXPENSIVE_METRICS``. Default: the cheap
+            ones, plus ``dead_activation`` when a loader is given.
+        loader: data for the expensive metrics (e.g. a fixed subset of the training set,
+            without random augmentation); see ``filter_sparsity``.
+        input_size: (B, C, H, W) for the probe forward that finds the BN-ReLU pairs when there
+            is no loader (else the loader's first batch is used; with neither, the
+            registration-order heuristic of ``bn_relu_pairs``). Pairs are found once, here.
+        gamma_threshold, activation_threshold: as in ``filter_sparsity``.
+        max_batches: use only the first batches of the loader.
+
+    Example:
+        >>> tracker = MetricTracker(model, every_n_steps=50)
+        >>> for epoch in range(epochs):
+        ...     for x, y in train_loader:
+        ...         ...  # forward, loss, backward, optimizer step
+        ...         step += 1
+        ...         tracker.on_step(step, epoch)
+        ...     tracker.on_epoch_end(epoch, step)
+        >>> tracker.frame.query("metric == 'head_jaccard'")
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        every_n_steps: int | None = None,
+        metrics: Sequence[str] | None = None,
+        *,
+        loader: Iterable | None = None,
+        input_size: Sequence[int] | None = None,
+        gamma_threshold: float = 1e-3,
+        activation_threshold: float = 1e-12,
+        max_batches: int | None = None,
+    ) -> None:
+        valid = isinstance(every_n_steps, int) and not isinstance(every_n_steps, bool)
+        if every_n_steps is not None and (not valid or every_n_steps <= 0):
+            raise ValueError(f"every_n_steps must be a positive int or None, got {every_n_steps!r}")
+        if metrics is None:
+            metrics = CHEAP_METRICS + (("dead_activation",) if loader is not None else ())
+        metrics = tuple(metrics)
+        unknown = [m for m in metrics if m not in CHEAP_METRICS + EXPENSIVE_METRICS]
+        if unknown:
+            raise ValueError(
+                f"unknown metrics {unknown}; choose from {CHEAP_METRICS + EXPENSIVE_METRICS}"
+            )
+        expensive = [m for m in metrics if m in EXPENSIVE_METRICS]
+        if expensive and loader is None:
+            raise ValueError(f"metrics {expensive} need a loader")
+
+        self.model = model
+        self.every_n_steps = every_n_steps
+        self.metrics = metrics
+        self.loader = loader
+        self.gamma_threshold = gamma_threshold
+        self.activation_threshold = activation_threshold
+        self.max_batches = max_batches
+        self.pairs: list[tuple[str, str]] = []
+        if any(m in _SPARSITY_METRICS for m in metrics):
+            if input_size is not None:
+                self.pairs = bn_relu_pairs(model, input_size=input_size)
+            elif loader is not None:
+                self.pairs = bn_relu_pairs(model, _first_inputs(loader))
+            else:
+                self.pairs = bn_relu_pairs(model)
+        self._rows: list[dict] = []
+        self._frame: pd.DataFrame | None = None
+        self._last_cheap: tuple[int, int] | None = None  # (step, epoch) of the last cheap snapshot
+
+    # ---- the callback protocol ------------------------------------------------------------
+
+    def on_step(self, step: int, epoch: int) -> None:
+        """After an optimizer step: snapshot the cheap metrics every ``every_n_steps`` steps."""
+        if self.every_n_steps is not None and step % self.every_n_steps == 0:
+            self.snapshot(step, epoch)
+
+    def on_epoch_end(self, epoch: int, step: int) -> None:
+        """After an epoch: cheap metrics (unless already taken at this step), expensive ones."""
+        if self._last_cheap != (step, epoch):
+            self.snapshot(step, epoch)
+        if self.loader is not None and any(m in EXPENSIVE_METRICS for m in self.metrics):
+            self._snapshot_expensive(step, epoch)
+
+    def snapshot(self, step: int, epoch: int, expensive: bool = False) -> None:
+        """Append the cheap metrics now (and the expensive ones with ``expensive=True``)."""
+        add = self._adder(step, epoch)
+        if any(m in self.metrics for m in ("inactive_channels", "kept_channels", "head_jaccard")):
+            for name, layer in dgc_layers(self.model):
+                if "inactive_channels" in self.metrics:
+                    add(name, "inactive_channels", layer.inactive_channels)
+                sel = layer.last_selection  # (B, heads, C_in) or None
+                if sel is None:
+                    continue
+                sel = sel.detach()
+                if "kept_channels" in self.metrics:
+                    add(name, "kept_channels", sel.sum(-1).double().mean().item())
+                if "head_jaccard" in self.metrics and layer.heads > 1:
+                    jac = head_jaccard(sel)  # (B, heads, heads)
+                    a, b = torch.triu_indices(layer.heads, layer.heads, 1, device=sel.device)
+                    add(name, "head_jaccard", jac[:, a, b].double().mean().item())
+        if "dead_gamma" in self.metrics:
+            modules = dict(self.model.named_modules())
+            for bn_name, _ in self.pairs:
+                bn = modules[bn_name]
+                dead = 0.0 if bn.weight is None else (
+                    (bn.weight.detach().abs() < self.gamma_threshold).double().mean().item()
+                )
+                add(bn_name, "dead_gamma", dead)
+        self._last_cheap = (step, epoch)
+        if expensive:
+            self._snapshot_expensive(step, epoch)
+
+    # ---- results ----------------------------------------------------------------------------
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """Every snapshot so far: columns ``step``, ``epoch`` (int64), ``layer``, ``metric``
+        (str), ``value`` (float64), in the order taken."""
+        if self._frame is None:
+            frame = pd.DataFrame(self._rows, columns=COLUMNS)
+            self._frame = frame.astype(
+                {"step": "int64", "epoch": "int64", "layer": object, "metric": object,
+                 "value": "float64"}
+            )
+        return self._frame
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __repr__(self) -> str:
+        return (
+            f"MetricTracker(every_n_steps={self.every_n_steps}, metrics={self.metrics}, "
+            f"{len(self._rows)} rows)"
+        )
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def _adder(self, step: int, epoch: int):
+        def add(layer: str, metric: str, value) -> None:
+            self._rows.append(
+                {"step": int(step), "epoch": int(epoch), "layer": layer, "metric": metric,
+                 "value": float(value)}
+            )
+            self._frame = None
+
+        return add
+
+    def _snapshot_expensive(self, step: int, epoch: int) -> None:
+        if self.loader is None:
+            raise ValueError("expensive metrics need a loader (MetricTracker(loader=...))")
+        wanted = [m for m in self.metrics if m in EXPENSIVE_METRICS]
+        if not wanted:
+            return
+        table = filter_sparsity(
+            self.model,
+            self.loader,
+            self.gamma_threshold,
+            self.activation_threshold,
+            pairs=self.pairs,
+            selectivity="selectivity" in wanted,
+            max_batches=self.max_batches,
+        )
+        add = self._adder(step, epoch)
+        for row in table.itertuples(index=False):
+            if "dead_activation" in wanted:
+                add(row.layer, "dead_activation", row.dead_activation / row.filters)
+            if "selectivity" in wanted:
+                add(row.layer, "selectivity", row.selectivity)

@@ -1,0 +1,17 @@
+"""Training: the paper's recipe on any dgclab model, with checkpoints that survive a kill."""
+
+from .checkpoint import atomic_torch_save, atomic_write_text, load_checkpoint
+from .config import OPTIMIZERS, TrainConfig
+from .trainer import METRIC_COLUMNS, Trainer, build_optimizer, fit
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "OPTIMIZERS",
+    "TrainConfig",
+    "Trainer",
+    "atomic_torch_save",
+    "atomic_write_text",
+    "build_optimizer",
+    "fit",
+    "load_checkpoint",
+]

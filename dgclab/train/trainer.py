@@ -1,0 +1,383 @@
+"""The training loop used by the command line and the notebooks.
+
+One ``Trainer`` runs the paper's recipe (SPEC §1.2-1.3) on any dgclab model: SGD nesterov /
+Adam (coupled L2) / AdamW (decoupled), a per-iteration cosine learning rate, the DGC pruning
+schedule driven by training progress, and ``lambda * saliency_loss`` added to the loss from step
+0. After every epoch it evaluates on the test set inside a ``Recorder`` (which channels every
+head chose for every test image), appends a row of metrics, and writes the run folder:
+
+====================  ======================================================================
+``config.json``       the ``TrainConfig``
+``metrics.csv``       one row per finished epoch (rewritten atomically from the checkpoint's
+                      history, so it never holds an epoch twice)
+``checkpoint.pt``     the latest epoch: model, optimizer, scheduler, RNG states, history
+``test_recording.npz``  the last evaluation's recording (``dgclab.load_recording``)
+====================  ======================================================================
+
+A run killed at any moment loses at most its current epoch: ``resume=True`` continues from the
+checkpoint exactly (data order depends only on seed and epoch; RNG states are restored).
+
+Callbacks are plain objects with any of these methods, called on rank 0::
+
+    on_train_begin(trainer)
+    on_step_end(trainer, step, epoch, logs)        # logs: loss, acc, lasso, lr, k_frac
+    on_epoch_end(trainer, epoch, row)              # row: the metrics.csv row as a dict
+    on_train_end(trainer, history)                 # history: DataFrame
+
+Distributed: started by ``torchrun``, each process trains on its share of every epoch
+(DistributedSampler, gloo on CPU, nccl on CUDA); rank 0 evaluates, records and writes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from ..analysis import count_macs, filter_sparsity, head_overlap, realized_macs
+from ..data import load_dataset
+from ..layers import dgc_layers, saliency_loss, set_pruning_progress
+from ..models.registry import build_model
+from ..record import Recorder
+from .checkpoint import (atomic_torch_save, atomic_write_text, load_checkpoint, rng_state,
+                         set_rng_state)
+from .config import TrainConfig
+
+__all__ = ["Trainer", "fit", "METRIC_COLUMNS", "build_optimizer"]
+
+METRIC_COLUMNS = [
+    "epoch", "step", "lr", "train_loss", "train_acc", "lasso", "test_loss", "test_acc", "k_frac",
+    "dead_filters", "head_overlap", "paper_macs", "realized_macs", "epoch_seconds",
+]
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.csv"
+RECORDING = "test_recording.npz"
+CONFIG = "config.json"
+FORMAT = "dgclab-checkpoint/1"
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (nesterov; weight decay is L2), Adam (coupled L2) or AdamW (decoupled decay)."""
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               nesterov=config.momentum > 0, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"device={name!r} is not a device: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} asked for, but CUDA is not available here")
+    return device
+
+
+class Trainer:
+    """Train a model under a ``TrainConfig``, writing the run folder ``out`` (optional).
+
+    Args:
+        config: the run's configuration (validated here).
+        out: run folder; None keeps everything in memory (notebooks, tests).
+        resume: continue from ``out/checkpoint.pt`` when it exists.
+        callbacks: objects with ``on_*`` methods (see the module docstring).
+        progress: tqdm bars for epochs and batches.
+        model: use this model instead of building ``config.model`` (notebooks).
+
+    Example:
+        >>> config = TrainConfig(model="resnet8", dataset="synthetic", subset=256, epochs=1)
+        >>> history = Trainer(config, progress=False).fit()  # doctest: +SKIP
+    """
+
+    def __init__(self, config: TrainConfig, out: str | os.PathLike | None = None,
+                 resume: bool = False, callbacks=(), progress: bool = True,
+                 model: nn.Module | None = None) -> None:
+        self.config = config.validate()
+        self.out = Path(out) if out is not None else None
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        self.history: list[dict] = []
+        self.epoch = 0  # epochs finished
+        self.recording = None
+
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.device = _resolve_device(config.device)
+        if self.world > 1:
+            self._init_distributed()
+        self.rank = dist.get_rank() if self.distributed else 0
+        if config.sync_bn and self.device.type != "cuda":
+            raise ValueError("sync_bn=True needs CUDA: PyTorch's SyncBatchNorm runs only on GPUs "
+                             f"(device is {self.device})")
+
+        if self.out is not None and self.is_main:
+            self._check_out_dir(resume)
+
+        torch.manual_seed(config.seed)
+        self.train_set, self.test_set, self.info = load_dataset(
+            config.dataset, config.data_root, config.subset, config.seed,
+            download=config.download, augment=config.augment)
+        self.model = model if model is not None else build_model(
+            config.model, in_channels=self.info.in_channels, num_classes=self.info.num_classes,
+            width=config.width, conv=config.conv, heads=config.heads,
+            pruning_rate=config.pruning_rate)
+        self.model.to(self.device)
+        self.input_size = (1, self.info.in_channels, self.info.image_size, self.info.image_size)
+        self.optimizer = build_optimizer(self.model, config)
+        self.steps_per_epoch = math.ceil(len(self.train_set) / (config.batch_size * self.world))
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=self.total_steps, eta_min=0.0)
+
+        if resume and self.out is not None and (self.out / CHECKPOINT).is_file():
+            self._load(self.out / CHECKPOINT)
+        self.net = self._wrap(self.model)
+        if self.out is not None and self.is_main:
+            atomic_write_text(self.out / CONFIG, config.to_json())
+            self._write_metrics()  # a killed run's metrics.csv is rebuilt from its checkpoint
+
+    # ---- distributed -------------------------------------------------------------------------
+
+    @property
+    def distributed(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def _init_distributed(self) -> None:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.config.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            self.model = model
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return model
+
+    def _all_sum(self, *values: float) -> list[float]:
+        if not self.distributed:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    # ---- the run folder ----------------------------------------------------------------------
+
+    def _check_out_dir(self, resume: bool) -> None:
+        if (self.out / CHECKPOINT).is_file() and not resume:
+            raise ValueError(f"{self.out} already holds a run ({CHECKPOINT}); pass resume=True "
+                             "(--resume) to continue it, or choose another folder")
+        if resume and (self.out / CONFIG).is_file():
+            saved = json.loads((self.out / CONFIG).read_text())
+            now = self.config.to_dict()
+            changed = {k: (saved.get(k), now[k]) for k in now
+                       if k not in ("device", "workers") and saved.get(k) != now[k]}
+            if changed:
+                raise ValueError(f"cannot resume {self.out} with a different config: "
+                                 + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items()))
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def _save(self) -> None:
+        state = {
+            "format": FORMAT,
+            "epoch": self.epoch,
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "history": self.history,
+        }
+        atomic_torch_save(state, self.out / CHECKPOINT)
+
+    def _load(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        if state.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a {FORMAT} checkpoint (format={state.get('format')!r})")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+
+    def _write_metrics(self) -> None:
+        frame = pd.DataFrame(self.history, columns=METRIC_COLUMNS)
+        buf = io.StringIO()
+        frame.to_csv(buf, index=False)
+        atomic_write_text(self.out / METRICS, buf.getvalue())
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def _train_loader(self, epoch: int) -> DataLoader:
+        if self.distributed:
+            sampler = DistributedSampler(self.train_set, seed=self.config.seed, shuffle=True)
+            sampler.set_epoch(epoch)
+            return DataLoader(self.train_set, self.config.batch_size, sampler=sampler,
+                              num_workers=self.config.workers)
+        order = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        return DataLoader(self.train_set, self.config.batch_size, shuffle=True, generator=order,
+                          num_workers=self.config.workers)
+
+    def _call(self, hook: str, *args) -> None:
+        if not self.is_main:
+            return
+        for cb in self.callbacks:
+            fn = getattr(cb, hook, None)
+            if fn is not None:
+                fn(self, *args)
+
+    def k_frac(self) -> float:
+        """Mean over DGC layers of k / C_in (0 for a model without DGC layers)."""
+        layers = [layer for _, layer in dgc_layers(self.model)]
+        if not layers:
+            return 0.0
+        return sum(layer.inactive_channels / layer.in_channels for layer in layers) / len(layers)
+
+    def fit(self) -> pd.DataFrame:
+        """Train the remaining epochs; return the history (one row per epoch) as a DataFrame."""
+        cfg = self.config
+        self._call("on_train_begin")
+        epochs = tqdm(range(self.epoch, cfg.epochs), desc="epochs", initial=self.epoch,
+                      total=cfg.epochs, disable=not (self.progress and self.is_main))
+        for epoch in epochs:
+            start = time.perf_counter()
+            train = self._train_epoch(epoch)
+            row = {"epoch": epoch + 1, "step": (epoch + 1) * self.steps_per_epoch, **train}
+            if self.is_main:
+                row |= self.evaluate()
+            row["epoch_seconds"] = time.perf_counter() - start
+            self.epoch = epoch + 1
+            self.history.append(row)
+            if self.out is not None and self.is_main:
+                self._save()  # checkpoint first: metrics.csv is rebuilt from its history
+                self._write_metrics()
+                if self.recording is not None:
+                    self.recording.save(self.out / RECORDING)
+            if self.distributed:
+                dist.barrier()
+            epochs.set_postfix(test_acc=f"{row.get('test_acc', float('nan')):.4f}")
+            self._call("on_epoch_end", epoch + 1, row)
+        history = self.history_frame()
+        self._call("on_train_end", history)
+        return history
+
+    def history_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.history, columns=METRIC_COLUMNS)
+
+    def _train_epoch(self, epoch: int) -> dict:
+        cfg = self.config
+        self.net.train()
+        loss_sum = lasso_sum = correct = seen = 0.0
+        batches = tqdm(self._train_loader(epoch), desc=f"epoch {epoch + 1}", leave=False,
+                       total=self.steps_per_epoch, disable=not (self.progress and self.is_main))
+        for batch, (x, y) in enumerate(batches):
+            step = epoch * self.steps_per_epoch + batch
+            set_pruning_progress(self.model, step / self.total_steps)  # the official schedule
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            logits = self.net(x)
+            ce = F.cross_entropy(logits, y)
+            lasso = saliency_loss(self.model).to(ce.device)
+            loss = ce + cfg.lasso_lambda * lasso
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+
+            n = y.numel()
+            hits = (logits.argmax(1) == y).sum().item()
+            loss_sum += ce.item() * n
+            lasso_sum += lasso.item() * n
+            correct += hits
+            seen += n
+            logs = {"loss": ce.item(), "acc": hits / n, "lasso": lasso.item(),
+                    "lr": self.scheduler.get_last_lr()[0], "k_frac": self.k_frac()}
+            batches.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['acc']:.3f}")
+            self._call("on_step_end", step + 1, epoch + 1, logs)
+        loss_sum, lasso_sum, correct, seen = self._all_sum(loss_sum, lasso_sum, correct, seen)
+        return {"lr": self.scheduler.get_last_lr()[0], "train_loss": loss_sum / seen,
+                "train_acc": correct / seen, "lasso": lasso_sum / seen, "k_frac": self.k_frac()}
+
+    @torch.no_grad()
+    def evaluate(self, record: bool | None = None) -> dict:
+        """Test loss and accuracy; with recording, also head overlap and realized MACs.
+
+        Runs on the unwrapped model (rank 0 only in distributed runs). The recording of the
+        test set is kept as ``self.recording``.
+        """
+        record = self.config.record if record is None else record
+        model = self.model
+        was_training = model.training
+        model.eval()
+        loader = DataLoader(self.test_set, self.config.eval_batch_size, shuffle=False,
+                            num_workers=self.config.workers)
+        has_dgc = bool(dgc_layers(model))
+        recorder = Recorder(model) if (record and has_dgc) else None
+        loss_sum = correct = seen = 0.0
+        try:
+            if recorder is not None:
+                recorder.__enter__()
+            for x, y in loader:
+                x, y = x.to(self.device), y.to(self.device)
+                if recorder is not None:
+                    recorder.tag(labels=y, ids=torch.arange(int(seen), int(seen) + len(y)))
+                logits = model(x)
+                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+                correct += (logits.argmax(1) == y).sum().item()
+                seen += y.numel()
+        finally:
+            if recorder is not None:
+                recorder.__exit__(None, None, None)
+            model.train(was_training)
+        row = {"test_loss": loss_sum / seen, "test_acc": correct / seen,
+               "paper_macs": count_macs(model, self.input_size, "paper")}
+        sparsity = filter_sparsity(model, input_size=self.input_size)
+        row["dead_filters"] = int(sparsity["dead_gamma"].sum())
+        if recorder is not None:
+            self.recording = recorder
+            overlap = head_overlap(recorder)
+            row["head_overlap"] = float(overlap["jaccard"].mean()) if len(overlap) else float("nan")
+            row["realized_macs"] = self._realized_total(recorder)
+        else:
+            row["head_overlap"] = float("nan")
+            row["realized_macs"] = row["paper_macs"] if not has_dgc else float("nan")
+        return row
+
+    def _realized_total(self, recording) -> float:
+        """Mean MACs per test image: the whole network at the paper convention, with every DGC
+        layer's paper count replaced by what the image really used."""
+        per_sample = realized_macs(recording)
+        return float(self._network_paper_macs_outside_dgc() + per_sample["realized"].mean())
+
+    def _network_paper_macs_outside_dgc(self) -> int:
+        table = count_macs(self.model, self.input_size, "paper", per_layer=True)
+        return int(table.loc[table["type"] != "DGCConv2d", "macs"].sum())
+
+
+def fit(config: TrainConfig, out=None, **kwargs) -> pd.DataFrame:
+    """``Trainer(config, out, **kwargs).fit()``."""
+    return Trainer(config, out, **kwargs).fit()

@@ -1,0 +1,514 @@
+"""Recorder and the .npz format, against the layers' own decisions as the oracle.
+
+The oracle is a forward hook of the test's own that copies every DGC layer's ``last_selection``
+(and saliency, output) per forward; the recorder must store exactly that, in order.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import dgclab
+from dgclab.layers import DGCConv2d, set_pruning_progress
+from dgclab.layers.pruning import dgc_layers
+from dgclab.models import resnet_cifar
+from dgclab.record import LAYER_INFO_KEYS, Recorder, Recording, load_recording, save_recording
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def small_resnet(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = resnet_cifar(8, width=16, conv="dgc", in_channels=1).eval()
+    set_pruning_progress(model, 1.0)
+    return model
+
+
+def tiny_stack(seed: int = 0) -> nn.Module:
+    """Two 1x1 DGC layers, 12 -> 16 -> 8 channels: cheap enough for long streams.
+
+    Bit-packed selections per sample: 2 heads x 2 bytes (12 channels, 4 padding bits) and
+    4 heads x 2 bytes.
+    """
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        DGCConv2d(12, 16, 1, heads=2, squeeze_rate=2), DGCConv2d(16, 8, 1, heads=4, squeeze_rate=2)
+    ).eval()
+    set_pruning_progress(model, 1.0)
+    return model
+
+
+class Oracle:
+    """Copies of every DGC layer's decision and output, per forward (hooks of the test's own)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.sel, self.sal, self.out = {}, {}, {}
+        self.handles = [
+            layer.register_forward_hook(self._hook(name)) for name, layer in dgc_layers(model)
+        ]
+
+    def _hook(self, name):
+        def hook(module, args, output):
+            self.sel.setdefault(name, []).append(module.last_selection.clone())
+            self.sal.setdefault(name, []).append(module.last_saliency.clone())
+            self.out.setdefault(name, []).append(output.detach().clone())
+        return hook
+
+    def cat(self, what: str, name: str) -> torch.Tensor:
+        return torch.cat(getattr(self, what)[name])
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def assert_no_hooks(model: nn.Module) -> None:
+    for name, module in model.named_modules():
+        for attr in ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
+                     "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called"):
+            assert not getattr(module, attr), (name, attr)
+
+
+def assert_same_recording(a: Recording, b: Recording) -> None:
+    assert a.layer_names == b.layer_names
+    assert len(a) == len(b)
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.ids, b.ids)
+    for name in a.layer_names:
+        assert a.layer_info(name) == b.layer_info(name)
+        np.testing.assert_array_equal(a.packed_selections(name), b.packed_selections(name))
+        assert torch.equal(a.selections(name), b.selections(name))
+        assert (name in a._saliencies) == (name in b._saliencies)
+        if name in a._saliencies:
+            sa, sb = a.saliencies(name), b.saliencies(name)
+            assert sa.dtype == sb.dtype == torch.float16 and torch.equal(sa, sb)
+        assert (name in a._activation_max) == (name in b._activation_max)
+        if name in a._activation_max:
+            assert torch.equal(a.activation_max(name), b.activation_max(name))
+
+
+# ---- what is recorded ------------------------------------------------------------------------
+
+
+def test_selections_are_the_layers_decisions_batch_by_batch_in_order():
+    model = small_resnet()
+    oracle = Oracle(model)
+    with torch.no_grad(), Recorder(model) as rec:
+        assert len(rec) == 0 and rec.layer_names == []
+        for i, b in enumerate((5, 3, 7)):
+            model(torch.randn(b, 1, 28, 28))
+            # queries work during the run, on what has been seen so far
+            name = rec.layer_names[0]
+            assert torch.equal(rec.selections(name), oracle.cat("sel", name))
+    oracle.remove()
+    assert isinstance(rec, Recording)
+    assert rec.layer_names == [n for n, _ in dgc_layers(model)]
+    assert len(rec) == 15
+    for name, layer in dgc_layers(model):
+        sel = rec.selections(name)
+        assert sel.dtype == torch.bool and sel.shape == (15, layer.heads, layer.in_channels)
+        assert torch.equal(sel, oracle.cat("sel", name))
+        np.testing.assert_array_equal(
+            rec.packed_selections(name), np.packbits(oracle.cat("sel", name).numpy(), axis=-1)
+        )
+        info = rec.layer_info(name)
+        assert set(info) == set(LAYER_INFO_KEYS)
+        assert info["inactive_channels"] == layer.inactive_channels > 0
+        assert info["kernel_size"] == layer.kernel_size and info["hidden"] == layer.hidden
+    assert rec.layer_info("layer1.0.conv1")["input_hw"] == (28, 28)
+    assert rec.layer_info("layer3.0.conv2")["input_hw"] == (7, 7)
+    assert rec.layer_info("layer2.0.downsample.0")["stride"] == (2, 2)
+
+
+def test_ties_are_recorded_as_the_layer_kept_them():
+    layer = DGCConv2d(16, 8, 3, padding=1, heads=2, squeeze_rate=4, pruning_rate=0.25).eval()
+    layer.inactive_channels = 4
+    with torch.no_grad():
+        for head in layer.heads_list:  # saliency = fc2 bias: channels 0-7 tie at 1, 8-15 at 2
+            head.fc2.weight.zero_()
+            head.fc2.bias.copy_(torch.tensor([1.0] * 8 + [2.0] * 8))
+    with torch.no_grad(), Recorder(layer) as rec:
+        layer(torch.randn(3, 16, 6, 6))
+    assert rec.layer_names == [""]  # the model itself is the layer
+    sel = rec.selections("")
+    expected = torch.tensor([False] * 8 + [True] * 8).expand(3, 2, 16)
+    assert torch.equal(sel, expected)  # 8 kept, fewer than C - k = 12
+    assert rec.layer_info("")["inactive_channels"] == 4
+
+
+def test_saliencies_and_activation_maxima():
+    model = small_resnet()
+    oracle = Oracle(model)
+    with torch.no_grad(), Recorder(model, saliency=True, activations=True) as rec:
+        for b in (4, 6):
+            model(torch.randn(b, 1, 28, 28))
+    oracle.remove()
+    for name, layer in dgc_layers(model):
+        sal = rec.saliencies(name)
+        assert sal.dtype == torch.float16 and sal.shape == (10, layer.heads, layer.in_channels)
+        assert torch.equal(sal, oracle.cat("sal", name).half())
+        amax = rec.activation_max(name)
+        assert amax.dtype == torch.float32 and amax.shape == (10, layer.out_channels)
+        assert torch.equal(amax, oracle.cat("out", name).amax(dim=(2, 3)))
+    plain = Recorder(model)
+    with torch.no_grad(), plain:
+        model(torch.randn(2, 1, 28, 28))
+    with pytest.raises(ValueError, match="saliency=True"):
+        plain.saliencies("layer1.0.conv1")
+    with pytest.raises(ValueError, match="activations=True"):
+        plain.activation_max("layer1.0.conv1")
+
+
+# ---- tags ------------------------------------------------------------------------------------
+
+
+def test_tags_attach_and_where_finds_rows():
+    model = tiny_stack()
+    x = torch.randn(10, 12, 2, 2)
+    with torch.no_grad(), Recorder(model) as rec:
+        rec.tag(labels=torch.tensor([0, 1, 2, 3, 4]), ids=torch.arange(10, 15))
+        model(x[:5])
+        rec.tag(labels=np.array([3, 3, 9, 9, 3]), ids=[15, 16, 17, 18, 19])
+        model(x[5:])
+    assert rec.ids.tolist() == list(range(10, 20))
+    assert rec.labels.tolist() == [0, 1, 2, 3, 4, 3, 3, 9, 9, 3]
+    row = rec.where(ids=17)
+    assert row.tolist() == [7]
+    assert rec.where(labels=3).tolist() == [3, 5, 6, 9]
+    assert rec.where(labels=[3, 9], ids=[16, 17, 19]).tolist() == [6, 7, 9]
+    # "which channels did image 17 use in layer 1, head 2"
+    single = Recorder(model)
+    with torch.no_grad(), single:
+        model(x[7:8])
+    assert torch.equal(rec.selections("1")[row][0, 2], single.selections("1")[0, 2])
+
+
+def test_ids_count_across_batches_when_untagged():
+    model = tiny_stack()
+    with torch.no_grad(), Recorder(model) as rec:
+        model(torch.randn(3, 12, 1, 1))
+        rec.tag(ids=[100, 101])  # a tagged batch still moves the counter
+        model(torch.randn(2, 12, 1, 1))
+        model(torch.randn(4, 12, 1, 1))  # tags applied to the previous forward only
+    assert rec.ids.tolist() == [0, 1, 2, 100, 101, 5, 6, 7, 8]
+    assert rec.labels.tolist() == [-1] * 9
+    assert rec.samples_seen == 9
+
+
+def test_tag_lengths_are_checked():
+    model = tiny_stack()
+    with torch.no_grad(), Recorder(model) as rec:
+        model(torch.randn(2, 12, 1, 1))
+        rec.tag(labels=torch.arange(3))
+        with pytest.raises(ValueError, match=r"3 entries.*4 samples"):
+            model(torch.randn(4, 12, 1, 1))
+        assert len(rec) == 2 and rec.samples_seen == 2  # the forward was not recorded
+        model(torch.randn(4, 12, 1, 1))  # and the tags are gone
+        assert len(rec) == 6
+        with pytest.raises(ValueError, match="3 labels and 2 ids"):
+            rec.tag(labels=[1, 2, 3], ids=[1, 2])
+        with pytest.raises(ValueError, match="integers"):
+            rec.tag(labels=torch.tensor([0.5, 1.0]))
+        with pytest.raises(ValueError, match="1-D"):
+            rec.tag(ids=torch.zeros(2, 2, dtype=torch.long))
+
+
+# ---- reservoir -------------------------------------------------------------------------------
+
+
+def test_reservoir_keeps_m_samples_the_same_for_every_layer_in_order():
+    model = tiny_stack()
+    torch.manual_seed(1)
+    x = torch.randn(500, 12, 2, 2)
+    oracle = Oracle(model)
+    with torch.no_grad(), Recorder(model, max_samples=40, seed=3) as rec:
+        for s in range(0, 500, 7):
+            rec.tag(labels=torch.arange(s, min(s + 7, 500)) % 10)
+            model(x[s : s + 7])
+        assert rec.nbytes <= 40 * (8 + 8 + 8 + 2 * 2 + 4 * 2)  # never more than M rows
+    oracle.remove()
+    ids = rec.ids
+    assert len(rec) == 40 and rec.samples_seen == 500
+    assert torch.equal(ids, ids.sort().values) and len(set(ids.tolist())) == 40
+    assert torch.equal(rec.labels, ids % 10)
+    for name in rec.layer_names:  # row j of every layer is sample ids[j]
+        assert torch.equal(rec.selections(name), oracle.cat("sel", name)[ids])
+    # fewer samples than M: all kept, in order
+    with torch.no_grad(), Recorder(model, max_samples=40) as few:
+        model(x[:25])
+    assert few.ids.tolist() == list(range(25))
+
+
+def test_reservoir_is_uniform_and_deterministic():
+    model = tiny_stack()
+    x = torch.randn(200, 12, 1, 1)
+
+    def kept(seed: int, batch: int = 9) -> list[int]:
+        with torch.no_grad(), Recorder(model, max_samples=10, seed=seed) as rec:
+            for s in range(0, 200, batch):
+                model(x[s : s + batch])
+        return rec.ids.tolist()
+
+    assert kept(5) == kept(5) and kept(5) != kept(6)
+    runs = np.array([kept(seed) for seed in range(150)])  # (150, 10)
+    # Each of 200 samples is kept with probability 10/200: the mean id is (200 - 1) / 2 with a
+    # standard error of 57.7 / sqrt(1500) = 1.5; every quarter of the stream holds 1/4 of them.
+    assert abs(runs.mean() - 99.5) < 6
+    quarters = np.bincount(runs.ravel() // 50, minlength=4) / runs.size
+    assert np.all(np.abs(quarters - 0.25) < 0.04), quarters
+
+
+# ---- hooks -----------------------------------------------------------------------------------
+
+
+def test_hooks_are_removed_after_exit_and_after_an_exception():
+    model = small_resnet()
+    x = torch.randn(2, 1, 28, 28)
+    rec = Recorder(model)
+    with torch.no_grad():
+        model(x)  # before: nothing recorded
+        with rec:
+            assert len(rec._handles) == len(dgc_layers(model)) + 2
+            model(x)
+        assert_no_hooks(model)
+        model(x)  # after: nothing recorded
+        assert len(rec) == 2 and not rec.recording
+
+        with pytest.raises(KeyError):
+            with Recorder(model) as failed:
+                model(x)
+                raise KeyError("boom")
+        assert_no_hooks(model)
+        assert len(failed) == 2
+
+        with Recorder(model) as rec2:
+            with pytest.raises(ValueError, match="expects a 4-D input"):
+                model.layer2(torch.randn(2, 16, 28))  # raises inside a layer, before any hook
+            with pytest.raises(RuntimeError):
+                model(torch.randn(2, 3, 28, 28))  # a forward that fails commits nothing
+            model(x)
+        assert_no_hooks(model)
+        assert len(rec2) == 2
+
+
+def test_a_layer_run_outside_a_forward_of_the_model_raises():
+    model = small_resnet()
+    with torch.no_grad(), Recorder(model) as rec:
+        with pytest.raises(RuntimeError, match=r"'layer2\.0\.conv1' ran outside a forward"):
+            model.layer2(torch.randn(2, 16, 28, 28))
+        model(torch.randn(3, 1, 28, 28))
+    assert len(rec) == 3
+    # a part can be recorded on its own
+    with torch.no_grad(), Recorder(model.layer2) as part:
+        model.layer2(torch.randn(2, 16, 28, 28))
+    assert part.layer_names == ["0.conv1", "0.conv2", "0.downsample.0"] and len(part) == 2
+
+
+def test_a_layer_run_twice_in_one_forward_raises():
+    torch.manual_seed(0)
+    layer = DGCConv2d(12, 12, 1, heads=2, squeeze_rate=2)
+    model = nn.Sequential(layer, layer).eval()
+    with torch.no_grad(), Recorder(model) as rec:
+        with pytest.raises(RuntimeError, match="ran twice in one forward"):
+            model(torch.randn(2, 12, 1, 1))
+    assert len(rec) == 0
+
+
+def test_reentry_continues_and_nesting_is_refused():
+    model = tiny_stack()
+    rec = Recorder(model)
+    with torch.no_grad():
+        with rec:
+            model(torch.randn(2, 12, 1, 1))
+            with pytest.raises(RuntimeError, match="already recording"):
+                rec.__enter__()
+        with rec:
+            model(torch.randn(3, 12, 1, 1))
+    assert len(rec) == 5 and rec.ids.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="no DGCConv2d"):
+        Recorder(nn.Conv2d(1, 1, 1))
+    with pytest.raises(ValueError, match="max_samples"):
+        Recorder(tiny_stack(), max_samples=0)
+
+
+def test_a_change_of_k_during_recording_warns_once():
+    model = tiny_stack()
+    with torch.no_grad(), Recorder(model) as rec:
+        model(torch.randn(2, 12, 1, 1))
+        set_pruning_progress(model, 0.5)
+        with pytest.warns(UserWarning, match="layer_info keeps the first"):
+            model(torch.randn(2, 12, 1, 1))
+    assert rec.layer_info("0")["inactive_channels"] == 9
+
+
+# ---- memory ----------------------------------------------------------------------------------
+
+
+def test_70000_fashion_mnist_images_through_resnet20_fit_in_200_mb():
+    torch.manual_seed(0)
+    model = resnet_cifar(20, width=16, conv="dgc", in_channels=1).eval()
+    set_pruning_progress(model, 1.0)
+    with torch.no_grad(), Recorder(model) as rec:
+        for _ in range(2):
+            model(torch.randn(64, 1, 28, 28))
+    assert len(rec.layer_names) == 20
+    per_sample = rec.nbytes / len(rec)  # exact after exit: 1 bit per head and channel + 16
+    infos = [rec.layer_info(name) for name in rec.layer_names]
+    bits = sum(i["heads"] * -(-i["in_channels"] // 8) * 8 for i in infos)
+    assert per_sample == bits / 8 + 16  # + labels and ids
+    # while recording, the arrays keep up to as many rows again as room for more
+    assert 2 * per_sample * 70_000 < 200e6
+
+
+def test_held_bytes_grow_by_doubling_and_are_trimmed_on_exit():
+    model = tiny_stack()
+    x = torch.randn(997, 12, 1, 1)
+    with torch.no_grad(), Recorder(model) as rec:
+        for _ in range(30):
+            model(x)
+        exact = len(rec) * (8 + 8 + 2 * 2 + 4 * 2)  # labels, ids, selections of 2 layers
+        assert exact < rec.nbytes <= 2 * exact
+    assert rec.nbytes == exact
+
+
+# ---- save / load -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw", [{}, {"saliency": True, "activations": True}, {"max_samples": 6}])
+def test_save_load_round_trip_exactly(tmp_path: Path, kw):
+    model = small_resnet()
+    with torch.no_grad(), Recorder(model, **kw) as rec:
+        for s in range(0, 20, 5):
+            rec.tag(labels=torch.arange(s, s + 5) % 3, ids=torch.arange(s, s + 5) * 11)
+            model(torch.randn(5, 1, 28, 28))
+    path = tmp_path / "run.npz"
+    rec.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["run.npz"]  # no .tmp left behind
+    loaded = load_recording(path)
+    assert type(loaded) is Recording
+    assert_same_recording(rec, loaded)
+    assert_same_recording(loaded, load_recording(str(path)))
+    # and a loaded recording saves to the same thing
+    save_recording(loaded, tmp_path / "again.npz")
+    assert_same_recording(loaded, dgclab.load_recording(tmp_path / "again.npz"))
+
+
+def test_save_uses_the_path_as_given_and_handles_an_empty_recording(tmp_path: Path):
+    rec = Recorder(tiny_stack())
+    rec.save(tmp_path / "empty.rec")
+    loaded = load_recording(tmp_path / "empty.rec")
+    assert len(loaded) == 0 and loaded.layer_names == []
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> Path:
+    model = tiny_stack()
+    with torch.no_grad(), Recorder(model, saliency=True) as rec:
+        model(torch.randn(40, 12, 3, 3))
+    path = tmp_path / "good.npz"
+    rec.save(path)
+    return path
+
+
+def _rewrite(path: Path, target: Path, change) -> Path:
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    change(arrays)
+    with open(target, "wb") as f:
+        np.savez(f, **arrays)
+    return target
+
+
+def _set_meta(arrays, edit):
+    meta = json.loads(arrays["metadata"].tobytes())
+    edit(meta)
+    arrays["metadata"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+
+
+def test_a_missing_file_raises_file_not_found(tmp_path: Path):
+    with pytest.raises(FileNotFoundError):
+        load_recording(tmp_path / "nothing.npz")
+
+
+def test_a_truncated_file_raises_value_error_naming_it(saved: Path):
+    data = saved.read_bytes()
+    for cut in (len(data) // 2, len(data) - 10, 100):
+        bad = saved.with_name(f"cut{cut}.npz")
+        bad.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match=f"cut{cut}.npz"):
+            load_recording(bad)
+
+
+def test_random_bytes_and_a_flipped_byte_raise_value_error(saved: Path):
+    bad = saved.with_name("random.npz")
+    bad.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(ValueError, match="random.npz.*not an .npz"):
+        load_recording(bad)
+    # corrupt the compressed data of the first member (its CRC or zlib stream breaks)
+    data = bytearray(saved.read_bytes())
+    with zipfile.ZipFile(saved) as z:
+        info = z.infolist()[0]
+    local_header = bytes(data[info.header_offset : info.header_offset + 30])
+    name_len, extra_len = np.frombuffer(local_header[26:30], "<u2")
+    start = info.header_offset + 30 + int(name_len) + int(extra_len)  # the member's data
+    for i in range(start + 5, start + 25):
+        data[i] ^= 0xFF
+    flipped = saved.with_name("flipped.npz")
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="flipped.npz"):
+        load_recording(flipped)
+    npy = saved.with_name("array.npz")
+    with open(npy, "wb") as f:
+        np.save(f, np.zeros(3))
+    with pytest.raises(ValueError, match="array.npz.*single .npy"):
+        load_recording(npy)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: a.pop("selections_1"), r"missing arrays \['selections_1'\]"),
+        (lambda a: a.pop("metadata"), "no 'metadata' array"),
+        (lambda a: a.update(extra=np.zeros(1)), r"unexpected arrays \['extra'\]"),
+        (lambda a: a.update(labels=np.zeros(41, np.int64)), r"'labels' has shape \(41,\)"),
+        (lambda a: a.update(saliencies_0=a["saliencies_0"][:, :1]), "'saliencies_0' has shape"),
+        (lambda a: a.update(selections_0=a["selections_0"].astype(np.int16)), "dtype int16"),
+        (lambda a: a.update(ids=a["ids"].astype(np.float64)), "'ids' has dtype float64"),
+        (lambda a: a.update(selections_0=a["selections_0"] | 1), "padding must be 0"),
+        (lambda a: a.update(metadata=np.frombuffer(b"{not json", np.uint8)), "not valid JSON"),
+        (lambda a: _set_meta(a, lambda m: m.update(format="other")), "format is 'other'"),
+        (lambda a: _set_meta(a, lambda m: m.update(version=2)), "version 2 is newer"),
+        (lambda a: _set_meta(a, lambda m: m["layers"][0]["info"].pop("heads")),
+         r"lacks \['heads'\]"),
+        (lambda a: _set_meta(a, lambda m: m["layers"][1].update(saliencies=False)),
+         r"unexpected arrays \['saliencies_1'\]"),
+        (lambda a: _set_meta(a, lambda m: m.update(num_samples=39)), "expected"),
+    ],
+)
+def test_a_damaged_archive_raises_value_error_naming_it_and_the_problem(saved, change, message):
+    bad = _rewrite(saved, saved.with_name("damaged.npz"), change)
+    with pytest.raises(ValueError, match=message) as err:
+        load_recording(bad)
+    assert "damaged.npz" in str(err.value)
+
+
+def test_a_reservoir_hands_out_copies_that_later_forwards_do_not_change():
+    model = tiny_stack()
+    with torch.no_grad(), Recorder(model, max_samples=8) as rec:
+        model(torch.randn(8, 12, 1, 1))
+        before = rec.packed_selections("0")
+        kept = before.copy()
+        for _ in range(20):
+            model(torch.randn(8, 12, 1, 1))
+    np.testing.assert_array_equal(before, kept)
+    assert rec.ids.max() >= 8  # later samples did replace some

@@ -1,0 +1,162 @@
+"""Implicit filter sparsity (SPEC §7): BN-ReLU pairing, dead filters, selectivity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dgclab.analysis import bn_relu_pairs, filter_sparsity
+from dgclab.models import dydensenet, resnet_cifar
+
+
+def conv_bn_relu(c_in=1, c_out=3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+# ---- pairing ---------------------------------------------------------------------------------
+
+
+def test_plain_sequential_has_one_pair():
+    model = conv_bn_relu()
+    assert bn_relu_pairs(model) == [("1", "2")]
+    assert bn_relu_pairs(model, input_size=(1, 1, 4, 4)) == [("1", "2")]
+    table = filter_sparsity(model, input_size=(1, 1, 4, 4))
+    assert table.to_dict("records") == [{"layer": "1", "relu": "2", "filters": 3, "dead_gamma": 0}]
+    with_data = filter_sparsity(model, [torch.randn(2, 1, 4, 4)])
+    assert with_data["layer"].tolist() == ["1"]
+
+
+def resnet8_pairs() -> list[str]:
+    """By hand: the stem BN; per DGCBasicBlock the DGC layers' own norms and bn1 (-> relu1);
+    not bn2 (-> residual add) nor the shortcut's BN (-> add). Block 1 (16 -> 16) has no
+    downsample; blocks 2 and 3 have a DGC 1x1 downsample with its own norm: 1 + 3 + 4 + 4."""
+    names = ["bn1"]
+    for stage in (1, 2, 3):
+        block = f"layer{stage}.0"
+        names += [f"{block}.conv1.norm", f"{block}.bn1", f"{block}.conv2.norm"]
+        if stage > 1:
+            names.append(f"{block}.downsample.0.norm")
+    return names
+
+
+def test_resnet_cifar_dgc_pairs_by_data_flow():
+    model = resnet_cifar(8, conv="dgc")
+    expected = resnet8_pairs()
+    assert len(expected) == 12
+    pairs = bn_relu_pairs(model, input_size=(1, 3, 16, 16))
+    assert sorted(bn for bn, _ in pairs) == sorted(expected)
+    assert dict(pairs)["layer1.0.bn1"] == "layer1.0.relu1"
+    assert dict(pairs)["layer2.0.conv1.norm"] == "layer2.0.conv1.relu"
+    table = filter_sparsity(model, [torch.randn(2, 3, 16, 16)], selectivity=False)
+    assert sorted(table["layer"]) == sorted(expected)
+    assert table.set_index("layer").loc["layer3.0.bn1", "filters"] == 64
+
+
+def test_heuristic_pairs_and_its_documented_mistake():
+    # The heuristic also pairs layer1.0.bn2 with relu2: registered next to each other, but the
+    # residual add sits between them in the forward.
+    model = resnet_cifar(8, conv="dgc")
+    heuristic = [bn for bn, _ in bn_relu_pairs(model)]
+    assert sorted(heuristic) == sorted(resnet8_pairs() + ["layer1.0.bn2"])
+
+
+def test_dydensenet_pairs():
+    # Per dense layer: the DGC 1x1's norm and conv_2's norm; plus bn_last: 4 * 2 + 1.
+    model = dydensenet([2, 2], [4, 8])
+    pairs = bn_relu_pairs(model, input_size=(1, 3, 16, 16))
+    assert len(pairs) == 9
+    assert pairs[-1] == ("bn_last", "relu_last")
+    assert ("features.denseblock_2.denselayer_1.conv_2.norm",
+            "features.denseblock_2.denselayer_1.conv_2.relu") in pairs
+    assert bn_relu_pairs(model) == pairs
+    table = filter_sparsity(model, [(torch.randn(2, 3, 16, 16), torch.zeros(2))])
+    assert len(table) == 9
+    # The second dense layer's BN sees the 8 stem channels plus the first layer's 4.
+    assert table.set_index("layer").loc[
+        "features.denseblock_1.denselayer_2.conv_1.norm", "filters"] == 12
+
+
+def test_functional_relu_is_invisible():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            return F.relu(self.bn(x))
+
+    assert bn_relu_pairs(Functional(), input_size=(1, 2, 3, 3)) == []
+    assert len(filter_sparsity(Functional(), [torch.randn(2, 2, 3, 3)])) == 0
+
+
+# ---- dead filters ----------------------------------------------------------------------------
+
+
+def dead_model() -> nn.Sequential:
+    """Filter 0: gamma 0, beta -1 -> constant 0 output, dead both ways.
+    Filter 1: conv weight 0, gamma 1, beta 0 -> BN output 0 everywhere, dead by activation.
+    Filter 2: weight 1, gamma 1, beta 0 -> ReLU(x), alive."""
+    model = conv_bn_relu(1, 3)
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, 0.0, 1.0]).view(3, 1, 1, 1))
+        model[1].weight.copy_(torch.tensor([0.0, 1.0, 1.0]))
+        model[1].bias.copy_(torch.tensor([-1.0, 0.0, 0.0]))
+    return model
+
+
+def test_dead_by_gamma_and_by_activation():
+    model = dead_model()
+    x = torch.randn(8, 1, 4, 4)
+    table = filter_sparsity(model, [x[:4], (x[4:], torch.zeros(4))], per_filter=True)
+    assert table["dead_gamma"].tolist() == [True, False, False]
+    assert table["dead_activation"].tolist() == [True, True, False]
+    assert table["max_activation"][2] == pytest.approx(x.max().item() / (1 + 1e-5) ** 0.5)
+    summary = filter_sparsity(model, [x])
+    assert summary.to_dict("records")[0] == {
+        "layer": "1", "relu": "2", "filters": 3, "dead_gamma": 1, "dead_activation": 2,
+        "selectivity": summary["selectivity"][0],
+    }
+    # Without data: gamma only.
+    assert list(filter_sparsity(model).columns) == ["layer", "relu", "filters", "dead_gamma"]
+    assert filter_sparsity(model, gamma_threshold=1.5)["dead_gamma"].tolist() == [3]
+
+
+def test_selectivity_hand_built():
+    # BN-ReLU on the raw input (BN at init: y = x / sqrt(1 + eps), the ratios are unchanged).
+    # Channel 0: per-image maxima 1, 0.5, 1e-4, 0 (all negative) -> ratios 1, .5, 1e-4, 0:
+    # two of four images below 1e-3 -> selectivity 0.5. Channel 1: max 2 on every image -> 0.
+    # Channel 2: always negative -> dead, excluded from the mean.
+    x = torch.full((4, 3, 2, 2), -1.0)
+    for i, peak in enumerate([1.0, 0.5, 1e-4]):
+        x[i, 0, 0, 0] = peak
+    x[:, 1, 1, 1] = 2.0
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.ReLU())
+    per_filter = filter_sparsity(model, [x[:3], x[3:]], per_filter=True)
+    assert per_filter["selectivity"][:2].tolist() == [0.5, 0.0]
+    assert per_filter["selectivity"].isna().tolist() == [False, False, True]
+    summary = filter_sparsity(model, [x])
+    assert summary["selectivity"][0] == 0.25
+    assert summary["dead_activation"][0] == 1
+    single = filter_sparsity(model, [x], selectivity=False)
+    assert "selectivity" not in single.columns
+
+
+def test_modes_and_dgc_state_are_restored():
+    model = resnet_cifar(8, conv="dgc", width=8)
+    model.train()
+    model(torch.randn(2, 3, 8, 8))
+    before = model.layer1[0].conv1.last_selection
+    filter_sparsity(model, [torch.randn(3, 3, 8, 8)], max_batches=1)
+    assert all(m.training for m in model.modules())
+    assert model.layer1[0].conv1.last_selection is before
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_bad_batches_and_pairs():
+    model = conv_bn_relu()
+    with pytest.raises(ValueError, match="batch"):
+        filter_sparsity(model, [{"x": torch.randn(1, 1, 2, 2)}])
+    with pytest.raises(ValueError, match="BatchNorm2d"):
+        filter_sparsity(model, pairs=[("0", "2")])
