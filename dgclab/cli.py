@@ -23,10 +23,10 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_layer_demo
+    from .demo import run_demo
 
-    return run_layer_demo(data_root=args.root, images=args.images, depth=args.depth,
-                          width=args.width, seed=args.seed)
+    return run_demo(out=args.out, data_root=args.root, epochs=args.epochs, subset=args.subset,
+                    progress=not args.no_progress)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -48,7 +48,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"{args.out}: epoch {int(last.epoch)}, test accuracy {last.test_acc:.4f}, "
               f"paper MACs {last.paper_macs / 1e6:.2f}M, realized MACs "
               f"{last.realized_macs / 1e6:.2f}M")
-        if args.report:
+        if not args.no_report:
             from .report import write_report
 
             print(f"report: {write_report(args.out)}")
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm (CUDA only)")
     train.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
-    train.add_argument("--report", action="store_true", help="write report.html at the end")
+    train.add_argument("--no-report", action="store_true", help="skip report.html at the end")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.set_defaults(func=_cmd_train)
 
@@ -128,12 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run")
     rep.set_defaults(func=_cmd_report)
 
-    demo = sub.add_parser("demo", help="the main job of `make demo`")
+    demo = sub.add_parser("demo", help="the main job of `make demo`: train a small DGC ResNet "
+                          "on Fashion-MNIST, record the test set, write a report")
     demo.add_argument("--root", default="data", help="where Fashion-MNIST is (default: data)")
-    demo.add_argument("--images", type=int, default=256, help="test images to push through")
-    demo.add_argument("--depth", type=int, default=8, help="resnet_cifar depth (6n+2)")
-    demo.add_argument("--width", type=int, default=32, help="resnet_cifar base width")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
+    demo.add_argument("--epochs", type=int, default=None, help="default 3")
+    demo.add_argument("--subset", type=int, default=None, help="training images (default 20000)")
+    demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

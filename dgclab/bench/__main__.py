@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 BENCHMARKS = {
+    "accuracy": "dgclab.bench.accuracy",
     "layer": "dgclab.bench.layer",
     "macs": "dgclab.bench.macs",
     "record": "dgclab.bench.record",

@@ -1,0 +1,170 @@
+"""Accuracy of dense vs static-group vs DGC ResNets on full Fashion-MNIST (issue #4).
+
+The same recipe for all three (SGD nesterov 0.9, lr 0.1, cosine per iteration, weight decay
+1e-4, crop + flip; DGC: heads 4, pruning rate 0.75, lasso 1e-5), ``--seeds`` seeds each. Every
+(config, seed) is an ordinary run folder under ``--out``: the benchmark resumes unfinished runs
+from their last epoch and skips finished ones, so it can span sessions; runs go seed by seed
+(dense, group, dgc for seed 0 first), so a partial benchmark already compares all three.
+
+The summary (also ``--summary-only``) reads the run folders, measures CPU latency per image
+(eval, batch 64 and batch 1, interleaved medians) and prints a markdown table with the targets:
+dense >= 92 %; DGC within 0.5 points of dense at <= 1/3 of its MACs (paper convention); DGC
+above the static group conv of about the same MACs.
+
+Run it in the background (it takes hours on 2 cores)::
+
+    nohup python -m dgclab.bench accuracy > runs/bench-accuracy.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..train import Trainer, TrainConfig
+from ..train.checkpoint import atomic_write_text
+from ..train.evaluate import load_run
+from .timing import interleaved_medians
+
+CONVS = ("dense", "group", "dgc")
+
+
+def _config(conv: str, seed: int, args) -> TrainConfig:
+    return TrainConfig(model=f"resnet{args.depth}", width=args.width, conv=conv, heads=4,
+                       pruning_rate=0.75, dataset="fashion-mnist", data_root=args.data_root,
+                       epochs=args.epochs, batch_size=args.batch_size, optimizer="sgd", lr=0.1,
+                       weight_decay=1e-4, lasso_lambda=1e-5, seed=seed, device="cpu")
+
+
+def _finished(run: Path, epochs: int) -> bool:
+    metrics = run / "metrics.csv"
+    return metrics.is_file() and len(pd.read_csv(metrics)) >= epochs
+
+
+class _EpochLog:
+    """One log line per epoch (the benchmark runs under nohup, without progress bars)."""
+
+    def __init__(self, run: Path) -> None:
+        self.run = run
+
+    def on_epoch_end(self, trainer, epoch, row) -> None:
+        print(f"{self.run} epoch {epoch}/{trainer.config.epochs}: test acc {row['test_acc']:.4f}, "
+              f"train loss {row['train_loss']:.3f}, k {row['k_frac']:.2f}, "
+              f"{row['epoch_seconds']:.0f} s", flush=True)
+
+
+def train_all(args) -> None:
+    for seed in range(args.seeds):
+        for conv in args.configs:
+            run = Path(args.out) / f"{conv}-seed{seed}"
+            if _finished(run, args.epochs):
+                print(f"{run}: finished, skipped", flush=True)
+                continue
+            print(f"{run}: training", flush=True)
+            Trainer(_config(conv, seed, args), run, resume=True, progress=args.progress,
+                    callbacks=[_EpochLog(run)]).fit()
+
+
+def _latency_ms(models: dict[str, torch.nn.Module], size, batch: int, rounds: int) -> dict[str, float]:
+    x = torch.randn(batch, *size[1:])
+    with torch.no_grad():
+        t = interleaved_medians({name: (lambda m=m: m(x)) for name, m in models.items()},
+                                rounds=rounds, warmup=2)
+    return {name: v * 1e3 / batch for name, v in t.items()}
+
+
+def summarize(args) -> pd.DataFrame:
+    rows, models = [], {}
+    for conv in args.configs:
+        for seed in range(args.seeds):
+            run = Path(args.out) / f"{conv}-seed{seed}"
+            if not _finished(run, args.epochs):
+                continue
+            last = pd.read_csv(run / "metrics.csv").iloc[-1]
+            rows.append({"conv": conv, "seed": seed, "test_acc": last.test_acc,
+                         "paper_macs": last.paper_macs, "realized_macs": last.realized_macs,
+                         "train_minutes": pd.read_csv(run / "metrics.csv").epoch_seconds.sum() / 60})
+            if conv not in models:
+                trainer = load_run(run, device="cpu")
+                models[conv] = trainer.model.eval()
+                size = trainer.input_size
+    if not rows:
+        print("no finished runs yet")
+        return pd.DataFrame()
+    runs = pd.DataFrame(rows)
+    torch.set_num_threads(args.threads)
+    lat64 = _latency_ms(models, size, 64, args.rounds)
+    lat1 = _latency_ms(models, size, 1, args.rounds * 4)
+    table = runs.groupby("conv", sort=False).agg(
+        seeds=("seed", "count"), acc_mean=("test_acc", "mean"), acc_std=("test_acc", "std"),
+        paper_macs=("paper_macs", "mean"), realized_macs=("realized_macs", "mean"),
+        train_minutes=("train_minutes", "mean")).reset_index()
+    table["ms_per_image_b64"] = table.conv.map(lat64)
+    table["ms_per_image_b1"] = table.conv.map(lat1)
+    buf = io.StringIO()
+    table.to_csv(buf, index=False)
+    atomic_write_text(Path(args.out) / "summary.csv", buf.getvalue())
+
+    print(f"\nresnet_cifar({args.depth}, width {args.width}) on Fashion-MNIST, {args.epochs} "
+          f"epochs, batch {args.batch_size}; latency: eval, {args.threads} threads\n")
+    print("| conv | seeds | test accuracy (%) | paper MACs | realized MACs | ms/image (batch 64) "
+          "| ms/image (batch 1) | train min/run |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in table.itertuples():
+        std = f" ± {100 * r.acc_std:.2f}" if r.seeds > 1 else ""
+        print(f"| {r.conv} | {r.seeds} | {100 * r.acc_mean:.2f}{std} | {r.paper_macs / 1e6:.2f}M "
+              f"| {r.realized_macs / 1e6:.2f}M | {r.ms_per_image_b64:.3f} | {r.ms_per_image_b1:.2f} "
+              f"| {r.train_minutes:.1f} |")
+    by = table.set_index("conv")
+    print()
+    if "dense" in by.index:
+        print(f"dense >= 92 %: {'met' if by.acc_mean['dense'] >= 0.92 else 'MISSED'} "
+              f"({100 * by.acc_mean['dense']:.2f} %)")
+    if {"dense", "dgc"} <= set(by.index):
+        gap = 100 * (by.acc_mean["dense"] - by.acc_mean["dgc"])
+        ratio = by.paper_macs["dgc"] / by.paper_macs["dense"]
+        print(f"DGC within 0.5 points of dense: {'met' if gap <= 0.5 else 'MISSED'} "
+              f"(gap {gap:.2f} points); at <= 1/3 of dense MACs: "
+              f"{'met' if ratio <= 1 / 3 else 'MISSED'} (ratio {ratio:.3f})")
+    if {"group", "dgc"} <= set(by.index):
+        diff = 100 * (by.acc_mean["dgc"] - by.acc_mean["group"])
+        print(f"DGC above static groups of about the same MACs: {'met' if diff > 0 else 'MISSED'} "
+              f"({diff:+.2f} points; group {by.paper_macs['group'] / 1e6:.2f}M vs DGC "
+              f"{by.paper_macs['dgc'] / 1e6:.2f}M MACs)")
+    return table
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dgclab.bench accuracy", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/bench-accuracy")
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--depth", type=int, default=8)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--configs", default=",".join(CONVS), help="comma-separated subset of "
+                        f"{','.join(CONVS)}")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for training and latency")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--summary-only", action="store_true")
+    parser.add_argument("--progress", action="store_true", help="tqdm bars (off: log lines)")
+    args = parser.parse_args(argv)
+    args.configs = [c for c in args.configs.split(",") if c]
+    bad = [c for c in args.configs if c not in CONVS]
+    if bad or args.seeds <= 0 or args.epochs <= 0:
+        parser.error(f"configs must come from {CONVS} (got {bad}), seeds and epochs positive")
+    torch.set_num_threads(args.threads)
+    if not args.summary_only:
+        train_all(args)
+    summarize(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
