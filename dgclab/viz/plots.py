@@ -121,7 +121,7 @@ def plot_k_schedule(
         history: the run's ``metrics.csv`` as a DataFrame, with ``epoch`` and ``k_frac`` (the
             mean over DGC layers of k / C_in), and ``test_acc`` when ``accuracy``.
         ax: where to draw; default a new figure.
-        pruning_rate: the run's target xi, drawn as a dashed line (k reaches round(xi * C_in) at
+        pruning_rate: the run's target xi, drawn as a dotted line (k reaches round(xi * C_in) at
             3/4 of training).
         accuracy: also draw the test accuracy, on a twin axis.
 
@@ -130,7 +130,8 @@ def plot_k_schedule(
     """
     needed = ["epoch", "k_frac"] + (["test_acc"] if accuracy else [])
     h = _history(history, needed)
-    fig, ax = _single(ax, (7, 3.8))
+    own_figure = ax is None
+    fig, ax = _single(ax, (7, 4.2))
     epoch = h["epoch"].to_numpy()
     ax.plot(epoch, h["k_frac"], "o-", color=PALETTE[2], label="k / C_in (mean over DGC layers)")
     if pruning_rate is not None:
@@ -147,7 +148,13 @@ def plot_k_schedule(
         twin = ax.twinx()
         twin.plot(epoch, 100 * h["test_acc"], "s--", color=TEST, alpha=0.8, label="test accuracy")
         twin.set_ylabel("test accuracy (%)")
-        _merged_legend(ax, twin)
+        if own_figure:  # below the axes, where it hides no line
+            handles, labels = ax.get_legend_handles_labels()
+            more, more_labels = twin.get_legend_handles_labels()
+            fig.legend(handles + more, labels + more_labels, loc="outside lower center",
+                       ncols=3, frameon=False, fontsize=8)
+        else:
+            _merged_legend(ax, twin)
     else:
         ax.legend(frameon=False)
     return fig
@@ -231,7 +238,8 @@ def _dead_filters_history(h: pd.DataFrame, ax: Axes | None) -> Figure:
     ax.set_ylabel("dead filters (count, BN |γ| < 1e-3)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylim(bottom=0, top=max(1.0, float(np.nanmax(h["dead_filters"]))) * 1.15)
+    top = max(1.0, float(np.nanmax(h["dead_filters"]))) * 1.15
+    ax.set_ylim(-0.04 * top, top)  # a run without dead filters stays visible above the axis
     ax.set_title("Dead filters over training (all BN-ReLU pairs)")
     _style(ax)
     return fig
@@ -317,7 +325,8 @@ def _macs_over_epochs(h: pd.DataFrame, ax: Axes) -> None:
     values = np.concatenate([h["paper_macs"].to_numpy(float), h["realized_macs"].to_numpy(float)])
     scale, unit = _mac_unit(values)
     epoch = h["epoch"].to_numpy()
-    ax.plot(epoch, h["paper_macs"] / scale, "o--", color=PAPER, label="paper count (1 - ξ)")
+    ax.plot(epoch, h["paper_macs"] / scale, "o--", color=PAPER, label="paper count (1 - ξ)",
+            zorder=3)  # on top: a dense run's realized line lies exactly on it
     if h["realized_macs"].notna().any():
         ax.plot(epoch, h["realized_macs"] / scale, "o-", color=REALIZED,
                 label="realized (mean over test images)")
@@ -326,7 +335,7 @@ def _macs_over_epochs(h: pd.DataFrame, ax: Axes) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(bottom=0, top=np.nanmax(values) / scale * 1.15)
     ax.set_title("MACs per image over training")
-    ax.legend(frameon=False, loc="lower left")
+    ax.legend(loc="best", framealpha=0.9, edgecolor="none")
     _style(ax)
 
 
@@ -341,16 +350,21 @@ def _macs_histogram(recording, ax: Axes, whole_network_paper: float | None) -> N
         where = "whole network"
     scale, unit = _mac_unit(np.append(realized, paper))
     if len(realized):
-        ax.hist(realized / scale, bins=_bins(realized / scale), color=REALIZED, alpha=0.75,
-                label="realized, per image")
+        ax.hist(realized / scale, bins=_bins(np.append(realized, paper) / scale), color=REALIZED,
+                alpha=0.75, label="realized, per image")
         ax.axvline(realized.mean() / scale, color=REALIZED, lw=1.5,
                    label=f"mean {realized.mean() / scale:.3g} {unit}")
     ax.axvline(paper / scale, color=PAPER, ls="--", lw=1.5,
                label=f"paper count {paper / scale:.3g} {unit}")
-    ax.set_xlabel(f"MACs per image ({unit}, {where})")
+    if len(realized) and np.all(realized == realized[0]):
+        same_as_k = np.all(per_image["realized"] == per_image["k_based"])
+        ax.text(0.03, 0.6, "every image cost the same"
+                + (":\neach head kept exactly\nC_in - k channels" if same_as_k else ""),
+                transform=ax.transAxes, va="top", fontsize=8, color="#555555")
+    ax.set_xlabel(f"MACs per image ({unit})")
     ax.set_ylabel("images")
-    ax.set_title(f"Realized MACs of {len(realized)} recorded images")
-    ax.legend(frameon=False, fontsize=8)
+    ax.set_title(f"Realized MACs of {len(realized)} images\n({where})", fontsize=11)
+    ax.legend(fontsize=8, loc="best", framealpha=0.9, edgecolor="none")
     _style(ax, grid_axis="y")
 
 
@@ -447,22 +461,21 @@ def plot_selection_heatmap(
     order = np.argsort(labels, kind="stable")  # grouped by class, recorded order within
     if n > max_samples:
         order = order[np.unique(np.round(np.linspace(0, n - 1, max_samples)).astype(int))]
-    rows, bounds, names = [], [], []
+    groups, names = [], []
     for label in np.unique(labels[order]):
         group = order[labels[order] == label]
         # lexicographic on the selection, kept channels first: equal selections sit together
-        group = group[np.lexsort((~sel[group]).T[::-1])]
-        bounds.append((len(rows) if rows else 0, len(group)))
-        rows = np.concatenate([rows, group]).astype(int) if len(rows) else group
+        groups.append(group[np.lexsort((~sel[group]).T[::-1])])
         names.append(_class_name(int(label), classes))
+    rows = np.concatenate(groups)
     image = sel[rows].astype(np.uint8)  # (shown, C)
 
     fig, ax = _single(ax, (7.5, 5))
     ax.imshow(image, aspect="auto", interpolation="nearest", cmap=SELECTION_CMAP, vmin=0, vmax=1)
-    starts = np.cumsum([0] + [size for _, size in bounds])
+    starts = np.cumsum([0] + [len(g) for g in groups])
     for s in starts[1:-1]:
         ax.axhline(s - 0.5, color=PALETTE[3], lw=1)
-    step = max(1, int(np.ceil(len(names) / 25)))
+    step = _label_step(ax, len(names))
     centres = (starts[:-1] + starts[1:]) / 2 - 0.5
     ax.set_yticks(centres[::step], names[::step], fontsize=8)
     ax.tick_params(axis="y", length=0)
@@ -529,7 +542,7 @@ def plot_channel_usage(
     shown = list(range(heads)) if head is None else [head]
     labels = sorted(usage["label"].unique())
     names = [_class_name(int(v), classes) for v in labels]
-    fig, axes = _panels(ax, len(shown), 1, (7.5, 1.2 + (0.8 + 0.2 * len(labels)) * len(shown)),
+    fig, axes = _panels(ax, len(shown), 1, (7.5, 0.8 + (0.5 + 0.12 * len(labels)) * len(shown)),
                         sharex=True)
     axes = list(axes.flat)
     for a, h in zip(axes, shown):
@@ -537,14 +550,14 @@ def plot_channel_usage(
         freq = part.pivot(index="label", columns="channel", values="frequency").loc[labels]
         im = a.imshow(freq.to_numpy(), aspect="auto", interpolation="nearest", cmap=cmap,
                       vmin=0, vmax=1)
-        step = max(1, int(np.ceil(len(names) / 25)))
+        step = _label_step(a, len(names))
         a.set_yticks(range(0, len(names), step), names[::step], fontsize=8)
         a.set_ylabel(f"head {h}\nclass")
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1].set_xlabel("input channel")
     axes[0].set_title(f"{layer}: channel usage per class ({subtitle})", fontsize=10)
     fig.colorbar(im, ax=axes, label="fraction of the class's images\nkeeping the channel",
-                 shrink=0.9)
+                 shrink=min(0.9, 2.5 / len(shown) + 0.1), aspect=25)
     return fig
 
 
@@ -592,7 +605,7 @@ def plot_head_overlap(recording, layer: str | None = None, ax: Axes | None = Non
     ax.set_yticks(y, stats.index)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.02)
-    ax.set_xlabel("Jaccard of two heads' kept channels (mean over images; 1 = identical)")
+    ax.set_xlabel("mean Jaccard of two heads' kept channels (1 = identical)")
     ax.set_title(f"Head overlap per DGC layer ({len(recording)} images)")
     ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     _style(ax, grid_axis="x")
@@ -663,7 +676,7 @@ def plot_saliency_bars(
         head_names = [f"head {h}" for h in range(heads)]
     elif len(head_names) != heads:
         raise ValueError(f"head_names must name the {heads} heads, got {len(head_names)} names")
-    fig, axes = _panels(ax, heads, 1, (8, 0.9 + 1.5 * heads), sharex=True)
+    fig, axes = _panels(ax, heads, 1, (8, 0.9 + 1.5 * heads), sharex=True, sharey=True)
     axes = list(axes.flat)
     x = np.arange(channels)
     for h, a in enumerate(axes):
@@ -675,9 +688,10 @@ def plot_saliency_bars(
         _style(a, grid_axis="y")
     axes[-1].set_xlabel("input channel")
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1].set_xlim(-0.6, channels - 0.4)
     axes[0].legend(handles=[Patch(facecolor=KEPT, label="kept"),
                             Patch(facecolor="#b8b8b8", label="dropped")],
-                   loc="upper right", frameon=False, fontsize=8, ncols=2)
+                   loc="lower right", bbox_to_anchor=(1, 1), frameon=False, fontsize=8, ncols=2)
     return fig
 
 
@@ -694,18 +708,20 @@ def _single(ax: Axes | None, figsize) -> tuple[Figure, Axes]:
     return fig, fig.add_subplot()
 
 
-def _panels(ax: Axes | None, nrows: int, ncols: int, figsize, sharex: bool = False):
+def _panels(ax: Axes | None, nrows: int, ncols: int, figsize, sharex: bool = False,
+            sharey: bool = False):
     """A grid of axes: in a new figure, ``ax`` itself (1 x 1), or replacing ``ax`` in place."""
     if ax is None:
         fig = Figure(figsize=figsize, layout="constrained")
-        return fig, fig.subplots(nrows, ncols, squeeze=False, sharex=sharex)
+        return fig, fig.subplots(nrows, ncols, squeeze=False, sharex=sharex, sharey=sharey)
     fig = ax.figure
     if nrows * ncols == 1:
         return fig, np.array([[ax]])
     spec = ax.get_subplotspec()
     if spec is not None:
         ax.remove()
-        return fig, spec.subgridspec(nrows, ncols).subplots(squeeze=False, sharex=sharex)
+        grid = spec.subgridspec(nrows, ncols)
+        return fig, grid.subplots(squeeze=False, sharex=sharex, sharey=sharey)
     # an axes placed by hand (fig.add_axes): split its rectangle with inset axes
     ax.set_axis_off()
     axes = np.empty((nrows, ncols), dtype=object)
@@ -724,9 +740,21 @@ def _style(ax: Axes, grid_axis: str = "both") -> None:
 
 
 def _merged_legend(ax: Axes, twin: Axes) -> None:
+    """One legend for ``ax`` and its twin, placed where it hides none of ``ax``'s lines (it may
+    cover the twin's): ``ax`` is drawn above the twin for that."""
     handles, labels = ax.get_legend_handles_labels()
     more, more_labels = twin.get_legend_handles_labels()
-    ax.legend(handles + more, labels + more_labels, frameon=False, fontsize=8, loc="best")
+    ax.set_zorder(twin.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    ax.legend(handles + more, labels + more_labels, fontsize=8, loc="best", framealpha=0.9,
+              edgecolor="none")
+
+
+def _label_step(ax: Axes, count: int, points: float = 10.0) -> int:
+    """Label every step-th of ``count`` rows so that labels ~``points`` high do not overlap in
+    ``ax``'s height (its nominal height: layout engines run later)."""
+    height = ax.get_position().height * ax.figure.get_figheight() * 72  # points
+    return max(1, int(np.ceil(count / max(2.0, height / points))))
 
 
 def _history(history, columns: list[str]) -> pd.DataFrame:
@@ -812,7 +840,11 @@ def _mac_unit(values: np.ndarray) -> tuple[float, str]:
     return 1.0, "MACs"
 
 
-def _bins(values: np.ndarray):
-    """At most 40 bins, fewer when there are few distinct values (realized MACs are discrete)."""
-    distinct = len(np.unique(values))
-    return max(1, min(40, distinct))
+def _bins(values: np.ndarray) -> np.ndarray:
+    """About 40 bin edges over the values plus a margin, the smallest value at a bin's centre:
+    narrow bars in the right place even when every image cost the same."""
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    pad = max(0.08 * (hi - lo), 0.02 * max(abs(hi), abs(lo)), 1e-9)
+    width = (hi - lo + 2 * pad) / 40
+    start = lo - (np.floor(pad / width) + 0.5) * width
+    return start + width * np.arange(42)
