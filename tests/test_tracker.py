@@ -27,7 +27,7 @@ def train_like(tracker: MetricTracker, model: nn.Module, forward=True, epochs=2,
                 model(torch.randn(2, 3, 8, 8))
             step += 1
             tracker.on_step(step, epoch)
-        tracker.on_epoch_end(epoch, step)
+        tracker.epoch_end(epoch, step)
 
 
 def test_snapshots_at_the_right_steps():
@@ -38,7 +38,7 @@ def test_snapshots_at_the_right_steps():
     frame = tracker.frame
     assert list(frame.columns) == COLUMNS
     assert frame.dtypes["step"] == "int64" and frame.dtypes["value"] == "float64"
-    # on_step at steps 2, 4, 6; on_epoch_end at 3 (epoch 0) and 6 (already taken: no repeat).
+    # on_step at steps 2, 4, 6; epoch_end at 3 (epoch 0) and 6 (already taken: no repeat).
     snapshots = frame[["step", "epoch"]].drop_duplicates().values.tolist()
     assert snapshots == [[2, 0], [3, 0], [4, 1], [6, 1]]
     # Per snapshot: 8 DGC layers x 3 selection metrics + 12 BN-ReLU pairs (see test_sparsity).
@@ -94,7 +94,7 @@ def test_expensive_metrics_each_epoch_with_a_loader():
     model.train()
     tracker.on_step(1, 0)
     assert set(tracker.frame["metric"]) == {"dead_gamma"}
-    tracker.on_epoch_end(0, 1)
+    tracker.epoch_end(0, 1)
     assert model.training
     rows = tracker.frame.set_index("metric")["value"]
     assert rows["dead_activation"] == 0.5
@@ -117,3 +117,19 @@ def test_default_metrics_and_validation():
         MetricTracker(model, every_n_steps=0)
     empty = MetricTracker(model).frame
     assert list(empty.columns) == COLUMNS and len(empty) == 0
+
+
+def test_tracker_plugs_into_the_trainer():
+    from dgclab.train import Trainer, TrainConfig
+
+    config = TrainConfig(model="resnet8", width=8, dataset="synthetic", subset=128, epochs=2,
+                         eval_batch_size=128)
+    trainer = Trainer(config, progress=False)
+    tracker = MetricTracker(trainer.model, every_n_steps=1, input_size=trainer.input_size)
+    trainer.callbacks.append(tracker)
+    trainer.fit()
+    frame = tracker.frame
+    assert sorted(frame["step"].unique()) == [1, 2, 3, 4]
+    assert sorted(frame["epoch"].unique()) == [1, 2]
+    k = frame[frame.metric == "inactive_channels"].groupby("step")["value"].sum()
+    assert k.iloc[0] == 0 and k.iloc[-1] > 0  # the schedule moved k

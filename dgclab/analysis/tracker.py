@@ -11,10 +11,14 @@ The callback protocol (what a training loop does):
   ``every_n_steps=n`` the cheap metrics are snapshotted when ``step % n == 0``; otherwise the
   call does nothing. Call it after the training forward: the selection metrics read each DGC
   layer's ``last_selection``, i.e. the last batch the model saw.
-* ``tracker.on_epoch_end(epoch, step)`` after each epoch: snapshots the cheap metrics (unless
+* ``tracker.epoch_end(epoch, step)`` after each epoch: snapshots the cheap metrics (unless
   ``on_step`` already did at this step) and, when the tracker has a loader, the expensive ones
   (a pass over the loader with ``filter_sparsity``; the model is put in eval mode and restored).
 * ``tracker.snapshot(step, epoch, expensive=False)`` at any other moment.
+
+It also speaks ``dgclab.train.Trainer``'s callback protocol (``on_step_end(trainer, step, epoch,
+logs)``, ``on_epoch_end(trainer, epoch, row)``), so ``Trainer(config, callbacks=[tracker])``
+feeds it; the Trainer counts epochs from 1, as ``metrics.csv`` does.
 
 Metrics (``layer`` is a module name from ``named_modules``):
 
@@ -137,12 +141,20 @@ class MetricTracker:
         if self.every_n_steps is not None and step % self.every_n_steps == 0:
             self.snapshot(step, epoch)
 
-    def on_epoch_end(self, epoch: int, step: int) -> None:
+    def epoch_end(self, epoch: int, step: int) -> None:
         """After an epoch: cheap metrics (unless already taken at this step), expensive ones."""
         if self._last_cheap != (step, epoch):
             self.snapshot(step, epoch)
         if self.loader is not None and any(m in EXPENSIVE_METRICS for m in self.metrics):
             self._snapshot_expensive(step, epoch)
+
+    # ---- the dgclab.train.Trainer callback protocol (epochs there count from 1) ----------------
+
+    def on_step_end(self, trainer, step: int, epoch: int, logs: dict) -> None:
+        self.on_step(step, epoch)
+
+    def on_epoch_end(self, trainer, epoch: int, row: dict) -> None:
+        self.epoch_end(epoch, int(row["step"]))
 
     def snapshot(self, step: int, epoch: int, expensive: bool = False) -> None:
         """Append the cheap metrics now (and the expensive ones with ``expensive=True``)."""
