@@ -18,13 +18,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ._atomic import atomic_write_text
 from .record import load_recording
 from .viz import (
     plot_channel_usage,
@@ -92,7 +92,8 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     config, history = _read_run(run)
     recording = load_recording(run / RECORDING) if (run / RECORDING).is_file() else None
     page = _render(run, config, history, recording)
-    return _atomic_write(run / REPORT, page)
+    atomic_write_text(run / REPORT, page)
+    return run / REPORT
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,19 +396,3 @@ def _macs(value: float | None) -> str:
     return f"{value:.0f}"
 
 
-def _atomic_write(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for reading
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path

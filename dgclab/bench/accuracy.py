@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from ..train import Trainer, TrainConfig
-from ..train.checkpoint import atomic_write_text
+from .._atomic import atomic_write_text
 from ..train.evaluate import load_run
 from .timing import interleaved_medians
 

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .._atomic import atomic_open
 from .recording import LAYER_INFO_KEYS, Recording
 
 __all__ = ["save_recording", "load_recording", "FORMAT", "VERSION"]
@@ -68,19 +69,8 @@ def save_recording(recording: Recording, path) -> None:
     text = json.dumps(metadata, allow_nan=False)
     arrays["metadata"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:  # a file object: numpy appends no ".npz" to it
-            np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_open(path, "wb") as f:  # a file object: numpy appends no ".npz" to it
+        np.savez_compressed(f, **arrays)
 
 
 def load_recording(path) -> Recording:

@@ -2,51 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .._atomic import atomic_open, atomic_write_bytes, atomic_write_text
+
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_torch_save", "load_checkpoint",
            "rng_state", "set_rng_state"]
 
 
-def _atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``.
-
-    A process killed at any moment leaves either the old file or the new one, never half a file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    _atomic(Path(path), lambda f: f.write(data))
-
-
-def atomic_write_text(path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
 def atomic_torch_save(obj, path) -> None:
-    _atomic(Path(path), lambda f: torch.save(obj, f))
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

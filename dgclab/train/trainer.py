@@ -50,8 +50,8 @@ from ..data import load_dataset
 from ..layers import dgc_layers, saliency_loss, set_pruning_progress
 from ..models.registry import build_model
 from ..record import Recorder
-from .checkpoint import (atomic_torch_save, atomic_write_text, load_checkpoint, rng_state,
-                         set_rng_state)
+from .._atomic import atomic_write_text
+from .checkpoint import atomic_torch_save, load_checkpoint, rng_state, set_rng_state
 from .config import TrainConfig
 
 __all__ = ["Trainer", "fit", "METRIC_COLUMNS", "build_optimizer"]
