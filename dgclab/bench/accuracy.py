@@ -11,9 +11,16 @@ The summary (also ``--summary-only``) reads the run folders, measures CPU latenc
 dense >= 92 %; DGC within 0.5 points of dense at <= 1/3 of its MACs (paper convention); DGC
 above the static group conv of about the same MACs.
 
+Run folders (with their checkpoints, several MB each) live under ``--out``, outside the repo by
+default so that a fresh checkout does not lose a half-finished run; each finished run's
+``config.json`` and ``metrics.csv`` (a few kB) are copied to ``--results`` (``data/bench-accuracy``,
+tracked), which is what the summary reads. Latency is measured on freshly built models of the
+same architecture with the final k (the cost of a forward does not depend on the trained
+weights, except through which channels DGC keeps, which the final k bounds).
+
 Run it in the background (it takes hours on 2 cores)::
 
-    nohup python -m dgclab.bench accuracy > runs/bench-accuracy.log 2>&1 &
+    nohup python -m dgclab.bench accuracy > bench-accuracy.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -25,9 +32,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .._atomic import atomic_write_bytes, atomic_write_text
+from ..layers import set_pruning_progress
+from ..models.registry import build_model
 from ..train import Trainer, TrainConfig
-from .._atomic import atomic_write_text
-from ..train.evaluate import load_run
 from .timing import interleaved_medians
 
 CONVS = ("dense", "group", "dgc")
@@ -45,6 +53,12 @@ def _finished(run: Path, epochs: int) -> bool:
     return metrics.is_file() and len(pd.read_csv(metrics)) >= epochs
 
 
+def _publish(run: Path, results: Path) -> None:
+    """Copy a finished run's small files into the tracked results folder."""
+    for name in ("config.json", "metrics.csv"):
+        atomic_write_bytes(results / run.name / name, (run / name).read_bytes())
+
+
 class _EpochLog:
     """One log line per epoch (the benchmark runs under nohup, without progress bars)."""
 
@@ -60,13 +74,16 @@ class _EpochLog:
 def train_all(args) -> None:
     for seed in range(args.seeds):
         for conv in args.configs:
-            run = Path(args.out) / f"{conv}-seed{seed}"
-            if _finished(run, args.epochs):
-                print(f"{run}: finished, skipped", flush=True)
+            name = f"{conv}-seed{seed}"
+            run, published = args.out / name, args.results / name
+            if _finished(published, args.epochs):
+                print(f"{published}: finished, skipped", flush=True)
                 continue
-            print(f"{run}: training", flush=True)
-            Trainer(_config(conv, seed, args), run, resume=True, progress=args.progress,
-                    callbacks=[_EpochLog(run)]).fit()
+            if not _finished(run, args.epochs):
+                print(f"{run}: training", flush=True)
+                Trainer(_config(conv, seed, args), run, resume=True, progress=args.progress,
+                        callbacks=[_EpochLog(run)]).fit()
+            _publish(run, args.results)
 
 
 def _latency_ms(models: dict[str, torch.nn.Module], size, batch: int, rounds: int) -> dict[str, float]:
@@ -81,17 +98,20 @@ def summarize(args) -> pd.DataFrame:
     rows, models = [], {}
     for conv in args.configs:
         for seed in range(args.seeds):
-            run = Path(args.out) / f"{conv}-seed{seed}"
+            run = args.results / f"{conv}-seed{seed}"
             if not _finished(run, args.epochs):
                 continue
-            last = pd.read_csv(run / "metrics.csv").iloc[-1]
+            metrics = pd.read_csv(run / "metrics.csv")
+            last = metrics.iloc[-1]
             rows.append({"conv": conv, "seed": seed, "test_acc": last.test_acc,
                          "paper_macs": last.paper_macs, "realized_macs": last.realized_macs,
-                         "train_minutes": pd.read_csv(run / "metrics.csv").epoch_seconds.sum() / 60})
+                         "train_minutes": metrics.epoch_seconds.sum() / 60})
             if conv not in models:
-                trainer = load_run(run, device="cpu")
-                models[conv] = trainer.model.eval()
-                size = trainer.input_size
+                model = build_model(f"resnet{args.depth}", in_channels=1, num_classes=10,
+                                    width=args.width, conv=conv, heads=4, pruning_rate=0.75)
+                set_pruning_progress(model, 1.0)
+                models[conv] = model.eval()
+    size = (1, 1, 28, 28)
     if not rows:
         print("no finished runs yet")
         return pd.DataFrame()
@@ -107,7 +127,7 @@ def summarize(args) -> pd.DataFrame:
     table["ms_per_image_b1"] = table.conv.map(lat1)
     buf = io.StringIO()
     table.to_csv(buf, index=False)
-    atomic_write_text(Path(args.out) / "summary.csv", buf.getvalue())
+    atomic_write_text(args.results / "summary.csv", buf.getvalue())
 
     print(f"\nresnet_cifar({args.depth}, width {args.width}) on Fashion-MNIST, {args.epochs} "
           f"epochs, batch {args.batch_size}; latency: eval, {args.threads} threads\n")
@@ -141,10 +161,13 @@ def summarize(args) -> pd.DataFrame:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dgclab.bench accuracy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/bench-accuracy")
+    parser.add_argument("--out", default="~/.cache/dgclab/bench-accuracy",
+                        help="run folders with checkpoints (outside the repo by default)")
+    parser.add_argument("--results", default="data/bench-accuracy",
+                        help="tracked folder for finished runs' config.json and metrics.csv")
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -156,6 +179,7 @@ def main(argv=None) -> int:
     parser.add_argument("--progress", action="store_true", help="tqdm bars (off: log lines)")
     args = parser.parse_args(argv)
     args.configs = [c for c in args.configs.split(",") if c]
+    args.out, args.results = Path(args.out).expanduser(), Path(args.results)
     bad = [c for c in args.configs if c not in CONVS]
     if bad or args.seeds <= 0 or args.epochs <= 0:
         parser.error(f"configs must come from {CONVS} (got {bad}), seeds and epochs positive")
