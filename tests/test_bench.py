@@ -1,0 +1,44 @@
+"""The benchmarks' plumbing (their numbers are measured by running them, not here)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from dgclab.bench import accuracy, layer
+from dgclab.train import METRIC_COLUMNS, TrainConfig
+
+
+def _fake_run(folder, conv, acc, epochs=2):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(TrainConfig(conv=conv, epochs=epochs).to_dict()))
+    rows = [dict.fromkeys(METRIC_COLUMNS, 1.0) | {"epoch": e + 1, "test_acc": acc,
+            "paper_macs": 4e6 if conv != "dense" else 1.2e7, "realized_macs": 3.9e6,
+            "epoch_seconds": 60.0} for e in range(epochs)]
+    pd.DataFrame(rows, columns=METRIC_COLUMNS).to_csv(folder / "metrics.csv", index=False)
+
+
+def test_accuracy_summary_reads_published_runs(tmp_path, capsys):
+    results = tmp_path / "results"
+    for conv, acc in (("dense", 0.925), ("group", 0.90), ("dgc", 0.921)):
+        _fake_run(results / f"{conv}-seed0", conv, acc)
+    _fake_run(results / "dgc-seed1", "dgc", 0.923)
+    code = accuracy.main(["--summary-only", "--results", str(results), "--out", str(tmp_path / "o"),
+                          "--epochs", "2", "--width", "8", "--rounds", "1"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| dgc | 2 | 92.20 ± 0.14 |" in out
+    assert "dense >= 92 %: met" in out
+    assert "DGC above static groups of about the same MACs: met" in out
+    summary = pd.read_csv(results / "summary.csv")
+    assert summary.conv.tolist() == ["dense", "group", "dgc"]
+    assert (summary.ms_per_image_b1 > 0).all()
+
+
+def test_layer_benchmark_variants_agree():
+    dense, group, dgc = layer._layers(16, 16, 3)
+    import torch
+
+    variants = layer._variants(dgc, torch.randn(4, 16, 6, 6))  # asserts equal outputs inside
+    assert len(variants) == 4
