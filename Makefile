@@ -26,8 +26,10 @@ data: setup
 demo: setup data
 	$(PY) -m dgclab demo
 
+# Notebooks run in fast mode (DGCLAB_FAST=1: less data, fewer epochs); --nbval-lax compares
+# only the cells marked NBVAL_CHECK_OUTPUT, whose outputs fast and full mode share.
 test: setup
-	$(PY) -m pytest
+	DGCLAB_FAST=1 $(PY) -m pytest tests notebooks --nbval-lax
 
 bench: setup
 	$(PY) -m dgclab.bench layer --variants
