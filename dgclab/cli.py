@@ -65,6 +65,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .train.evaluate import export_model
+
+    path = export_model(args.run, args.path)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -123,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run")
     ev.add_argument("--device", default="auto")
     ev.set_defaults(func=_cmd_eval)
+
+    exp = sub.add_parser("export", help="write a run's trained model (no optimizer) to PATH")
+    exp.add_argument("run")
+    exp.add_argument("path")
+    exp.set_defaults(func=_cmd_export)
 
     rep = sub.add_parser("report", help="(re)build RUN/report.html")
     rep.add_argument("run")

@@ -249,6 +249,22 @@ def test_cli_train_then_eval(tmp_path):
     assert done.returncode == 2 and "already holds a run" in done.stderr
 
 
+def test_export_and_load_model(tmp_path):
+    from dgclab.train.evaluate import export_model, load_model
+
+    trainer = Trainer(tiny(epochs=1), tmp_path / "run", progress=False)
+    trainer.fit()
+    path = export_model(tmp_path / "run", tmp_path / "model.pt")
+    model, config, metrics = load_model(path)
+    assert config == trainer.config and metrics["epoch"] == 1
+    x = torch.randn(3, 1, 28, 28)
+    trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), trainer.model(x))
+    with pytest.raises(ValueError, match="not a dgclab-model/1 file"):
+        load_model(tmp_path / "run" / "checkpoint.pt")
+
+
 def test_cli_rejects_bad_values():
     done = _cli("train", "--model", "resnet8", "--epochs", "0", "--out", "x")
     assert done.returncode == 2 and "epochs=0" in done.stderr
