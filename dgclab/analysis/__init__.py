@@ -1,5 +1,6 @@
 """Analysis: MAC counts as the DGC paper reports them (SPEC §1.5), what the DGC heads select
-(SPEC §1.7), implicit filter-level sparsity (SPEC §7), and a training-time metric tracker."""
+(SPEC §1.7), implicit filter-level sparsity and the removal of dead filters (SPEC §7), and a
+training-time metric tracker."""
 
 from .macs import conv_output_hw, count_macs, dgc_layer_mac_terms, dgc_layer_macs
 from .selection import (
@@ -12,13 +13,16 @@ from .selection import (
     realized_macs,
     sample_similarity,
 )
+from .pruning import ConvWithBiasMap, PruningReport, pruning_effect, remove_dead_filters
 from .sparsity import bn_relu_pairs, filter_sparsity
 from .tracker import CHEAP_METRICS, EXPENSIVE_METRICS, MetricTracker
 
 __all__ = [
     "CHEAP_METRICS",
+    "ConvWithBiasMap",
     "EXPENSIVE_METRICS",
     "MetricTracker",
+    "PruningReport",
     "binary_entropy",
     "bn_relu_pairs",
     "channel_usage",
@@ -31,6 +35,8 @@ __all__ = [
     "head_jaccard",
     "head_overlap",
     "jaccard_similarity",
+    "pruning_effect",
     "realized_macs",
+    "remove_dead_filters",
     "sample_similarity",
 ]
