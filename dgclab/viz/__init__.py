@@ -1,6 +1,14 @@
 """Visualisation: static plots of runs and of DGC channel selections (``plot_x(data, ax=None)
--> Figure``, pure functions that a test or a widget can call)."""
+-> Figure``, pure functions that a test or a widget can call), attributions beside selections
+(Captum), notebook explorers (ipywidgets) and a live view of training."""
 
+from .attribution import (
+    image_attributions,
+    image_selection,
+    plot_image_explanation,
+    top_channel_maps,
+)
+from .live import LiveTrainingView, RecordingSnapshots, plot_training_state
 from .plots import (
     plot_accuracy_vs_macs,
     plot_channel_usage,
@@ -13,16 +21,37 @@ from .plots import (
     plot_schedule_curve,
     plot_selection_heatmap,
 )
+from .widgets import (
+    DiversityExplorer,
+    EpochExplorer,
+    ImageExplorer,
+    diversity_explorer,
+    epoch_explorer,
+    image_explorer,
+)
 
 __all__ = [
+    "DiversityExplorer",
+    "EpochExplorer",
+    "ImageExplorer",
+    "LiveTrainingView",
+    "RecordingSnapshots",
+    "diversity_explorer",
+    "epoch_explorer",
+    "image_attributions",
+    "image_explorer",
+    "image_selection",
     "plot_accuracy_vs_macs",
     "plot_channel_usage",
     "plot_dead_filters",
     "plot_head_overlap",
+    "plot_image_explanation",
     "plot_k_schedule",
     "plot_learning_curves",
     "plot_macs",
     "plot_saliency_bars",
     "plot_schedule_curve",
     "plot_selection_heatmap",
+    "plot_training_state",
+    "top_channel_maps",
 ]

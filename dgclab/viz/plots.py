@@ -753,7 +753,7 @@ def _merged_legend(ax: Axes, twin: Axes) -> None:
 def _label_step(ax: Axes, count: int, points: float = 10.0) -> int:
     """Label every step-th of ``count`` rows so that labels ~``points`` high do not overlap in
     ``ax``'s height (its nominal height: layout engines run later)."""
-    height = ax.get_position().height * ax.figure.get_figheight() * 72  # points
+    height = ax.get_position().height * ax.get_figure(root=True).get_figheight() * 72  # points
     return max(1, int(np.ceil(count / max(2.0, height / points))))
 
 

@@ -19,7 +19,8 @@ Every explorer exposes, for notebooks and tests:
 * ``output``: the ``Output`` widget the figure is displayed into;
 * ``last_figure``: the ``Figure`` of the current choice, and ``draws``, how many were drawn;
 * ``default_figure``: the figure of the default choice, to show as a static image so that the
-  notebook reads on GitHub, where widgets do not run.
+  notebook reads on GitHub, where widgets do not run (``default_image`` is the same as a PNG,
+  which shows even where pyplot's inline backend is not active).
 
 Without a kernel (a script, pytest) ``interactive_output`` still calls the update on every
 change, but an ``Output`` captures nothing (capture is done by the notebook front end, keyed by
@@ -33,6 +34,7 @@ import io
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 
 import ipywidgets as widgets
 import numpy as np
@@ -60,6 +62,7 @@ __all__ = [
     "image_explorer",
     "epoch_explorer",
     "diversity_explorer",
+    "dataset_labels",
     "figure_png",
 ]
 
@@ -99,6 +102,8 @@ class Explorer(widgets.VBox):
         self.last_figure: Figure | None = None
         self.last_choice: dict | None = None
         self.draws = 0
+        self._adjusting = False
+        self._png: bytes | None = None  # the last figure, rendered once it is displayed
         self.output = widgets.interactive_output(self._update, self.controls)
         self.output.layout = widgets.Layout(height=height, overflow="auto")
         self.default_figure = self.last_figure  # interactive_output drew the default choice
@@ -106,18 +111,47 @@ class Explorer(widgets.VBox):
                              layout=widgets.Layout(flex_flow="row wrap"))]
         self.children = tuple(rows + list(header) + [self.output])
 
+    @property
+    def default_image(self) -> Image:
+        """``default_figure`` as a PNG ``IPython.display.Image``: it shows in any notebook (a
+        bare ``Figure`` renders only once pyplot's inline backend is active)."""
+        return Image(data=figure_png(self.default_figure), format="png")
+
     def draw(self, **choices) -> Figure:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @contextmanager
+    def _adjusting_controls(self):
+        """Within: controls moved by another control's change draw nothing. The change that
+        caused them draws once, after (its observer was registered later than the adjuster's)."""
+        self._adjusting = True
+        try:
+            yield
+        finally:
+            self._adjusting = False
+
     def _update(self, **choices) -> None:
-        # interactive_output calls this once per changed control; a change that moves another
-        # control (a class choice resets the image slider) arrives twice with the same choice.
-        if choices != self.last_choice:
+        if self._adjusting:
+            return
+        if choices != self.last_choice:  # the same choice again: show it, do not redraw
             self.last_figure = self.draw(**choices)
             self.last_choice = dict(choices)
             self.draws += 1
+            self._png = None
         if _in_kernel():  # inside interactive_output's `with output:`, so captured there
-            display(Image(data=figure_png(self.last_figure), format="png"))
+            if self._png is None:
+                self._png = figure_png(self.last_figure)
+            display(Image(data=self._png, format="png"))
+
+    def _set_heads(self, dropdown: widgets.Dropdown, heads: int, all: bool = True) -> None:
+        """Offer ``heads`` heads in ``dropdown``, keeping its choice where it still exists."""
+        options = _head_options(heads, all)
+        if [v for _, v in options] == [v for _, v in dropdown.options]:
+            return
+        keep = dropdown.value if dropdown.value in [v for _, v in options] else options[0][1]
+        with self._adjusting_controls():
+            dropdown.options = options  # selects the first option
+            dropdown.value = keep
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,7 +171,8 @@ class ImageExplorer(Explorer):
 
     Args:
         model: a classifier with DGC layers.
-        dataset: items ``(image (C, H, W), label)``.
+        dataset: items ``(image (C, H, W), label)``, without random augmentation (the test
+            set): the image drawn must be the one whose attributions are cached.
         classes: class names (sequence indexed by label, or mapping).
         layers: the DGC layer names offered; default all of them.
         height: CSS height of the output area.
@@ -174,9 +209,10 @@ class ImageExplorer(Explorer):
         head = widgets.Dropdown(options=_head_options(self._heads(layers[-1])), value=ALL,
                                 description="head")
         self.status = widgets.Label()
-        # Registered before interactive_output's observers, so that its redraw sees the new range
+        # Registered before interactive_output's observers: these move the dependent controls
+        # (drawing nothing), then interactive_output's observer draws the new choice once.
         cls.observe(self._on_class, "value")
-        layer.observe(lambda change: _set_heads(head, self._heads(change["new"])), "value")
+        layer.observe(lambda change: self._set_heads(head, self._heads(change["new"])), "value")
         super().__init__({"image": image, "cls": cls, "layer": layer, "head": head}, height,
                          header=[self.status])
 
@@ -186,12 +222,13 @@ class ImageExplorer(Explorer):
 
     def draw(self, image: int, cls: int, layer: str, head: int) -> Figure:
         pool = self.candidates(cls)
-        index = int(pool[min(image, len(pool) - 1)])
-        self.index = index
+        position = min(image, len(pool) - 1)  # defensive: the slider's range follows the class
+        index = self.index = int(pool[position])
         x, label = self.dataset[index]
+        name = _class_name(int(label), self.classes)
         where = "" if cls == ALL else f" labelled {_class_name(cls, self.classes)!r}"
-        self.status.value = (f"image {min(image, len(pool) - 1) + 1} of {len(pool)}{where}: "
-                             f"dataset index {index}, label {_class_name(int(label), self.classes)}")
+        self.status.value = (f"image {position + 1} of {len(pool)}{where}: dataset index "
+                             f"{index}, label {name}")
         return plot_image_explanation(
             self.model, x, layer, classes=self.classes, head=None if head == ALL else head,
             label=int(label), attributions=self._attributions(index, x), **self.explain)
@@ -209,8 +246,9 @@ class ImageExplorer(Explorer):
 
     def _on_class(self, change) -> None:
         slider = self.controls["image"]
-        slider.value = 0  # first, so that a smaller max never clamps (and redraws) a stale value
-        slider.max = max(len(self.candidates(change["new"])) - 1, 0)
+        with self._adjusting_controls():
+            slider.value = 0
+            slider.max = max(len(self.candidates(change["new"])) - 1, 0)
 
     def _heads(self, layer: str) -> int:
         return dict(_dgc_layers(self.model))[layer].heads
@@ -219,6 +257,9 @@ class ImageExplorer(Explorer):
 def image_explorer(model: nn.Module, dataset, classes=None, layers: Sequence[str] | None = None,
                    **kwargs) -> ImageExplorer:
     """An ``ImageExplorer``: an image's attributions beside its DGC selections.
+
+    Args: see ``ImageExplorer`` (``kwargs``: ``height``, ``cache``, and ``k``, ``steps``,
+    ``gradcam_layer`` for ``plot_image_explanation``).
 
     Example:
         >>> explorer = image_explorer(model, test_set, classes=info.classes)  # doctest: +SKIP
@@ -273,7 +314,7 @@ class EpochExplorer(Explorer):
         layer = widgets.Dropdown(options=layers, value=layers[0], description="layer")
         head = widgets.Dropdown(options=_head_options(_recorded_heads(last, layers[0]), all=False),
                                 value=0, description="head")
-        layer.observe(lambda change: _set_heads(
+        layer.observe(lambda change: self._set_heads(
             head, _recorded_heads(self.recording(epoch.value), change["new"]), all=False),
             "value")
         super().__init__({"epoch": epoch, "layer": layer, "head": head}, height)
@@ -349,8 +390,9 @@ class DiversityExplorer(Explorer):
         layer = widgets.Dropdown(options=layers, value=layers[0], description="layer")
         head = widgets.Dropdown(options=_head_options(_recorded_heads(recording, layers[0])),
                                 value=ALL, description="head")
-        layer.observe(lambda change: _set_heads(head, _recorded_heads(recording, change["new"])),
-                      "value")
+        layer.observe(
+            lambda change: self._set_heads(head, _recorded_heads(recording, change["new"])),
+            "value")
         super().__init__({"layer": layer, "head": head}, height)
 
     def draw(self, layer: str, head: int) -> Figure:
@@ -395,17 +437,6 @@ def dataset_labels(dataset) -> np.ndarray:
 
 def _head_options(heads: int, all: bool = True) -> list[tuple[str, int]]:
     return ([("all", ALL)] if all else []) + [(str(h), h) for h in range(heads)]
-
-
-def _set_heads(dropdown: widgets.Dropdown, heads: int, all: bool = True) -> None:
-    """Offer ``heads`` heads, keeping the current choice where it still exists."""
-    options = _head_options(heads, all)
-    if [v for _, v in options] == [v for _, v in dropdown.options]:
-        return
-    keep = dropdown.value if dropdown.value in [v for _, v in options] else options[0][1]
-    with dropdown.hold_trait_notifications():
-        dropdown.options = options
-        dropdown.value = keep
 
 
 def _recorded_heads(recording, layer: str) -> int:
