@@ -80,6 +80,24 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study_sparsity(args: argparse.Namespace) -> int:
+    from .study import format_report, run_sparsity_study
+
+    start = time.perf_counter()
+    result = run_sparsity_study(
+        args.out, args.dataset, args.subset, args.epochs, seeds=args.seeds, arms=args.arms,
+        full=args.full, data_root=args.data_root, device=args.device,
+        download=not args.no_download, progress=not args.no_progress,
+    )
+    print()
+    print(format_report(result))
+    if result.figures:
+        print("\nfigures: " + ", ".join(str(p) for p in result.figures))
+    print(f"tables: {result.out}/sparsity.csv, summary.csv, pruning.csv, dgc_selection.csv")
+    print(f"\ndone in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dgclab",
@@ -149,6 +167,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--subset", type=int, default=None, help="training images (default 20000)")
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=_cmd_demo)
+
+    from .study import BUDGETS, GRID, STUDY_DATASETS
+
+    study = sub.add_parser("study", help="grids of training runs: `study sparsity` (SPEC §7)")
+    studies = study.add_subparsers(dest="study", metavar="STUDY", required=True)
+    budgets = ", ".join(f"{k}: {n} images x {e} epochs" for k, (n, e) in BUDGETS.items())
+    sp = studies.add_parser(
+        "sparsity",
+        help="implicit filter sparsity (Mehta et al.) on BasicNet and a DGC ResNet",
+        description="Train dgclab's grid of SPEC §7 (arms: " + ", ".join(a.name for a in GRID)
+        + "), measure dead filters over the training set, remove them from BasicNet, relate "
+        "DGC selections to dead channels. Finished arms are skipped on a rerun.",
+    )
+    sp.add_argument("--dataset", default="fashion-mnist", choices=STUDY_DATASETS)
+    sp.add_argument("--subset", type=int, default=None,
+                    help=f"training images (default per dataset, about 10 CPU-minutes per "
+                    f"arm: {budgets})")
+    sp.add_argument("--epochs", type=int, default=None, help="default per dataset (see --subset)")
+    sp.add_argument("--full", action="store_true", help="train on the whole training set")
+    sp.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 of every arm (default 1)")
+    sp.add_argument("--arms", default=None,
+                    help="comma-separated arm names or shell patterns ('dgc-*'); default all")
+    sp.add_argument("--out", required=True, help="study folder, e.g. runs/sparsity")
+    sp.add_argument("--data-root", default=d.data_root)
+    sp.add_argument("--device", default=d.device)
+    sp.add_argument("--no-download", action="store_true")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sp.set_defaults(func=_cmd_study_sparsity)
     return parser
 
 

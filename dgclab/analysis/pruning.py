@@ -38,8 +38,8 @@ such chain (a filter's output feeds an addition, a concatenation or a saliency g
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
