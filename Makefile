@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.dgclab-installed
 export MPLBACKEND ?= Agg
 
-.PHONY: setup data demo test bench clean
+.PHONY: setup data browser demo test bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,17 @@ data: setup
 demo: setup data
 	$(PY) -m dgclab demo
 
+# The real-browser test drives Debian's chromium (no browser download); as root we install it,
+# elsewhere the test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get install -y -q chromium >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) ; } || \
+		echo "chromium is not installed and could not be: the browser test will be skipped"
+
 # Notebooks run in fast mode (DGCLAB_FAST=1: less data, fewer epochs); --nbval-lax compares
 # only the cells marked NBVAL_CHECK_OUTPUT, whose outputs fast and full mode share.
-test: setup
+test: setup browser
 	DGCLAB_FAST=1 $(PY) -m pytest tests notebooks --nbval-lax
 
 bench: setup
