@@ -352,3 +352,15 @@ def test_draws_into_the_given_axes(recording, history, draw):
     assert draw(left, recording, history) is fig
     assert right in fig.axes and right.get_title() == "untouched"
     assert len(fig.axes) >= 2
+
+
+def test_dead_filters_per_layer_over_training_from_a_tracker_frame():
+    frame = pd.DataFrame({
+        "step": [1, 1, 2, 2], "epoch": [1, 1, 1, 1], "layer": ["bn1", "bn2", "bn1", "bn2"],
+        "metric": ["dead_gamma"] * 4, "value": [0.0, 0.1, 0.25, 0.5]})
+    fig = plot_dead_filters(frame)
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["bn1", "bn2"]
+    assert list(lines[1].get_ydata()) == [10.0, 50.0]
+    with pytest.raises(ValueError, match="dead_gamma"):
+        plot_dead_filters(frame.assign(metric="head_jaccard"))

@@ -211,7 +211,10 @@ def plot_dead_filters(data: pd.DataFrame, ax: Axes | None = None) -> Figure:
             ``layer``, ``filters``, ``dead_gamma`` and optionally ``dead_activation``; the
             ``per_filter=True`` table is summed per layer), drawn as horizontal bars of the
             percentage of each layer's filters that are dead; or the run's ``metrics.csv``
-            (``epoch``, ``dead_filters``), drawn as the count over epochs.
+            (``epoch``, ``dead_filters``), drawn as the count over epochs; or a
+            ``MetricTracker.frame`` (``step``, ``layer``, ``metric``, ``value``), whose
+            ``dead_gamma`` (or ``dead_activation``) rows are drawn as the dead fraction of
+            each layer over training steps.
         ax: where to draw; default a new figure.
 
     Returns:
@@ -220,6 +223,8 @@ def plot_dead_filters(data: pd.DataFrame, ax: Axes | None = None) -> Figure:
     if not isinstance(data, pd.DataFrame):
         raise ValueError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     cols = set(data.columns)
+    if {"step", "layer", "metric", "value"} <= cols:
+        return _dead_filters_tracked(data, ax)
     if {"epoch", "dead_filters"} <= cols:
         return _dead_filters_history(_history(data, ["epoch", "dead_filters"]), ax)
     if {"layer", "dead_gamma"} <= cols and ({"filters"} <= cols or {"filter"} <= cols):
@@ -229,6 +234,24 @@ def plot_dead_filters(data: pd.DataFrame, ax: Axes | None = None) -> Figure:
         "dead_activation]) or a run history (columns epoch, dead_filters); got columns "
         f"{list(data.columns)}"
     )
+
+
+def _dead_filters_tracked(frame: pd.DataFrame, ax: Axes | None) -> Figure:
+    metric = "dead_gamma" if (frame["metric"] == "dead_gamma").any() else "dead_activation"
+    rows = frame[frame["metric"] == metric]
+    if rows.empty:
+        raise ValueError("the tracker frame has no dead_gamma or dead_activation rows; track "
+                         "them with MetricTracker(metrics=(..., 'dead_gamma'))")
+    fig, ax = _single(ax, (7, 3.8))
+    for layer, part in rows.groupby("layer", sort=False):
+        ax.plot(part["step"], 100 * part["value"], marker=".", label=str(layer))
+    ax.set_xlabel("training step")
+    ax.set_ylabel("dead filters (% of the layer's filters)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"Dead filters per layer over training ({metric.replace('_', ' by ')})")
+    ax.legend(frameon=False, fontsize=7, ncol=2)
+    _style(ax)
+    return fig
 
 
 def _dead_filters_history(h: pd.DataFrame, ax: Axes | None) -> Figure:
