@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +16,16 @@ def fixtures_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"fixture folder {path} is absent")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for tiny models (a loaded 2-core machine runs them far faster so), and
+    no pyplot figure left behind by the test."""
+    import matplotlib.pyplot as plt
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    assert plt.get_fignums() == []

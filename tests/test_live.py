@@ -4,7 +4,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
@@ -21,13 +20,7 @@ from dgclab.viz import LiveTrainingView, RecordingSnapshots, plot_training_state
 PANELS = ("loss", "k", "dead", "overlap")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model on a busy 2-core machine
-    yield
-    torch.set_num_threads(threads)
-    assert plt.get_fignums() == []
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def panels(fig):
