@@ -30,6 +30,7 @@ Distributed: started by ``torchrun``, each process trains on its share of every 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -339,43 +340,34 @@ class Trainer:
         recorder = Recorder(model) if (record and has_dgc) else None
         loss_sum = correct = seen = 0.0
         try:
-            if recorder is not None:
-                recorder.__enter__()
-            for x, y in loader:
-                x, y = x.to(self.device), y.to(self.device)
-                if recorder is not None:
-                    recorder.tag(labels=y, ids=torch.arange(int(seen), int(seen) + len(y)))
-                logits = model(x)
-                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-                correct += (logits.argmax(1) == y).sum().item()
-                seen += y.numel()
+            with recorder if recorder is not None else contextlib.nullcontext():
+                for x, y in loader:
+                    x, y = x.to(self.device), y.to(self.device)
+                    if recorder is not None:
+                        recorder.tag(labels=y, ids=torch.arange(int(seen), int(seen) + len(y)))
+                    logits = model(x)
+                    loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+                    correct += (logits.argmax(1) == y).sum().item()
+                    seen += y.numel()
         finally:
-            if recorder is not None:
-                recorder.__exit__(None, None, None)
             model.train(was_training)
+        macs = count_macs(model, self.input_size, "paper", per_layer=True)
         row = {"test_loss": loss_sum / seen, "test_acc": correct / seen,
-               "paper_macs": count_macs(model, self.input_size, "paper")}
+               "paper_macs": int(macs["macs"].sum())}
         sparsity = filter_sparsity(model, input_size=self.input_size)
         row["dead_filters"] = int(sparsity["dead_gamma"].sum())
         if recorder is not None:
             self.recording = recorder
             overlap = head_overlap(recorder)
             row["head_overlap"] = float(overlap["jaccard"].mean()) if len(overlap) else float("nan")
-            row["realized_macs"] = self._realized_total(recorder)
+            # the whole network at the paper convention, with every DGC layer's paper count
+            # replaced by what each test image really used
+            outside_dgc = int(macs.loc[macs["type"] != "DGCConv2d", "macs"].sum())
+            row["realized_macs"] = float(outside_dgc + realized_macs(recorder)["realized"].mean())
         else:
             row["head_overlap"] = float("nan")
             row["realized_macs"] = row["paper_macs"] if not has_dgc else float("nan")
         return row
-
-    def _realized_total(self, recording) -> float:
-        """Mean MACs per test image: the whole network at the paper convention, with every DGC
-        layer's paper count replaced by what the image really used."""
-        per_sample = realized_macs(recording)
-        return float(self._network_paper_macs_outside_dgc() + per_sample["realized"].mean())
-
-    def _network_paper_macs_outside_dgc(self) -> int:
-        table = count_macs(self.model, self.input_size, "paper", per_layer=True)
-        return int(table.loc[table["type"] != "DGCConv2d", "macs"].sum())
 
 
 def fit(config: TrainConfig, out=None, **kwargs) -> pd.DataFrame:
