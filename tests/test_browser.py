@@ -54,7 +54,7 @@ def jupyterlab(tmp_path):
                 break
             except OSError:
                 if server.poll() is not None:
-                    raise RuntimeError((tmp_path / "jupyterlab.log").read_text()[-2000:])
+                    raise RuntimeError((tmp_path / "jupyterlab.log").read_text()[-2000:]) from None
                 time.sleep(0.5)
         else:
             raise RuntimeError("JupyterLab did not start within 60 s")

@@ -102,7 +102,7 @@ def test_selections_are_the_layers_decisions_batch_by_batch_in_order():
     oracle = Oracle(model)
     with torch.no_grad(), Recorder(model) as rec:
         assert len(rec) == 0 and rec.layer_names == []
-        for i, b in enumerate((5, 3, 7)):
+        for b in (5, 3, 7):
             model(torch.randn(b, 1, 28, 28))
             # queries work during the run, on what has been seen so far
             name = rec.layer_names[0]

@@ -8,7 +8,6 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from dgclab.analysis import ConvWithBiasMap, count_macs, pruning_effect, remove_dead_filters
 from dgclab.layers import DGCConv2d

@@ -157,14 +157,14 @@ def main(argv=None) -> int:
 
     if not args.no_memory:
         print("\npeak memory of the tensors one forward creates (MiB)")
-        for shape, label, dgc, x in rows:
+        for _, label, dgc, x in rows:
             mem = {e: peak_forward_mib(dgc, x, e) for e in ("mask", "gather")}
             print(f"{label:>22}  mask {mem['mask']:7.1f}  gather {mem['gather']:7.1f}  "
                   f"gather/mask {mem['gather'] / max(mem['mask'], 1e-9):.2f}")
 
     if args.variants:
         print("\ngather strategies (ms; all checked to give the same output)")
-        for shape, label, dgc, x in rows:
+        for _, label, dgc, x in rows:
             variants = _variants(dgc, x)
             with torch.no_grad():
                 t = interleaved_medians(variants, rounds=max(3, args.rounds // 3), warmup=1)

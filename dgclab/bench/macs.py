@@ -28,7 +28,7 @@ MODELS = [
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dgclab.bench macs", description=__doc__)
     parser.parse_args(argv)
-    print(f"| model | input | params | MACs, paper convention | MACs, dense (mask) | reference |")
+    print("| model | input | params | MACs, paper convention | MACs, dense (mask) | reference |")
     print("|---|---|---|---|---|---|")
     for name, make, size, ref in MODELS:
         model = make()
