@@ -49,3 +49,18 @@ def test_command_line_entry_point_answers_help():
     assert done.returncode == 0, done.stderr
     for command in ("demo", "data"):
         assert command in done.stdout
+
+
+def test_readme_api_block_runs():
+    """The README's API sketch is code a reader will paste: it must run (bar the line that
+    needs a released checkpoint)."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## The API in a few lines"):]
+    block = section[section.index("```python\n") + len("```python\n"):]
+    block = block[: block.index("```")]
+    runnable = "\n".join(line for line in block.splitlines() if "released_checkpoint" not in line)
+    namespace: dict = {}
+    exec(compile(runnable, "README.md", "exec"), namespace)
+    assert namespace["y"].shape == (8, 128, 32, 32)
+    assert namespace["layer"].inactive_channels == 48
+    assert namespace["converted"] and "conv1" in namespace["skipped"]
