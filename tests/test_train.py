@@ -212,6 +212,22 @@ def test_cifar_reader_refuses_foreign_pickles(tmp_path):
         read_cifar(tmp_path, "cifar10", train=False)
 
 
+def test_dataset_info_without_loading_agrees_with_the_loaders(tmp_path):
+    from dgclab.data import dataset_info
+
+    _write_cifar(tmp_path)
+    _, _, loaded = load_dataset("cifar10", tmp_path, download=False)
+    info = dataset_info("cifar10")
+    assert (info.num_classes, info.in_channels, info.image_size) == (10, 3, 32)
+    assert (loaded.num_classes, loaded.in_channels, loaded.image_size) == (10, 3, 32)
+    assert load_dataset("synthetic", subset=16)[2] == dataset_info("synthetic")
+    for cls in ("b", "a"):
+        (tmp_path / "imagenet" / "train" / cls).mkdir(parents=True)
+    assert dataset_info("imagenet", tmp_path / "imagenet").classes == ("a", "b")
+    with pytest.raises(ValueError, match="'mnist'"):
+        dataset_info("mnist")
+
+
 def test_missing_cifar_without_download_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
         load_dataset("cifar10", tmp_path, download=False)

@@ -11,6 +11,7 @@ N training images (and at most N test images) for quick runs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ __all__ = [
     "DATASETS",
     "DatasetInfo",
     "TensorImageDataset",
+    "dataset_info",
     "load_dataset",
     "read_cifar",
     "synthetic_images",
@@ -110,7 +112,7 @@ def _fashion_mnist(root, download, augment):
         splits.append(TensorImageDataset(
             ds.data.unsqueeze(1), ds.targets, FASHION_MEAN, FASHION_STD,
             crop_padding=2 if (train and augment) else 0, flip=train and augment))
-    info = DatasetInfo("fashion-mnist", 10, 1, 28, FASHION_CLASSES)
+    info = dataset_info("fashion-mnist")
     return splits[0], splits[1], info
 
 
@@ -191,7 +193,7 @@ def _cifar(name, root, download, augment):
     x_te, y_te, _ = read_cifar(root, name, train=False)
     train = TensorImageDataset(x_tr, y_tr, mean, std, crop_padding=4 if augment else 0, flip=augment)
     test = TensorImageDataset(x_te, y_te, mean, std)
-    return train, test, DatasetInfo(name, 100 if name == "cifar100" else 10, 3, 32, classes)
+    return train, test, dataclasses.replace(dataset_info(name), classes=classes)
 
 
 # ---- ImageNet -------------------------------------------------------------------------------
@@ -253,8 +255,31 @@ def _synthetic(n_train, n_test, seed):
     mean, std = (0.5,), (0.3,)
     train = TensorImageDataset(x_tr, y_tr, mean, std)
     test = TensorImageDataset(x_te, y_te, mean, std)
-    classes = tuple(f"class {i}" for i in range(templates.shape[0]))
-    return train, test, DatasetInfo("synthetic", templates.shape[0], 1, 28, classes)
+    return train, test, dataset_info("synthetic")
+
+
+# ---- what a model needs to know, without loading the data --------------------------------
+
+
+def dataset_info(name: str, root: str | os.PathLike = "data") -> DatasetInfo:
+    """Classes, input channels and image size of a named dataset, without loading its images.
+
+    CIFAR class names come from the data files, so here they are empty; ImageNet's classes
+    are the folders under ``root/train``.
+    """
+    if name == "fashion-mnist":
+        return DatasetInfo("fashion-mnist", 10, 1, 28, FASHION_CLASSES)
+    if name == "synthetic":
+        return DatasetInfo("synthetic", 10, 1, 28, tuple(f"class {i}" for i in range(10)))
+    if name in ("cifar10", "cifar100"):
+        return DatasetInfo(name, 100 if name == "cifar100" else 10, 3, 32, ())
+    if name == "imagenet":
+        train = Path(root) / "train"
+        if not train.is_dir():
+            raise FileNotFoundError(f"ImageNet needs {train} (one folder per class)")
+        classes = tuple(sorted(d.name for d in train.iterdir() if d.is_dir()))
+        return DatasetInfo("imagenet", len(classes), 3, 224, classes)
+    raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
 
 
 # ---- the one entry point --------------------------------------------------------------------

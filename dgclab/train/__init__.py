@@ -1,6 +1,7 @@
 """Training: the paper's recipe on any dgclab model, with checkpoints that survive a kill."""
 
-from .checkpoint import atomic_torch_save, atomic_write_text, load_checkpoint
+from .._atomic import atomic_write_text
+from .checkpoint import atomic_torch_save, load_checkpoint
 from .config import OPTIMIZERS, TrainConfig
 from .trainer import METRIC_COLUMNS, Trainer, build_optimizer, fit
 

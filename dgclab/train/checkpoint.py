@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._atomic import atomic_open, atomic_write_bytes, atomic_write_text
+from .._atomic import atomic_open
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_torch_save", "load_checkpoint",
-           "rng_state", "set_rng_state"]
+__all__ = ["atomic_torch_save", "load_checkpoint", "rng_state", "set_rng_state"]
 
 
 def atomic_torch_save(obj, path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .._atomic import atomic_open
+from ..data import dataset_info
 from ..models.registry import build_model
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
@@ -71,9 +72,8 @@ def load_model(path, device: str = "cpu"):
     if payload.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path} is not a {MODEL_FORMAT} file (format={payload.get('format')!r})")
     config = TrainConfig.from_dict(payload["config"])
-    info_channels = {"fashion-mnist": 1, "synthetic": 1}.get(config.dataset, 3)
-    num_classes = {"cifar100": 100}.get(config.dataset, 10)
-    model = build_model(config.model, in_channels=info_channels, num_classes=num_classes,
+    info = dataset_info(config.dataset, config.data_root)
+    model = build_model(config.model, in_channels=info.in_channels, num_classes=info.num_classes,
                         width=config.width, conv=config.conv, heads=config.heads,
                         pruning_rate=config.pruning_rate)
     model.load_state_dict(payload["model"])
