@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from .._atomic import atomic_write_bytes, atomic_write_text
+from ..data import dataset_info
 from ..layers import set_pruning_progress
 from ..models.registry import build_model
 from ..train import Trainer, TrainConfig
@@ -107,8 +108,10 @@ def summarize(args) -> pd.DataFrame:
                          "paper_macs": last.paper_macs, "realized_macs": last.realized_macs,
                          "train_minutes": metrics.epoch_seconds.sum() / 60})
             if conv not in models:
-                model = build_model(f"resnet{args.depth}", in_channels=1, num_classes=10,
-                                    width=args.width, conv=conv, heads=4, pruning_rate=0.75)
+                info = dataset_info("fashion-mnist")
+                model = build_model(f"resnet{args.depth}", in_channels=info.in_channels,
+                                    num_classes=info.num_classes, width=args.width, conv=conv,
+                                    heads=4, pruning_rate=0.75)
                 set_pruning_progress(model, 1.0)
                 models[conv] = model.eval()
     size = (1, 1, 28, 28)
