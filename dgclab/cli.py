@@ -81,19 +81,25 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_study_sparsity(args: argparse.Namespace) -> int:
-    from .study import format_report, run_sparsity_study
+    from .study import format_report, publish_study, refresh_study, run_sparsity_study
 
     start = time.perf_counter()
-    result = run_sparsity_study(
-        args.out, args.dataset, args.subset, args.epochs, seeds=args.seeds, arms=args.arms,
-        full=args.full, data_root=args.data_root, device=args.device,
-        download=not args.no_download, progress=not args.no_progress,
-    )
+    if args.report_only:
+        result = refresh_study(args.out)
+    else:
+        result = run_sparsity_study(
+            args.out, args.dataset, args.subset, args.epochs, seeds=args.seeds, arms=args.arms,
+            full=args.full, data_root=args.data_root, device=args.device,
+            download=not args.no_download, progress=not args.no_progress,
+        )
     print()
     print(format_report(result))
     if result.figures:
         print("\nfigures: " + ", ".join(str(p) for p in result.figures))
     print(f"tables: {result.out}/sparsity.csv, summary.csv, pruning.csv, dgc_selection.csv")
+    if args.publish:
+        written = publish_study(result, args.publish)
+        print(f"published {len(written)} files to {args.publish}")
     print(f"\ndone in {time.perf_counter() - start:.1f} s")
     return 0
 
@@ -194,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default=d.device)
     sp.add_argument("--no-download", action="store_true")
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sp.add_argument("--report-only", action="store_true",
+                    help="train nothing: rebuild the tables, figures and report of --out")
+    sp.add_argument("--publish", metavar="DIR", default=None,
+                    help="then copy the small files (tables, figures, report) to DIR, e.g. "
+                    "data/sparsity-fmnist; the run folders stay in --out")
     sp.set_defaults(func=_cmd_study_sparsity)
     return parser
 

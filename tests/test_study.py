@@ -16,6 +16,7 @@ from dgclab.study import (
     plot_dead_fraction,
     plot_dead_over_training,
     plot_dgc_selection,
+    publish_study,
     run_sparsity_study,
     select_arms,
     selection_by_status,
@@ -95,6 +96,27 @@ def test_second_invocation_skips_finished_arms(study, capsys):
     assert main(["study", "sparsity", "--dataset", "synthetic", "--subset", "64", "--epochs", "2",
                  "--arms", ARMS, "--out", str(out)]) == 2
     assert "epochs was 1, now 2" in capsys.readouterr().err
+
+
+def test_published_copy_reads_like_the_study(study, tmp_path, capsys):
+    result, _ = study
+    dest = tmp_path / "published"
+    code = main(["study", "sparsity", "--out", str(result.out), "--report-only",
+                 "--publish", str(dest)])
+    printed = capsys.readouterr().out
+    assert code == 0 and ": training" not in printed and f"to {dest}" in printed
+    names = {p.name for p in dest.iterdir()}
+    assert {"sparsity.csv", "pruning.csv", "dgc_selection.csv", "training.csv", "summary.csv",
+            "study.json", "report.txt", "dead_over_training.png"} <= names
+    assert not [p for p in dest.iterdir() if p.is_dir()]  # no run folders, no checkpoints
+    copy, original = load_study(dest), load_study(result.out)
+    for table in ("sparsity", "pruning", "dgc_selection", "training", "summary"):
+        pd.testing.assert_frame_equal(getattr(copy, table), getattr(original, table),
+                                      check_dtype=False)
+    assert not copy.training.empty  # from training.csv: the run folders stayed behind
+    assert (dest / "report.txt").read_text().startswith("Summary")
+    with pytest.raises(ValueError, match="is the study folder itself"):
+        publish_study(original, result.out)
 
 
 def test_orderings_verdicts():

@@ -299,9 +299,18 @@ def run_sparsity_study(
         _run_arm(out, arm, seed, config, progress)
         say(f"[{n}/{len(jobs)}] {run}: done in {time.perf_counter() - start:.1f} s")
 
+    return refresh_study(out, figures=figures)
+
+
+def refresh_study(out: str | os.PathLike, *, figures: bool = True) -> StudyResult:
+    """Read a study folder and rewrite its derived tables (training, summary) and figures.
+
+    What ``run_sparsity_study`` does after training; on its own it rebuilds the outputs of a
+    folder whose runs are (partly) finished, without training anything.
+    """
     result = load_study(out)
-    _write_csv(out / TRAINING_CSV, result.training)
-    _write_csv(out / SUMMARY_CSV, result.summary)
+    _write_csv(result.out / TRAINING_CSV, result.training)
+    _write_csv(result.out / SUMMARY_CSV, result.summary)
     if figures:
         result.figures = write_figures(result)
     return result
@@ -627,6 +636,39 @@ def format_report(result: StudyResult) -> str:
     return "\n".join(lines)
 
 
+def publish_study(result: StudyResult, dest: str | os.PathLike) -> list[Path]:
+    """Copy a study's small files (tables, figures, settings, report) to ``dest``.
+
+    The run folders (checkpoints, recordings) stay behind; ``load_study(dest)`` reads the copy
+    as it reads the study itself. This is how ``data/sparsity-fmnist`` is made (README).
+
+    Returns:
+        The files written (atomically), ``report.txt`` last.
+
+    Raises:
+        ValueError: ``dest`` is the study folder itself.
+    """
+    dest = Path(dest)
+    if dest.resolve() == result.out.resolve():
+        raise ValueError(f"dest={str(dest)!r} is the study folder itself; publish elsewhere")
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    tables = {SPARSITY_CSV: result.sparsity, PRUNING_CSV: result.pruning,
+              SELECTION_CSV: result.dgc_selection, TRAINING_CSV: result.training,
+              SUMMARY_CSV: result.summary}
+    for name, frame in tables.items():
+        if not frame.empty:
+            _write_csv(dest / name, frame)
+            written.append(dest / name)
+    sources = [result.out / STUDY_JSON, *sorted(result.out.glob("*.png"))]
+    for path in sources:
+        atomic_write_bytes(dest / path.name, path.read_bytes())
+        written.append(dest / path.name)
+    atomic_write_text(dest / "report.txt", format_report(result) + "\n")
+    written.append(dest / "report.txt")
+    return written
+
+
 def _pin_study(out: Path, settings: dict) -> None:
     """Write out/study.json, or check that the folder's study has the same settings."""
     path = out / STUDY_JSON
@@ -665,8 +707,13 @@ def _per_layer(filters: pd.DataFrame) -> pd.DataFrame:
 
 
 def _training_table(out: Path, sparsity: pd.DataFrame) -> pd.DataFrame:
-    """metrics.csv of every finished (arm, seed), with the dead fraction by the gamma rule."""
+    """metrics.csv of every finished (arm, seed), with the dead fraction by the gamma rule.
+
+    A run whose folder is not there (a published study keeps only its tables) keeps the rows
+    the folder's ``training.csv`` already holds for it.
+    """
     columns = ["arm", "model", "seed", "epoch", "test_acc", "dead_filters", "dead_fraction"]
+    saved = _read_csv(out / TRAINING_CSV, columns)
     frames = []
     if not sparsity.empty:
         totals = sparsity.groupby(["arm", "seed"], sort=False).agg(
@@ -674,6 +721,9 @@ def _training_table(out: Path, sparsity: pd.DataFrame) -> pd.DataFrame:
         for r in totals.itertuples():
             path = out / f"{r.arm}-seed{r.seed}" / "metrics.csv"
             if not path.is_file():
+                rows = saved[(saved["arm"] == r.arm) & (saved["seed"] == r.seed)]
+                if not rows.empty:
+                    frames.append(rows[columns])
                 continue
             m = pd.read_csv(path)
             frames.append(pd.DataFrame({
