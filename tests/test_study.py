@@ -16,6 +16,7 @@ from dgclab.study import (
     plot_dead_fraction,
     plot_dead_over_training,
     plot_dgc_selection,
+    plot_gamma_distribution,
     publish_study,
     run_sparsity_study,
     select_arms,
@@ -75,7 +76,11 @@ def test_tables_have_the_tidy_columns(study):
     assert (result.out / "dgc-adam-none-seed0" / "train_recording.npz").is_file()
     assert {p.name for p in result.figures} == {
         "dead_fraction_basicnet.png", "dead_fraction_resnet8-dgc.png", "dead_over_training.png",
-        "dgc_selection.png"}
+        "dgc_selection.png", "gamma_basicnet.png", "gamma_resnet8-dgc.png"}
+    f = result.filters  # per filter, stacked over runs; counts agree with the per-layer table
+    assert len(f) == s["filters"].sum()
+    assert (f.groupby(["arm", "layer"], sort=False)["dead_activation"].sum().to_numpy()
+            == s["dead_activation"].to_numpy()).all()
     assert sum("training" in line for line in lines) == 2
 
 
@@ -107,10 +112,11 @@ def test_published_copy_reads_like_the_study(study, tmp_path, capsys):
     assert code == 0 and ": training" not in printed and f"to {dest}" in printed
     names = {p.name for p in dest.iterdir()}
     assert {"sparsity.csv", "pruning.csv", "dgc_selection.csv", "training.csv", "summary.csv",
-            "study.json", "report.txt", "dead_over_training.png"} <= names
+            "filters.csv", "study.json", "report.txt", "dead_over_training.png",
+            "gamma_basicnet.png"} <= names
     assert not [p for p in dest.iterdir() if p.is_dir()]  # no run folders, no checkpoints
     copy, original = load_study(dest), load_study(result.out)
-    for table in ("sparsity", "pruning", "dgc_selection", "training", "summary"):
+    for table in ("sparsity", "pruning", "dgc_selection", "training", "summary", "filters"):
         pd.testing.assert_frame_equal(getattr(copy, table), getattr(original, table),
                                       check_dtype=False)
     assert not copy.training.empty  # from training.csv: the run folders stayed behind
@@ -166,5 +172,7 @@ def test_plots_return_figures(study):
     assert isinstance(plot_dead_fraction(basic), Figure)
     assert isinstance(plot_dead_over_training(result.training), Figure)
     assert isinstance(plot_dgc_selection(result.dgc_selection), Figure)
+    fig = plot_gamma_distribution(result.filters[result.filters["model"] == "basicnet"])
+    assert [line.get_label() for line in fig.axes[0].lines][0].startswith("basicnet-adam-l2")
     with pytest.raises(ValueError, match="lacks the columns"):
         plot_dead_fraction(basic.drop(columns="filters"))

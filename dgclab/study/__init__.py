@@ -5,7 +5,12 @@
 ``python -m dgclab study sparsity`` on the command line.
 """
 
-from .plots import plot_dead_fraction, plot_dead_over_training, plot_dgc_selection
+from .plots import (
+    plot_dead_fraction,
+    plot_dead_over_training,
+    plot_dgc_selection,
+    plot_gamma_distribution,
+)
 from .sparsity import (
     BUDGETS,
     GRID,
@@ -38,6 +43,7 @@ __all__ = [
     "plot_dead_fraction",
     "plot_dead_over_training",
     "plot_dgc_selection",
+    "plot_gamma_distribution",
     "run_sparsity_study",
     "select_arms",
     "selection_by_status",

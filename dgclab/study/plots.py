@@ -14,7 +14,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-__all__ = ["plot_dead_fraction", "plot_dead_over_training", "plot_dgc_selection"]
+__all__ = ["plot_dead_fraction", "plot_dead_over_training", "plot_dgc_selection",
+           "plot_gamma_distribution"]
 
 # seaborn's "colorblind" palette, spelled out (no seaborn import, no global theme).
 PALETTE = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4",
@@ -138,6 +139,42 @@ def plot_dgc_selection(selection: pd.DataFrame, ax: Axes | None = None) -> Figur
     ax.set_ylabel("selected in this fraction of\n(image, head) pairs")
     ax.set_ylim(0, 1.05)
     ax.set_title("Do DGC heads select input channels that carry nothing? (numbers: channels)")
+    ax.legend(frameon=False, fontsize="small")
+    _style(ax)
+    return fig
+
+
+def plot_gamma_distribution(filters: pd.DataFrame, ax: Axes | None = None) -> Figure:
+    """How close to dead: the cumulative distribution of |γ| over all filters, one line per arm.
+
+    A filter is dead by the pruning rule when |γ| < 1e-3 (dotted line); an arm whose curve
+    sits to the left has pulled its BN scales further towards it, whether or not any crossed.
+
+    Args:
+        filters: the study's per-filter table (``StudyResult.filters``) for one model:
+            ``arm``, ``gamma`` (all seeds pooled).
+        ax: where to draw; default a new figure.
+
+    Returns:
+        The figure.
+    """
+    _require(filters, ["arm", "gamma"], "filters")
+    if filters.empty:
+        raise ValueError("filters has no rows to plot")
+    fig, ax = _single(ax, (8, 4.5))
+    floor = 1e-6  # |γ| = 0 drawn here on the log axis
+    for i, (arm, rows) in enumerate(filters.groupby("arm", sort=False)):
+        g = np.sort(np.maximum(np.abs(rows["gamma"].to_numpy(float)), floor))
+        ax.step(g, np.arange(1, len(g) + 1) / len(g), where="post",
+                color=PALETTE[i % len(PALETTE)], label=f"{arm} (min {g[0]:.2g})")
+    ax.axvline(1e-3, color="#333333", ls=":", lw=1)
+    ax.annotate("dead: |γ| < 1e-3", (1e-3, 0.95), xytext=(-4, 0), textcoords="offset points",
+                ha="right", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("|γ| of the filter's BN")
+    ax.set_ylabel("fraction of filters ≤ x")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_title("BN scales at the end of training, by arm")
     ax.legend(frameon=False, fontsize="small")
     _style(ax)
     return fig

@@ -111,6 +111,7 @@ MODELS = {
 }
 
 SPARSITY_CSV, PRUNING_CSV, SELECTION_CSV = "sparsity.csv", "pruning.csv", "dgc_selection.csv"
+FILTERS_CSV = "filters.csv"  # per filter; also each run folder's own
 TRAINING_CSV, SUMMARY_CSV, STUDY_JSON = "training.csv", "summary.csv", "study.json"
 ARM_COLUMNS = ["arm", "model", "optimizer", "regularisation", "lambda", "lr", "batch_size", "seed"]
 SPARSITY_COLUMNS = ARM_COLUMNS + [
@@ -185,6 +186,9 @@ class StudyResult:
         training: per (arm, seed, epoch): ``test_acc``, ``dead_filters`` (|gamma| rule) and
             ``dead_fraction`` from the runs' ``metrics.csv``.
         summary: per arm, ``summarize(sparsity)``.
+        filters: per (arm, seed, BN-ReLU filter): ``model``, ``layer``, ``filter``, ``gamma``,
+            ``max_activation``, ``selectivity`` and the two dead flags, from the runs'
+            ``filters.csv`` (the distribution behind the counts: how close to dead).
         figures: the PNG files written.
     """
 
@@ -194,6 +198,7 @@ class StudyResult:
     dgc_selection: pd.DataFrame
     training: pd.DataFrame
     summary: pd.DataFrame
+    filters: pd.DataFrame = field(default_factory=pd.DataFrame)
     figures: list[Path] = field(default_factory=list)
 
 
@@ -565,12 +570,14 @@ def load_study(out: str | os.PathLike) -> StudyResult:
         dgc_selection=_read_csv(out / SELECTION_CSV, ARM_COLUMNS),
         training=_training_table(out, sparsity),
         summary=summarize(sparsity),
+        filters=_filters_table(out, sparsity),
     )
 
 
 def write_figures(result: StudyResult) -> list[Path]:
     """The study's PNG figures, into its folder; returns the paths written."""
-    from .plots import plot_dead_fraction, plot_dead_over_training, plot_dgc_selection
+    from .plots import (plot_dead_fraction, plot_dead_over_training, plot_dgc_selection,
+                        plot_gamma_distribution)
 
     paths = []
     for model in result.sparsity["model"].unique():
@@ -582,6 +589,9 @@ def write_figures(result: StudyResult) -> list[Path]:
     if not result.dgc_selection.empty:
         paths.append(_save(plot_dgc_selection(result.dgc_selection),
                            result.out / "dgc_selection.png"))
+    for model in result.filters["model"].unique():
+        fig = plot_gamma_distribution(result.filters[result.filters["model"] == model])
+        paths.append(_save(fig, result.out / f"gamma_{model}.png"))
     return paths
 
 
@@ -655,7 +665,7 @@ def publish_study(result: StudyResult, dest: str | os.PathLike) -> list[Path]:
     written = []
     tables = {SPARSITY_CSV: result.sparsity, PRUNING_CSV: result.pruning,
               SELECTION_CSV: result.dgc_selection, TRAINING_CSV: result.training,
-              SUMMARY_CSV: result.summary}
+              SUMMARY_CSV: result.summary, FILTERS_CSV: result.filters}
     for name, frame in tables.items():
         if not frame.empty:
             _write_csv(dest / name, frame)
@@ -731,6 +741,30 @@ def _training_table(out: Path, sparsity: pd.DataFrame) -> pd.DataFrame:
                 "test_acc": m["test_acc"], "dead_filters": m["dead_filters"],
                 "dead_fraction": m["dead_filters"] / r.filters,
             }))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def _filters_table(out: Path, sparsity: pd.DataFrame) -> pd.DataFrame:
+    """filters.csv of every finished (arm, seed), stacked; as ``_training_table``, a run whose
+    folder is not there keeps its rows of the study's own ``filters.csv``."""
+    columns = ["arm", "model", "seed", "layer", "filter", "gamma", "max_activation",
+               "selectivity", "dead_gamma", "dead_activation"]
+    saved = _read_csv(out / FILTERS_CSV, columns)
+    frames = []
+    if not sparsity.empty:
+        runs = sparsity.groupby(["arm", "seed"], sort=False)["model"].first().reset_index()
+        for r in runs.itertuples():
+            path = out / f"{r.arm}-seed{r.seed}" / FILTERS_CSV
+            if path.is_file():
+                f = pd.read_csv(path)
+                f.insert(0, "seed", r.seed)
+                f.insert(0, "model", r.model)
+                f.insert(0, "arm", r.arm)
+                frames.append(f[columns])
+            else:
+                rows = saved[(saved["arm"] == r.arm) & (saved["seed"] == r.seed)]
+                if not rows.empty:
+                    frames.append(rows[columns])
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
