@@ -174,6 +174,19 @@ def test_small_nonzero_gamma_is_measured():
     assert 0 <= effect["accuracy_pruned"] <= 1 and 0 <= effect["agreement"] <= 1
 
 
+def test_smallest_positive_threshold_removes_only_exact_zeros():
+    x = torch.randn(8, 3, 12, 12)
+    model = warmed(small_chain(), x.shape)
+    kill(model[1], [0, 1], "mixed", gamma=0.0)
+    kill(model[4], [0], "positive", gamma=5e-4)
+    pruned, report = remove_dead_filters(model, 5e-324, example_input=x)
+    assert report.layers["removed"].tolist() == [2, 0, 0]
+    assert report.max_logit_change < TOL
+    from dgclab.analysis import filter_sparsity
+    table = filter_sparsity(model, [x], gamma_threshold=5e-324)
+    assert table["dead_gamma"].tolist() == [2, 0, 0]
+
+
 # ---- what it refuses ------------------------------------------------------------------------
 
 

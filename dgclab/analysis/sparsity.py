@@ -127,6 +127,7 @@ def filter_sparsity(
     selectivity_threshold: float = 1e-3,
     max_batches: int | None = None,
     per_filter: bool = False,
+    progress: bool | None = None,
 ) -> pd.DataFrame:
     """Dead features of every BN-ReLU pair, by |gamma| and (given data) by activation (SPEC §7).
 
@@ -160,6 +161,7 @@ def filter_sparsity(
             max on it is below this fraction of the filter's max over the data.
         max_batches: use only the first batches of the loader.
         per_filter: one row per filter instead of one per BN.
+        progress: a tqdm bar over the batches; None (default): only on a terminal or notebook.
 
     Pairs come from ``pairs``, else a probe forward on the loader's first batch or on zeros of
     ``input_size``, else the registration-order heuristic (see the module docstring).
@@ -201,7 +203,8 @@ def filter_sparsity(
     stats = None
     if loader is not None:
         stats = _activation_stats(
-            model, loader, [n for n, _ in pairs], selectivity, selectivity_threshold, max_batches
+            model, loader, [n for n, _ in pairs], selectivity, selectivity_threshold, max_batches,
+            progress,
         )
 
     frames = []
@@ -212,7 +215,7 @@ def filter_sparsity(
             "relu": relu_name,
             "filter": np.arange(len(gamma)),
             "gamma": gamma.numpy(),
-            "dead_gamma": (gamma < gamma_threshold).numpy(),
+            "dead_gamma": (gamma.double() < gamma_threshold).numpy(),  # float64: 5e-324 works
         }
         if stats is not None:
             peak, below, images = stats[bn_name]
@@ -264,6 +267,7 @@ def _activation_stats(
     selectivity: bool,
     selectivity_threshold: float,
     max_batches: int | None,
+    progress: bool | None,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
     """Per BN: (C,) max ReLU(BN) over the data, (C,) images below the selectivity threshold,
     and the number of images. Pass 1 finds the maxima, pass 2 (selectivity only) counts."""
@@ -296,8 +300,9 @@ def _activation_stats(
 
     handles = []
     with _measuring(model), tqdm(
-        total=None if batches is None else passes * batches, desc="filter sparsity", disable=None
-    ) as progress:
+        total=None if batches is None else passes * batches, desc="filter sparsity",
+        disable=None if progress is None else not progress
+    ) as bar:
         try:
             handles = [modules[n].register_forward_hook(make_hook(n)) for n in bn_names]
             with torch.no_grad():
@@ -312,7 +317,7 @@ def _activation_stats(
                         if p == 0:
                             images += x.shape[0]
                         model(x)
-                        progress.update()
+                        bar.update()
         finally:
             for handle in handles:
                 handle.remove()

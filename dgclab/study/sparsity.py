@@ -334,7 +334,7 @@ def _run_arm(out: Path, arm: Arm, seed: int, config: TrainConfig, progress: bool
     ident = arm.columns(seed)
 
     filters = filter_sparsity(model, train_loader, GAMMA_THRESHOLD, ACTIVATION_THRESHOLD,
-                              per_filter=True)
+                              per_filter=True, progress=progress or None)
     _write_csv(folder / "filters.csv", filters)
 
     if arm.model == "basicnet":
