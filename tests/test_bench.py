@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from dgclab.bench import accuracy, layer
 from dgclab.train import METRIC_COLUMNS, TrainConfig
@@ -42,3 +43,15 @@ def test_layer_benchmark_variants_agree():
 
     variants = layer._variants(dgc, torch.randn(4, 16, 6, 6))  # asserts equal outputs inside
     assert len(variants) == 4
+
+
+def test_interleaved_medians_blocks_discard_the_first_call_of_each_block():
+    from dgclab.bench.timing import interleaved_medians
+
+    calls = []
+    medians = interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                  rounds=2, warmup=1, block=3)
+    assert calls == ["a", "b"] + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+    assert set(medians) == {"a", "b"} and all(v >= 0 for v in medians.values())
+    with pytest.raises(ValueError, match="block=0"):
+        interleaved_medians({"a": lambda: None}, block=0)

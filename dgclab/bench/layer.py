@@ -110,29 +110,12 @@ def _variants(dgc: DGCConv2d, x: torch.Tensor):
     return variants
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dgclab.bench layer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--variants", action="store_true", help="also time other gather strategies")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
-    args = parser.parse_args(argv)
-    if args.batch <= 0 or args.threads <= 0 or args.rounds <= 0:
-        parser.error(f"batch, threads and rounds must be positive, got {args.batch}, "
-                     f"{args.threads}, {args.rounds}")
-    torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, eval, "
-          f"heads 4, pruning rate 0.75, medians of {args.rounds} interleaved rounds (ms)\n")
-    header = f"{'shape':>22} {'dense':>8} {'group4':>8} {'mask':>8} {'gather':>8}  " \
-             f"{'group/d':>7} {'mask/d':>7} {'gather/d':>8}  target"
-    print(header)
-    rows = []
-    for (shape, official) in SHAPES:
+def _speed_table(layers, rounds: int, block: int) -> None:
+    """One table: every shape's four candidates timed round-robin, ratios against dense."""
+    print(f"{'shape':>22} {'dense':>8} {'group4':>8} {'mask':>8} {'gather':>8}  "
+          f"{'group/d':>7} {'mask/d':>7} {'gather/d':>8}  target")
+    for shape, official, dense, group, dgc, x in layers:
         cin, cout, k, hw = shape
-        dense, group, dgc = _layers(cin, cout, k)
-        x = torch.randn(args.batch, cin, hw, hw)
 
         def dgc_with(execution):
             def run():
@@ -144,7 +127,7 @@ def main(argv=None) -> int:
             t = interleaved_medians(
                 {"dense": lambda: dense(x), "group": lambda: group(x),
                  "mask": dgc_with("mask"), "gather": dgc_with("gather")},
-                rounds=args.rounds,
+                rounds=rounds, block=block,
             )
         ms = {n: v * 1e3 for n, v in t.items()}
         r = {n: ms[n] / ms["dense"] for n in ms}
@@ -153,7 +136,35 @@ def main(argv=None) -> int:
         print(f"{label:>22} {ms['dense']:8.2f} {ms['group']:8.2f} {ms['mask']:8.2f} "
               f"{ms['gather']:8.2f}  {r['group']:7.2f} {r['mask']:7.2f} {r['gather']:8.2f}  "
               f"<= {TARGETS[k]} {'met' if ok else 'MISSED'}   ({official})")
-        rows.append((shape, label, dgc, x))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dgclab.bench layer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--variants", action="store_true", help="also time other gather strategies")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--block", type=int, default=5,
+                        help="calls in a row per round for the steady-state table (default 5)")
+    args = parser.parse_args(argv)
+    if min(args.batch, args.threads, args.rounds) <= 0 or args.block < 2:
+        parser.error(f"batch, threads and rounds must be positive and block >= 2, got "
+                     f"{args.batch}, {args.threads}, {args.rounds}, {args.block}")
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, eval, "
+          f"heads 4, pruning rate 0.75, medians over {args.rounds} interleaved rounds (ms)")
+    layers = [(shape, official, *_layers(shape[0], shape[1], shape[2]),
+               torch.randn(args.batch, shape[0], shape[3], shape[3]))
+              for shape, official in SHAPES]
+    for block, title in ((1, "strict interleaving: every call follows another candidate's call"),
+                         (args.block, f"steady state: {args.block} calls in a row per round, "
+                                      f"the first discarded")):
+        print(f"\n{title}")
+        _speed_table(layers, args.rounds, block)
+    rows = [(shape, f"{shape[0]}->{shape[1]} {shape[2]}x{shape[2]} {shape[3]}^2", dgc, x)
+            for shape, _, _, _, dgc, x in layers]
 
     if not args.no_memory:
         print("\npeak memory of the tensors one forward creates (MiB)")

@@ -8,20 +8,36 @@ from collections.abc import Callable
 
 
 def interleaved_medians(
-    candidates: dict[str, Callable[[], object]], rounds: int = 15, warmup: int = 3
+    candidates: dict[str, Callable[[], object]], rounds: int = 15, warmup: int = 3,
+    block: int = 1,
 ) -> dict[str, float]:
     """Median seconds per call of each candidate, measured round-robin.
 
     Round-robin order spreads a noisy neighbour's bursts over all candidates instead of
     penalising whichever ran during the burst.
+
+    Args:
+        candidates: name -> a call to time.
+        rounds: rounds of the round robin.
+        warmup: untimed calls of each candidate first.
+        block: calls of a candidate in a row per round. 1 (default): every timed call follows
+            another candidate's call, so it also pays for the state that call left behind
+            (caches, and on CPU the allocator: glibc returns large freed blocks to the kernel
+            and the next large allocation page-faults them back). With ``block > 1`` the first
+            call of each block is discarded and the others are timed: the steady state of a
+            candidate running repeatedly, as a layer does inside a network's loop.
     """
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got block={block}")
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, fn in candidates.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
+            for i in range(block):
+                start = time.perf_counter()
+                fn()
+                if block == 1 or i > 0:
+                    samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(ts) for name, ts in samples.items()}

@@ -23,6 +23,7 @@ the Module so that the maths can be tested without one.
 
 from __future__ import annotations
 
+import threading
 from typing import Literal
 
 import torch
@@ -40,6 +41,7 @@ __all__ = [
     "interleave_heads",
     "effective_squeeze_rate",
     "final_inactive_channels",
+    "release_scratch",
 ]
 
 Execution = Literal["auto", "mask", "gather"]
@@ -55,6 +57,38 @@ AUTO_GATHER_MAX_KEEP = 0.75
 # ``python -m dgclab.bench layer --variants``).
 GATHER_CHUNK_BYTES = 8 * 2**20
 GATHER_CHUNK_SAMPLES = 16
+
+
+class _Scratch(threading.local):
+    """Per-thread scratch buffers for the gather execution's chunks, on CPU without autograd.
+
+    Each chunk gathers a few MB of inputs and filter columns. Allocated afresh on every call,
+    buffers of that size go back and forth between glibc and the kernel (mmap, page faults,
+    trims), which cost the gather execution 10-30 % of its time and most of its run-to-run
+    noise (``python -m dgclab.bench layer --variants``). Reusing one buffer per (role, dtype)
+    avoids that; it holds at most ``GATHER_CHUNK_BYTES`` plus one chunk of gathered inputs per
+    thread. CUDA has its caching allocator and autograd must keep what it saves, so both
+    allocate as usual. ``release_scratch()`` frees the buffers.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def take(self, role: str, numel: int, like: torch.Tensor) -> torch.Tensor:
+        """A 1-D tensor of ``numel`` elements, ``like``'s dtype, valid until the next take."""
+        key = (role, like.dtype)
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = self.buffers[key] = torch.empty(numel, dtype=like.dtype)
+        return buf[:numel]
+
+
+_scratch = _Scratch()
+
+
+def release_scratch() -> None:
+    """Free this thread's gather scratch buffers (they are made again when needed)."""
+    _scratch.buffers.clear()
 
 
 def effective_squeeze_rate(in_channels: int, squeeze_rate: int) -> int:
@@ -218,23 +252,32 @@ def dgc_gather_conv(
     per_sample = heads * keep * co_h * kh * kw * weight.element_size()
     chunk = max(1, min(b, GATHER_CHUNK_SAMPLES, GATHER_CHUNK_BYTES // per_sample))
     chunk = -(-b // -(-b // chunk))  # balance: the same number of chunks, evened out
-    outs = []  # (n, heads * Co_h, H', W') per chunk, heads block-wise
+    # Without autograd on CPU, gather into reused scratch buffers (see _Scratch).
+    scratch = not torch.is_grad_enabled() and x.device.type == "cpu"
+
+    def gather_rows(source: torch.Tensor, index: torch.Tensor, role: str) -> torch.Tensor:
+        if not scratch:
+            return source.index_select(0, index)
+        out = _scratch.take(role, index.numel() * source.shape[1], source)
+        return torch.index_select(source, 0, index, out=out.view(index.numel(), -1))
+
+    result = None  # (B, Co_h, heads, H', W'): the interleaved output, chunk by chunk
     for s in range(0, b, chunk):
         xs, idx, gs = x[s : s + chunk], keep_idx[s : s + chunk], gate_kept[s : s + chunk]
         n, _, hs, ws = xs.shape
         rows = (idx + torch.arange(n, device=x.device).view(n, 1, 1) * c).flatten()
-        x_kept = xs.reshape(n * c, hs * ws).index_select(0, rows)  # (n*heads*keep, HW)
-        x_kept = x_kept * gs.reshape(-1, 1)  # gate the input, as the mask execution does
+        x_kept = gather_rows(xs.reshape(n * c, hs * ws), rows, "x")  # (n*heads*keep, HW)
+        # gate the input, as the mask execution does
+        x_kept = x_kept.mul_(gs.reshape(-1, 1)) if scratch else x_kept * gs.reshape(-1, 1)
         if pointwise:
-            w_kept = w_rows.index_select(0, (idx + w_offset).flatten())  # (n*heads*keep, Co_h)
+            w_kept = gather_rows(w_rows, (idx + w_offset).flatten(), "w")  # (n*heads*keep, Co_h)
             out = torch.bmm(
                 w_kept.view(n * heads, keep, co_h).transpose(1, 2),  # (n*heads, Co_h, keep)
                 x_kept.view(n * heads, keep, hs * ws),
-            )  # (n*heads, Co_h, H'W')
-            outs.append(out.view(n, heads * co_h, hs, ws))
+            ).view(n, heads * co_h, hs, ws)
         else:
             w_idx = (idx.unsqueeze(2) + w_offset).flatten()  # (n*heads*Co_h*keep,)
-            w_kept = w_rows.index_select(0, w_idx).view(n * heads * co_h, keep, kh, kw)
+            w_kept = gather_rows(w_rows, w_idx, "w").view(n * heads * co_h, keep, kh, kw)
             out = F.conv2d(
                 x_kept.view(1, n * heads * keep, hs, ws),
                 w_kept,
@@ -244,15 +287,15 @@ def dgc_gather_conv(
                 dilation,
                 groups=n * heads,
             )  # (1, n*heads*Co_h, H', W')
-            outs.append(out.view(n, heads * co_h, *out.shape[-2:]))
-    if len(outs) == 1:
-        return interleave_heads(outs[0], heads)
-    # Write each chunk straight into the interleaved output: one copy instead of cat + shuffle.
-    ho, wo = outs[0].shape[-2:]
-    out = outs[0].new_empty(b, co_h, heads, ho, wo)
-    for s, o in zip(range(0, b, chunk), outs):
-        out[s : s + o.shape[0]] = o.view(-1, heads, co_h, ho, wo).transpose(1, 2)
-    return out.view(b, co_h * heads, ho, wo)
+            out = out.view(n, heads * co_h, *out.shape[-2:])  # heads block-wise
+        if n == b:
+            return interleave_heads(out, heads)
+        # Write each chunk straight into the interleaved output: one copy, no cat + shuffle.
+        ho, wo = out.shape[-2:]
+        if result is None:
+            result = out.new_empty(b, co_h, heads, ho, wo)
+        result[s : s + n] = out.view(n, heads, co_h, ho, wo).transpose(1, 2)
+    return result.view(b, co_h * heads, *result.shape[-2:])
 
 
 # --------------------------------------------------------------------------------------------
