@@ -147,8 +147,9 @@ def plot_dgc_selection(selection: pd.DataFrame, ax: Axes | None = None) -> Figur
 def plot_gamma_distribution(filters: pd.DataFrame, ax: Axes | None = None) -> Figure:
     """How close to dead: the cumulative distribution of |γ| over all filters, one line per arm.
 
-    A filter is dead by the pruning rule when |γ| < 1e-3 (dotted line); an arm whose curve
-    sits to the left has pulled its BN scales further towards it, whether or not any crossed.
+    A filter is dead by the pruning rule when |γ| < 1e-3 (dotted line, on a log axis when some
+    |γ| is below 0.05; a linear axis otherwise); an arm whose curve sits to the left has pulled
+    its BN scales further towards it, whether or not any crossed.
 
     Args:
         filters: the study's per-filter table (``StudyResult.filters``) for one model:
@@ -167,11 +168,15 @@ def plot_gamma_distribution(filters: pd.DataFrame, ax: Axes | None = None) -> Fi
         g = np.sort(np.maximum(np.abs(rows["gamma"].to_numpy(float)), floor))
         ax.step(g, np.arange(1, len(g) + 1) / len(g), where="post",
                 color=PALETTE[i % len(PALETTE)], label=f"{arm} (min {g[0]:.2g})")
-    ax.axvline(1e-3, color="#333333", ls=":", lw=1)
-    ax.annotate("dead: |γ| < 1e-3", (1e-3, 0.95), xytext=(-4, 0), textcoords="offset points",
-                ha="right", fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("|γ| of the filter's BN")
+    smallest = float(np.abs(filters["gamma"].to_numpy(float)).min())
+    if smallest < 0.05:  # some are near the rule: a log axis down to it
+        ax.axvline(1e-3, color="#333333", ls=":", lw=1)
+        ax.annotate("dead: |γ| < 1e-3", (1e-3, 0.95), xytext=(-4, 0),
+                    textcoords="offset points", ha="right", fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("|γ| of the filter's BN")
+    else:  # all far from it: a linear axis shows the differences
+        ax.set_xlabel(f"|γ| of the filter's BN (none below {smallest:.2g}; dead would be < 1e-3)")
     ax.set_ylabel("fraction of filters ≤ x")
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_title("BN scales at the end of training, by arm")
