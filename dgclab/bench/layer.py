@@ -110,12 +110,17 @@ def _variants(dgc: DGCConv2d, x: torch.Tensor):
     return variants
 
 
+def _label(shape) -> str:
+    cin, cout, k, hw = shape
+    return f"{cin}->{cout} {k}x{k} {hw}^2"
+
+
 def _speed_table(layers, rounds: int, block: int) -> None:
     """One table: every shape's four candidates timed round-robin, ratios against dense."""
     print(f"{'shape':>22} {'dense':>8} {'group4':>8} {'mask':>8} {'gather':>8}  "
           f"{'group/d':>7} {'mask/d':>7} {'gather/d':>8}  target")
     for shape, official, dense, group, dgc, x in layers:
-        cin, cout, k, hw = shape
+        k = shape[2]
 
         def dgc_with(execution):
             def run():
@@ -132,8 +137,7 @@ def _speed_table(layers, rounds: int, block: int) -> None:
         ms = {n: v * 1e3 for n, v in t.items()}
         r = {n: ms[n] / ms["dense"] for n in ms}
         ok = r["gather"] <= TARGETS[k]
-        label = f"{cin}->{cout} {k}x{k} {hw}^2"
-        print(f"{label:>22} {ms['dense']:8.2f} {ms['group']:8.2f} {ms['mask']:8.2f} "
+        print(f"{_label(shape):>22} {ms['dense']:8.2f} {ms['group']:8.2f} {ms['mask']:8.2f} "
               f"{ms['gather']:8.2f}  {r['group']:7.2f} {r['mask']:7.2f} {r['gather']:8.2f}  "
               f"<= {TARGETS[k]} {'met' if ok else 'MISSED'}   ({official})")
 
@@ -163,8 +167,7 @@ def main(argv=None) -> int:
                                       f"the first discarded")):
         print(f"\n{title}")
         _speed_table(layers, args.rounds, block)
-    rows = [(shape, f"{shape[0]}->{shape[1]} {shape[2]}x{shape[2]} {shape[3]}^2", dgc, x)
-            for shape, _, _, _, dgc, x in layers]
+    rows = [(shape, _label(shape), dgc, x) for shape, _, _, _, dgc, x in layers]
 
     if not args.no_memory:
         print("\npeak memory of the tensors one forward creates (MiB)")

@@ -63,9 +63,9 @@ class _Scratch(threading.local):
     """Per-thread scratch buffers for the gather execution's chunks, on CPU without autograd.
 
     Each chunk gathers a few MB of inputs and filter columns. Allocated afresh on every call,
-    buffers of that size go back and forth between glibc and the kernel (mmap, page faults,
-    trims), which cost the gather execution 10-30 % of its time and most of its run-to-run
-    noise (``python -m dgclab.bench layer --variants``). Reusing one buffer per (role, dtype)
+    buffers of that size can go back and forth between glibc and the kernel (mmap, page faults,
+    trims); reusing them made the gather 10-20 % faster when timed by itself (min over
+    repeats; README, "Speed"). Reusing one buffer per (role, dtype)
     avoids that; it holds at most ``GATHER_CHUNK_BYTES`` plus one chunk of gathered inputs per
     thread. CUDA has its caching allocator and autograd must keep what it saves, so both
     allocate as usual. ``release_scratch()`` frees the buffers.

@@ -716,56 +716,48 @@ def _per_layer(filters: pd.DataFrame) -> pd.DataFrame:
                                        "selectivity"])
 
 
-def _training_table(out: Path, sparsity: pd.DataFrame) -> pd.DataFrame:
-    """metrics.csv of every finished (arm, seed), with the dead fraction by the gamma rule.
+def _runs_table(out: Path, sparsity: pd.DataFrame, run_file: str, study_file: str,
+                columns: list[str], read) -> pd.DataFrame:
+    """One table stacked over every finished (arm, seed) of ``sparsity``.
 
-    A run whose folder is not there (a published study keeps only its tables) keeps the rows
-    the folder's ``training.csv`` already holds for it.
+    A run's rows are ``read(frame, run)`` of its folder's ``run_file`` (``run``: a row with
+    ``arm, seed, model, filters``); a run whose folder is not there (a published study keeps
+    only its tables) keeps the rows the study's ``study_file`` already holds for it.
     """
-    columns = ["arm", "model", "seed", "epoch", "test_acc", "dead_filters", "dead_fraction"]
-    saved = _read_csv(out / TRAINING_CSV, columns)
+    saved = _read_csv(out / study_file, columns)
     frames = []
     if not sparsity.empty:
-        totals = sparsity.groupby(["arm", "seed"], sort=False).agg(
+        runs = sparsity.groupby(["arm", "seed"], sort=False).agg(
             model=("model", "first"), filters=("filters", "sum")).reset_index()
-        for r in totals.itertuples():
-            path = out / f"{r.arm}-seed{r.seed}" / "metrics.csv"
-            if not path.is_file():
-                rows = saved[(saved["arm"] == r.arm) & (saved["seed"] == r.seed)]
-                if not rows.empty:
-                    frames.append(rows[columns])
-                continue
-            m = pd.read_csv(path)
-            frames.append(pd.DataFrame({
-                "arm": r.arm, "model": r.model, "seed": r.seed, "epoch": m["epoch"],
-                "test_acc": m["test_acc"], "dead_filters": m["dead_filters"],
-                "dead_fraction": m["dead_filters"] / r.filters,
-            }))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-
-
-def _filters_table(out: Path, sparsity: pd.DataFrame) -> pd.DataFrame:
-    """filters.csv of every finished (arm, seed), stacked; as ``_training_table``, a run whose
-    folder is not there keeps its rows of the study's own ``filters.csv``."""
-    columns = ["arm", "model", "seed", "layer", "filter", "gamma", "max_activation",
-               "selectivity", "dead_gamma", "dead_activation"]
-    saved = _read_csv(out / FILTERS_CSV, columns)
-    frames = []
-    if not sparsity.empty:
-        runs = sparsity.groupby(["arm", "seed"], sort=False)["model"].first().reset_index()
         for r in runs.itertuples():
-            path = out / f"{r.arm}-seed{r.seed}" / FILTERS_CSV
+            path = out / f"{r.arm}-seed{r.seed}" / run_file
             if path.is_file():
-                f = pd.read_csv(path)
-                f.insert(0, "seed", r.seed)
-                f.insert(0, "model", r.model)
-                f.insert(0, "arm", r.arm)
-                frames.append(f[columns])
+                frames.append(read(pd.read_csv(path), r)[columns])
             else:
                 rows = saved[(saved["arm"] == r.arm) & (saved["seed"] == r.seed)]
                 if not rows.empty:
                     frames.append(rows[columns])
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def _training_table(out: Path, sparsity: pd.DataFrame) -> pd.DataFrame:
+    """metrics.csv of every finished (arm, seed), with the dead fraction by the gamma rule."""
+    return _runs_table(
+        out, sparsity, "metrics.csv", TRAINING_CSV,
+        ["arm", "model", "seed", "epoch", "test_acc", "dead_filters", "dead_fraction"],
+        lambda m, r: m.assign(arm=r.arm, model=r.model, seed=r.seed,
+                              dead_fraction=m["dead_filters"] / r.filters),
+    )
+
+
+def _filters_table(out: Path, sparsity: pd.DataFrame) -> pd.DataFrame:
+    """filters.csv of every finished (arm, seed), stacked."""
+    return _runs_table(
+        out, sparsity, FILTERS_CSV, FILTERS_CSV,
+        ["arm", "model", "seed", "layer", "filter", "gamma", "max_activation", "selectivity",
+         "dead_gamma", "dead_activation"],
+        lambda f, r: f.assign(arm=r.arm, model=r.model, seed=r.seed),
+    )
 
 
 def _replace_rows(path: Path, arm: str, seed: int, rows: pd.DataFrame) -> None:
