@@ -176,3 +176,17 @@ def test_plots_return_figures(study):
     assert [line.get_label() for line in fig.axes[0].lines][0].startswith("basicnet-adam-l2")
     with pytest.raises(ValueError, match="lacks the columns"):
         plot_dead_fraction(basic.drop(columns="filters"))
+
+
+def test_dead_over_training_says_when_nothing_died():
+    arms = [f"arm{i}" for i in range(12)]  # more arms than palette colours
+    rows = [{"arm": a, "epoch": e, "dead_fraction": 0.0} for a in arms for e in (1, 2)]
+    ax = plot_dead_over_training(pd.DataFrame(rows)).axes[0]
+    assert ax.get_ylim() == (0, 0.05)
+    assert any("no filter" in t.get_text() for t in ax.texts)
+    styles = {line.get_label(): line.get_linestyle() for line in ax.lines}
+    assert styles["arm0"] == "-" and styles["arm11"] == "--"  # colour repeats, dash tells apart
+
+    rows[-1]["dead_fraction"] = 0.2
+    ax = plot_dead_over_training(pd.DataFrame(rows)).axes[0]
+    assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 0.2 and not ax.texts

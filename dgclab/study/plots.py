@@ -14,12 +14,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
+from ..viz.plots import PALETTE  # one palette for every dgclab figure
+
 __all__ = ["plot_dead_fraction", "plot_dead_over_training", "plot_dgc_selection",
            "plot_gamma_distribution"]
 
-# seaborn's "colorblind" palette, spelled out (no seaborn import, no global theme).
-PALETTE = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4",
-           "#949494", "#ece133", "#56b4e9"]
 RULES = {"dead_gamma": "dead by |γ| < 1e-3", "dead_activation": "dead by activation < 1e-12"}
 STATUS_COLORS = {"zero": PALETTE[3], "constant": PALETTE[1], "live": PALETTE[0]}
 
@@ -80,8 +79,15 @@ def plot_dead_over_training(training: pd.DataFrame, ax: Axes | None = None) -> F
     fig, ax = _single(ax, (8, 4.5))
     for i, (arm, rows) in enumerate(training.groupby("arm", sort=False)):
         curve = rows.groupby("epoch")["dead_fraction"].mean()
-        ax.plot(curve.index, curve.to_numpy(), "o-", ms=3, color=PALETTE[i % len(PALETTE)],
+        # more arms than colours: the next cycle of the palette is dashed
+        style = "o-" if i < len(PALETTE) else "o--"
+        ax.plot(curve.index, curve.to_numpy(), style, ms=3, color=PALETTE[i % len(PALETTE)],
                 label=arm)
+    ax.set_ylim(bottom=0)  # a fraction; without this an all-zero plot is centred on 0
+    if not (training["dead_fraction"] > 0).any():
+        ax.set_ylim(0, 0.05)
+        ax.text(0.5, 0.5, "no filter reached |γ| < 1e-3 in any arm", transform=ax.transAxes,
+                ha="center", va="center", color="0.4")
     ax.set_xlabel("epoch")
     ax.set_ylabel("filters with |γ| < 1e-3")
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
