@@ -362,8 +362,21 @@ def test_repr_shows_heads_rate_k_and_execution():
         assert part in text
     layer.inactive_channels = 0
     assert "execution=auto(mask)" in repr(layer)
+    layer.inactive_channels = 6  # keeps 10/16: gather in inference, mask under autograd
+    assert "execution=auto(gather; mask under autograd)" in repr(layer)
     layer.execution = "gather"
     assert "execution=gather" in repr(layer)
+
+
+def test_auto_threshold_depends_on_autograd():
+    layer = make_layer(16, 16, 3, padding=1, k=6)  # keeps 10 of 16
+    assert layer.resolved_execution(autograd=False) == "gather"
+    assert layer.resolved_execution(autograd=True) == "mask"
+    with torch.no_grad():
+        assert layer.resolved_execution() == "gather"
+    assert layer.resolved_execution() == "mask"  # grad mode is on by default
+    layer.inactive_channels = 8  # keeps half: gather either way
+    assert layer.resolved_execution(autograd=True) == "gather"
 
 
 def test_squeeze_quirk_below_80_channels():

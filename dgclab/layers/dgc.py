@@ -51,6 +51,11 @@ EXECUTIONS = ("auto", "mask", "gather")
 # `python -m dgclab.bench layer`: above it the per-sample weight gather costs more than the MACs
 # it saves, so the dense masked conv wins (k = 0 during warm-up is the typical case).
 AUTO_GATHER_MAX_KEEP = 0.75
+# The same under autograd, where the gather's backward (index_add of filter columns) costs more:
+# training steps of resnet8 w32 on 28x28 inputs, 1 thread (2026-11-22), mask vs gather per step:
+# 1.28 vs 1.24 s at keep 0.53 C, 1.25 vs 1.02 s at keep 0.41 C, 1.32 vs 0.52 s at keep 0.25 C,
+# while at keep 0.75 C gather was 1.0-1.5x slower.
+AUTO_GATHER_MAX_KEEP_AUTOGRAD = 0.5
 
 # The gather execution runs the batch in chunks: at most this many bytes of per-sample filter
 # columns, and at most this many samples, at once (see ``dgc_gather_conv``; measured with
@@ -218,6 +223,7 @@ def dgc_gather_conv(
     ``B * keep / C`` times the layer's weight; the batch is processed in chunks of at most
     ``GATHER_CHUNK_SAMPLES`` samples and ``GATHER_CHUNK_BYTES`` of gathered weights (larger
     chunks fall out of cache and, past glibc's 32 MB mmap threshold, page-fault on every call).
+    Under autograd the whole batch is one chunk (the backward keeps every chunk's gathers).
 
     Args:
         x: (B, C, H, W) the layer's (already normalised) input.
@@ -249,9 +255,15 @@ def dgc_gather_conv(
             + torch.arange(co_h, device=x.device).view(1, 1, co_h, 1) * c
         )
 
-    per_sample = heads * keep * co_h * kh * kw * weight.element_size()
-    chunk = max(1, min(b, GATHER_CHUNK_SAMPLES, GATHER_CHUNK_BYTES // per_sample))
-    chunk = -(-b // -(-b // chunk))  # balance: the same number of chunks, evened out
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        # Autograd keeps every chunk's gathered inputs and filter columns for the backward, so
+        # chunks save no memory; one chunk saves the per-chunk ops and their backward (CopySlices,
+        # index_add into zeros): 25 % off a training step of resnet8 w32 at k = 3/4 C.
+        chunk = b
+    else:
+        per_sample = heads * keep * co_h * kh * kw * weight.element_size()
+        chunk = max(1, min(b, GATHER_CHUNK_SAMPLES, GATHER_CHUNK_BYTES // per_sample))
+        chunk = -(-b // -(-b // chunk))  # balance: the same number of chunks, evened out
     # Without autograd on CPU, gather into reused scratch buffers (see _Scratch).
     scratch = not torch.is_grad_enabled() and x.device.type == "cpu"
 
@@ -474,13 +486,21 @@ class DGCConv2d(nn.Module):
     def heads_list(self) -> list[DGCHead]:
         return [getattr(self, f"headconv_{i}") for i in range(self.heads)]
 
-    def resolved_execution(self, k: int | None = None) -> str:
-        """The execution a forward with the current k uses ("mask" or "gather")."""
+    def resolved_execution(self, k: int | None = None, autograd: bool | None = None) -> str:
+        """The execution a forward with the current k uses ("mask" or "gather").
+
+        Args:
+            k: inactive channels; default the layer's current k.
+            autograd: whether the forward records a graph; default ``torch.is_grad_enabled()``.
+        """
         if self._execution != "auto":
             return self._execution
         k = self.inactive_channels if k is None else k
+        if autograd is None:
+            autograd = torch.is_grad_enabled()
+        max_keep = AUTO_GATHER_MAX_KEEP_AUTOGRAD if autograd else AUTO_GATHER_MAX_KEEP
         keep = self.in_channels - k
-        return "gather" if keep <= AUTO_GATHER_MAX_KEEP * self.in_channels else "mask"
+        return "gather" if keep <= max_keep * self.in_channels else "mask"
 
     def extra_repr(self) -> str:
         k = self.inactive_channels
@@ -494,7 +514,12 @@ class DGCConv2d(nn.Module):
             s += f", dilation={self.dilation}"
         execution = self._execution
         if execution == "auto":
-            execution = f"auto({self.resolved_execution(k)})"
+            inference, training = self.resolved_execution(k, False), self.resolved_execution(k, True)
+            execution = (
+                f"auto({inference})"
+                if inference == training
+                else f"auto({inference}; {training} under autograd)"
+            )
         return (
             s + f", heads={self.heads}, pruning_rate={self.pruning_rate}, "
             f"k={k}/{self.in_channels}, execution={execution}"
