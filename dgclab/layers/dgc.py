@@ -54,7 +54,7 @@ AUTO_GATHER_MAX_KEEP = 0.75
 # The same under autograd, where the gather's backward (index_add of filter columns) costs more:
 # training steps of resnet8 w32 on 28x28 inputs, 1 thread (2026-11-22), mask vs gather per step:
 # 1.28 vs 1.24 s at keep 0.53 C, 1.25 vs 1.02 s at keep 0.41 C, 1.32 vs 0.52 s at keep 0.25 C,
-# while at keep 0.75 C gather was 1.0-1.5x slower.
+# while at keep 0.75-1.0 C gather was 1.0-1.9x slower.
 AUTO_GATHER_MAX_KEEP_AUTOGRAD = 0.5
 
 # The gather execution runs the batch in chunks: at most this many bytes of per-sample filter
