@@ -361,7 +361,8 @@ class DGCConv2d(nn.Module):
         pruning_rate: xi, the target fraction of input channels each head drops (the official
             code's ``1 - gate_factor``).
         execution: ``"mask"`` (reference), ``"gather"`` (computes only the kept channels) or
-            ``"auto"`` (gather when a head keeps at most 3/4 of its channels, else mask).
+            ``"auto"`` (gather when a head keeps at most 3/4 of its channels, at most half of
+            them under autograd, else mask; ``resolved_execution`` says which).
 
     Attributes set by every forward (detached except the lasso):
         last_lasso: 0-d tensor, sum over heads of mean(g_i) (the paper's lasso term).
