@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 import torch.nn as nn
 
+from .dyresnet import init_resnet_
+
 __all__ = ["BasicNet", "basicnet", "BASICNET_WIDTHS", "BASICNET_POOL_AFTER"]
 
 BASICNET_WIDTHS = (32, 64, 64, 128, 128, 256, 256)  # SPEC §7
@@ -74,12 +76,7 @@ class BasicNet(nn.Sequential):
         )
         self.widths = widths
         self.pool_after = pool_after
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_resnet_(self)  # torchvision's init, as the ResNets here
 
     def extra_repr(self) -> str:
         return f"widths={self.widths}, pool_after={self.pool_after}"

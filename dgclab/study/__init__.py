@@ -5,6 +5,7 @@
 ``python -m dgclab study sparsity`` on the command line.
 """
 
+from . import plots, sparsity
 from .plots import (
     plot_dead_fraction,
     plot_dead_over_training,
@@ -29,24 +30,4 @@ from .sparsity import (
     write_figures,
 )
 
-__all__ = [
-    "Arm",
-    "BUDGETS",
-    "GRID",
-    "STUDY_DATASETS",
-    "StudyResult",
-    "format_report",
-    "load_study",
-    "orderings",
-    "publish_study",
-    "refresh_study",
-    "plot_dead_fraction",
-    "plot_dead_over_training",
-    "plot_dgc_selection",
-    "plot_gamma_distribution",
-    "run_sparsity_study",
-    "select_arms",
-    "selection_by_status",
-    "summarize",
-    "write_figures",
-]
+__all__ = [*sparsity.__all__, *plots.__all__]

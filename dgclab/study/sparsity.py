@@ -90,6 +90,8 @@ __all__ = [
     "format_report",
     "load_study",
     "orderings",
+    "publish_study",
+    "refresh_study",
     "run_sparsity_study",
     "select_arms",
     "selection_by_status",
