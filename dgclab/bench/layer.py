@@ -65,14 +65,14 @@ def _variants(dgc: DGCConv2d, x: torch.Tensor):
     heads, co_h, _, kh, kw = weight.shape
     keep_n = idx.shape[-1]
 
-    def gather_conv(chunk_bytes):
+    def gather_conv(chunk_bytes, chunk_samples):
         def run():
-            old = dgc_module.GATHER_CHUNK_BYTES
-            dgc_module.GATHER_CHUNK_BYTES = chunk_bytes
+            old = dgc_module.GATHER_CHUNK_BYTES, dgc_module.GATHER_CHUNK_SAMPLES
+            dgc_module.GATHER_CHUNK_BYTES, dgc_module.GATHER_CHUNK_SAMPLES = chunk_bytes, chunk_samples
             try:
                 return dgc_module.dgc_gather_conv(xn, gate, idx, weight, dgc.stride, dgc.padding)
             finally:
-                dgc_module.GATHER_CHUNK_BYTES = old
+                dgc_module.GATHER_CHUNK_BYTES, dgc_module.GATHER_CHUNK_SAMPLES = old
         return run
 
     def per_sample_loop():
@@ -97,10 +97,11 @@ def _variants(dgc: DGCConv2d, x: torch.Tensor):
         ho = (h + 2 * dgc.padding[0] - kh) // dgc.stride[0] + 1
         return dgc_module.interleave_heads(out.view(b, heads * co_h, ho, -1), heads)
 
-    reference = gather_conv(dgc_module.GATHER_CHUNK_BYTES)()
+    default = gather_conv(dgc_module.GATHER_CHUNK_BYTES, dgc_module.GATHER_CHUNK_SAMPLES)
+    reference = default()
     variants = {
-        "gather, chunked (default)": gather_conv(dgc_module.GATHER_CHUNK_BYTES),
-        "gather, one chunk": gather_conv(1 << 62),
+        "gather, chunked (default)": default,
+        "gather, one chunk": gather_conv(1 << 62, b),
         "per-image loop": per_sample_loop,
         "unfold + bmm": im2col_bmm,
     }
