@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules.utils import _pair
 
 import dgclab
 from dgclab.layers import (
@@ -21,7 +22,7 @@ from dgclab.layers import (
     set_pruning_progress,
 )
 from dgclab.layers import dgc as dgc_module
-from dgclab.layers.dgc import select_top_channels
+from dgclab.layers.dgc import interleave_heads, select_top_channels
 
 
 def make_layer(cin, cout, ksize, *, heads=4, k=None, seed=0, **kw) -> DGCConv2d:
@@ -117,6 +118,57 @@ def test_mask_and_gather_agree(cin, cout, ksize, stride, padding, dilation, head
 def test_mask_and_gather_agree_batch_one(heads):
     layer = make_layer(16, 16, 3, padding=1, heads=heads, k=12, squeeze_rate=2)
     assert_executions_agree(layer, torch.randn(1, 16, 6, 6), train=False)
+
+
+MASK_SHAPES = [  # (cin, cout, ksize, stride, padding, dilation, heads)
+    (16, 16, 1, 1, 0, 1, 4),
+    (16, 32, 1, 2, 0, 1, 4),
+    (16, 16, 3, 1, 1, 1, 4),
+    (16, 8, 3, 2, 1, 1, 2),
+    (16, 16, 3, 1, 2, 2, 4),
+    (8, 8, 1, 1, 1, 1, 1),
+    (16, 16, (3, 1), 1, (1, 0), 1, 8),
+]
+
+
+@pytest.mark.parametrize("cin,cout,ksize,stride,padding,dilation,heads", MASK_SHAPES)
+def test_mask_gating_inputs_or_weights_agree(cin, cout, ksize, stride, padding, dilation, heads):
+    """The official per-head gated inputs and dgclab's per-image gated filters: same numbers."""
+    kh, kw = _pair(ksize)
+    x = torch.randn(3, cin, 9, 9)
+    gate = torch.rand(3, heads, cin) * (torch.rand(3, heads, cin) > 0.5)  # some dropped
+    weight = torch.randn(heads, cout // heads, cin, kh, kw)
+    results = []
+    for gate_on in ("input", "weight"):
+        leaves = [t.clone().requires_grad_(True) for t in (x, gate, weight)]
+        out = dgc_mask_conv(*leaves, stride, padding, dilation, gate_on=gate_on)
+        proj = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        (out * proj).sum().backward()
+        results.append([out.detach()] + [t.grad for t in leaves])
+    for got, ref in zip(*results):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    # And "input" is the official formulation itself: heads stacked, then interleaved.
+    ref = torch.cat([
+        F.conv2d(x * gate[:, i, :, None, None], weight[i], None, stride, padding, dilation)
+        for i in range(heads)
+    ], dim=1)
+    torch.testing.assert_close(results[0][0], interleave_heads(ref, heads), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("gate_on", ["input", "weight"])
+def test_mask_gating_gradcheck_float64(gate_on):
+    x = torch.randn(2, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+    gate = torch.rand(2, 2, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 3, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda *t: dgc_mask_conv(*t, 2, 1, 1, gate_on=gate_on), (x, gate, weight)
+    )
+
+
+def test_mask_gate_on_is_validated():
+    with pytest.raises(ValueError, match="gate_on='filters'"):
+        dgc_mask_conv(torch.randn(1, 4, 3, 3), torch.rand(1, 2, 4), torch.randn(2, 2, 4, 1, 1),
+                      gate_on="filters")
 
 
 def test_gather_in_chunks_agrees(monkeypatch):
@@ -375,7 +427,9 @@ def test_auto_threshold_depends_on_autograd():
     with torch.no_grad():
         assert layer.resolved_execution() == "gather"
     assert layer.resolved_execution() == "mask"  # grad mode is on by default
-    layer.inactive_channels = 8  # keeps half: gather either way
+    layer.inactive_channels = 8  # keeps half: still the mask under autograd
+    assert layer.resolved_execution(autograd=True) == "mask"
+    layer.inactive_channels = 12  # keeps a quarter: gather either way
     assert layer.resolved_execution(autograd=True) == "gather"
 
 

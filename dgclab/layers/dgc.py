@@ -51,11 +51,13 @@ EXECUTIONS = ("auto", "mask", "gather")
 # `python -m dgclab.bench layer`: above it the per-sample weight gather costs more than the MACs
 # it saves, so the dense masked conv wins (k = 0 during warm-up is the typical case).
 AUTO_GATHER_MAX_KEEP = 0.75
-# The same under autograd, where the gather's backward (index_add of filter columns) costs more:
-# training steps of resnet8 w32 on 28x28 inputs, 1 thread (2026-11-22), mask vs gather per step:
-# 1.28 vs 1.24 s at keep 0.53 C, 1.25 vs 1.02 s at keep 0.41 C, 1.32 vs 0.52 s at keep 0.25 C,
-# while at keep 0.75-1.0 C gather was 1.0-1.9x slower.
-AUTO_GATHER_MAX_KEEP_AUTOGRAD = 0.5
+# The same under autograd, where the gather's backward (index_add of filter columns, a grouped
+# conv's weight gradient over batch*heads tiny groups) costs more. Training steps of resnet8 w32 on
+# 28x28 inputs, batch 128, 2 threads (2026-11-22), mask (gating weights or inputs, whichever is
+# smaller: ``dgc_mask_conv``) vs gather per step: 0.43 vs 0.64 s at keep 0.42 C, 0.39 vs 0.58 s at
+# keep 0.30 C, 0.42 vs 0.32 s at keep 0.25 C (per layer, gather broke even at 0.25 C on the first
+# stage and won by 1.7x on the second).
+AUTO_GATHER_MAX_KEEP_AUTOGRAD = 0.25
 
 # The gather execution runs the batch in chunks: at most this many bytes of per-sample filter
 # columns, and at most this many samples, at once (see ``dgc_gather_conv``; measured with
@@ -179,19 +181,54 @@ def dgc_mask_conv(
     stride=1,
     padding=0,
     dilation=1,
+    gate_on: Literal["auto", "input", "weight"] = "auto",
 ) -> torch.Tensor:
     """Reference execution: each head convolves the whole input, dropped channels zeroed.
+
+    Two ways to apply the gate give the same numbers at the same (dense) MACs:
+
+    * ``"input"``, the paper's code: every head gets its own gated copy of the input, and one
+      conv with ``heads`` groups runs over ``heads`` x the activations.
+    * ``"weight"``: the gate scales filter columns instead, so every image gets its own filter
+      bank (``W_i * g_i`` for every head, rows already in the interleaved order) and one conv
+      with ``B`` groups runs over the input itself; no output shuffle.
+
+    ``"auto"`` picks the smaller of the two per-image copies: the weights
+    (``C_out * kh * kw`` per input channel) or the gated inputs (``heads * H * W``). Under
+    autograd on resnet8 w32 (1 thread, 2026-11-22, forward + backward, batch 128), gating the
+    weights took 73 vs 234 ms at 32 channels of 28x28 and 93 vs 110 ms at 64 of 14x14, and
+    gating the inputs 46 vs 335 ms at 128 of 7x7.
 
     Args:
         x: (B, C, H, W) the layer's (already normalised) input.
         gate: (B, heads, C) saliency where kept, 0 where dropped.
         weight: (heads, Co_h, C, kh, kw) one filter bank per head.
+        gate_on: ``"input"``, ``"weight"`` or ``"auto"``.
 
     Returns:
         (B, heads * Co_h, H', W') with heads interleaved.
     """
     b, c, h, w = x.shape
-    heads = weight.shape[0]
+    heads, co_h, _, kh, kw = weight.shape
+    if gate_on == "auto":
+        gate_on = "weight" if co_h * heads * kh * kw <= heads * h * w else "input"
+    if gate_on == "weight":
+        # Per image, filter (j, i) of the interleaved output is head i's filter j times g_i.
+        w_interleaved = weight.transpose(0, 1).contiguous()  # (Co_h, heads, C, kh, kw)
+        gate = gate.contiguous()  # so that the product below is laid out (B, Co_h, heads, ...)
+        w_images = w_interleaved.unsqueeze(0) * gate[:, None, :, :, None, None]
+        out = F.conv2d(
+            x.reshape(1, b * c, h, w),
+            w_images.reshape(b * co_h * heads, c, kh, kw),
+            None,
+            stride,
+            padding,
+            dilation,
+            groups=b,
+        )  # (1, B * C_out, H', W')
+        return out.view(b, co_h * heads, *out.shape[-2:])
+    if gate_on != "input":
+        raise ValueError(f"gate_on must be 'auto', 'input' or 'weight', got gate_on={gate_on!r}")
     x_heads = x.unsqueeze(1) * gate[..., None, None]  # (B, heads, C, H, W)
     out = F.conv2d(
         x_heads.reshape(b, heads * c, h, w),
@@ -361,7 +398,7 @@ class DGCConv2d(nn.Module):
         pruning_rate: xi, the target fraction of input channels each head drops (the official
             code's ``1 - gate_factor``).
         execution: ``"mask"`` (reference), ``"gather"`` (computes only the kept channels) or
-            ``"auto"`` (gather when a head keeps at most 3/4 of its channels, at most half of
+            ``"auto"`` (gather when a head keeps at most 3/4 of its channels, at most 1/4 of
             them under autograd, else mask; ``resolved_execution`` says which).
 
     Attributes set by every forward (detached except the lasso):
