@@ -12,7 +12,9 @@ inactive channels) grows during training along the official schedule (``pruning.
 Two executions compute the same numbers:
 
 * ``"mask"`` is the paper's reference formulation: every head convolves the full input with the
-  dropped channels zeroed (dense cost, ``heads``x the activation memory).
+  dropped channels zeroed (dense cost). The official code gates a copy of the input per head
+  (``heads``x the activation memory); ``dgc_mask_conv`` gates the filters instead (one bank per
+  image) where that copy is the smaller one.
 * ``"gather"`` gathers, per image and head, only the kept channels and the matching filter
   columns, then runs one batched matmul (1x1) or one grouped conv (kxk) over ``batch*heads``
   groups: the MACs really fall to ``(C_in - k) / C_in`` of dense.
