@@ -93,19 +93,19 @@ def test_reproduces_official_layer(fixtures_dir, execution):
 # ---- mask and gather agree -----------------------------------------------------------------
 
 
+LAYER_SHAPES = [  # (cin, cout, ksize, stride, padding, dilation, heads)
+    (16, 16, 1, 1, 0, 1, 4),  # 1x1 -> batched matmul
+    (16, 32, 1, 2, 0, 1, 4),  # strided 1x1
+    (16, 16, 3, 1, 1, 1, 4),  # 3x3 -> grouped conv over batch*heads
+    (16, 8, 3, 2, 1, 1, 2),  # strided 3x3
+    (16, 16, 3, 1, 2, 2, 4),  # dilated 3x3
+    (8, 8, 1, 1, 1, 1, 1),  # padded 1x1 takes the conv path; one head
+    (16, 16, (3, 1), 1, (1, 0), 1, 8),  # rectangular kernel, eight heads
+]
+
+
 @pytest.mark.parametrize("train", [True, False])
-@pytest.mark.parametrize(
-    "cin,cout,ksize,stride,padding,dilation,heads",
-    [
-        (16, 16, 1, 1, 0, 1, 4),  # 1x1 -> batched matmul
-        (16, 32, 1, 2, 0, 1, 4),  # strided 1x1
-        (16, 16, 3, 1, 1, 1, 4),  # 3x3 -> grouped conv over batch*heads
-        (16, 8, 3, 2, 1, 1, 2),  # strided 3x3
-        (16, 16, 3, 1, 2, 2, 4),  # dilated 3x3
-        (8, 8, 1, 1, 1, 1, 1),  # padded 1x1 takes the conv path; one head
-        (16, 16, (3, 1), 1, (1, 0), 1, 8),  # rectangular kernel, eight heads
-    ],
-)
+@pytest.mark.parametrize("cin,cout,ksize,stride,padding,dilation,heads", LAYER_SHAPES)
 def test_mask_and_gather_agree(cin, cout, ksize, stride, padding, dilation, heads, train):
     for k in sorted({0, 1, cin // 2, (3 * cin) // 4, cin - 1}):
         layer = make_layer(cin, cout, ksize, stride=stride, padding=padding, dilation=dilation,
@@ -120,18 +120,7 @@ def test_mask_and_gather_agree_batch_one(heads):
     assert_executions_agree(layer, torch.randn(1, 16, 6, 6), train=False)
 
 
-MASK_SHAPES = [  # (cin, cout, ksize, stride, padding, dilation, heads)
-    (16, 16, 1, 1, 0, 1, 4),
-    (16, 32, 1, 2, 0, 1, 4),
-    (16, 16, 3, 1, 1, 1, 4),
-    (16, 8, 3, 2, 1, 1, 2),
-    (16, 16, 3, 1, 2, 2, 4),
-    (8, 8, 1, 1, 1, 1, 1),
-    (16, 16, (3, 1), 1, (1, 0), 1, 8),
-]
-
-
-@pytest.mark.parametrize("cin,cout,ksize,stride,padding,dilation,heads", MASK_SHAPES)
+@pytest.mark.parametrize("cin,cout,ksize,stride,padding,dilation,heads", LAYER_SHAPES)
 def test_mask_gating_inputs_or_weights_agree(cin, cout, ksize, stride, padding, dilation, heads):
     """The official per-head gated inputs and dgclab's per-image gated filters: same numbers."""
     kh, kw = _pair(ksize)
