@@ -47,6 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .macs import count_macs
+from .sparsity import dead_by_gamma
 
 __all__ = ["ConvWithBiasMap", "PruningReport", "pruning_effect", "remove_dead_filters"]
 
@@ -437,7 +438,7 @@ def _prune_unit(chain: list[_Link], unit: tuple[int, int, int], threshold: float
     conv, bn = chain[i_conv].module, chain[i_bn].module
     channels = bn.num_features
     gamma = bn.weight.detach().abs() if bn.weight is not None else torch.ones(channels)
-    dead = gamma.double() < threshold  # (C,) bool; in float64 so that 5e-324 keeps only zeros
+    dead = dead_by_gamma(gamma, threshold)  # (C,) bool
     beta = bn.bias.detach() if bn.bias is not None else torch.zeros(channels)
     row = {"layer": chain[i_bn].name, "conv": chain[i_conv].name, "filters": channels,
            "dead": int(dead.sum()), "removed": 0, "kept": channels, "constant": 0,

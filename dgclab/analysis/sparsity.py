@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from dgclab.layers.dgc import DGCConv2d
 
-__all__ = ["bn_relu_pairs", "filter_sparsity"]
+__all__ = ["bn_relu_pairs", "dead_by_gamma", "filter_sparsity"]
 
 # Samples of the first batch used by the pairing probe: the pairing does not depend on the
 # batch size (the model runs in eval mode), so two samples keep the probe cheap.
@@ -113,6 +113,22 @@ def bn_relu_pairs(
             for handle in handles:
                 handle.remove()
     return [(n, found[n]) for n, m in model.named_modules() if n in found]
+
+
+def dead_by_gamma(abs_gamma: torch.Tensor, threshold: float) -> torch.Tensor:
+    """SPEC §7's rule: a filter is dead where ``|gamma| < threshold``.
+
+    Compared in float64, so that a threshold as small as 5e-324 marks exact zeros only (in
+    float32 it would round to 0 and mark nothing).
+
+    Args:
+        abs_gamma: (C,) |gamma| of a BN.
+        threshold: the rule's threshold.
+
+    Returns:
+        (C,) bool, True where dead.
+    """
+    return abs_gamma.double() < threshold
 
 
 def filter_sparsity(
@@ -215,7 +231,7 @@ def filter_sparsity(
             "relu": relu_name,
             "filter": np.arange(len(gamma)),
             "gamma": gamma.numpy(),
-            "dead_gamma": (gamma.double() < gamma_threshold).numpy(),  # float64: 5e-324 works
+            "dead_gamma": dead_by_gamma(gamma, gamma_threshold).numpy(),
         }
         if stats is not None:
             peak, below, images = stats[bn_name]
