@@ -21,6 +21,7 @@ from dgclab.layers import (
     select_channels,
     set_pruning_progress,
 )
+from dgclab.layers import cpu_kernel
 from dgclab.layers import dgc as dgc_module
 from dgclab.layers.dgc import interleave_heads, select_top_channels
 
@@ -172,6 +173,7 @@ def test_inference_scratch_buffers_are_reused_safely(monkeypatch):
     """Without autograd on CPU the gather reuses scratch buffers across chunks, calls, shapes
     and dtypes; no output may alias them."""
     monkeypatch.setattr(dgc_module, "GATHER_CHUNK_SAMPLES", 2)  # three chunks for 5 samples
+    monkeypatch.setattr(cpu_kernel, "_state", {**cpu_kernel._state, "enabled": False})
     dgc_module.release_scratch()
     for dtype in (torch.float32, torch.float64):
         for ksize, cin, hw in ((3, 16, 7), (1, 16, 5), (3, 32, 4)):

@@ -33,6 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
+from . import cpu_kernel
+
 __all__ = [
     "DGCConv2d",
     "DGCHead",
@@ -278,6 +280,10 @@ def dgc_gather_conv(
     keep = keep_idx.shape[-1]
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     gate_kept = gate.gather(-1, keep_idx)  # (B, heads, keep)
+    if cpu_kernel.applies(x):
+        return torch.ops.dgclab.gather_conv2d(
+            x, None, None, gate_kept, keep_idx, weight, stride, padding, dilation
+        )
     pointwise = (kh, kw) == (1, 1) and padding == (0, 0)
     if pointwise:
         # A 1x1 conv is a matmul per (sample, head): (Co_h x keep) @ (keep x H'W').
@@ -594,12 +600,20 @@ class DGCConv2d(nn.Module):
                 f"(input shape {tuple(x.shape)})"
             )
         k = self.inactive_channels
-        x = self.relu(self.norm(x))
-        g = self.saliency(x.mean(dim=(2, 3)))  # (B, heads, C)
+        execution = self.resolved_execution(k)
+        if execution == "gather" and self._fuse_norm(x):
+            # CPU inference: the kernel applies the BN-ReLU itself, channel by channel.
+            scale, shift = self._folded_norm()
+            pooled = torch.ops.dgclab.bn_relu_pool(x, scale, shift)
+        else:
+            scale = shift = None
+            x = self.relu(self.norm(x))
+            pooled = x.mean(dim=(2, 3))
+        g = self.saliency(pooled)  # (B, heads, C)
         self.last_lasso = g.mean(dim=(0, 2)).sum()  # before pruning, as the official code
 
         weight = torch.stack([h.conv.weight for h in self.heads_list])  # (heads, Co_h, C, kh, kw)
-        if self.resolved_execution(k) == "mask":
+        if execution == "mask":
             keep_mask = select_channels(g, k)  # (B, heads, C)
             keep_idx = None
         else:
@@ -610,4 +624,43 @@ class DGCConv2d(nn.Module):
 
         if keep_idx is None:
             return dgc_mask_conv(x, gate, weight, self.stride, self.padding, self.dilation)
+        if scale is not None:
+            return torch.ops.dgclab.gather_conv2d(
+                x, scale, shift, gate.gather(-1, keep_idx), keep_idx, weight,
+                self.stride, self.padding, self.dilation,
+            )
         return dgc_gather_conv(x, gate, keep_idx, weight, self.stride, self.padding, self.dilation)
+
+    def _fuse_norm(self, x: torch.Tensor) -> bool:
+        """Whether this forward may leave the BN-ReLU to the fused CPU kernel.
+
+        Only where the BN is an affine map (eval mode, running statistics) and nothing observes
+        ``norm`` or ``relu`` (hooks on them, e.g. the filter-sparsity analysis, see their
+        outputs, which the kernel never writes out).
+        """
+        norm, relu = self.norm, self.relu
+        observed = (
+            norm._forward_hooks
+            or norm._forward_pre_hooks
+            or relu._forward_hooks
+            or relu._forward_pre_hooks
+            or nn.modules.module._global_forward_hooks
+            or nn.modules.module._global_forward_pre_hooks
+        )
+        return (
+            not norm.training
+            and norm.running_mean is not None
+            and not observed
+            and cpu_kernel.applies(x)
+        )
+
+    def _folded_norm(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The eval-mode BN as ``x * scale + shift`` per channel."""
+        norm = self.norm
+        scale = torch.rsqrt(norm.running_var + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight
+        shift = -norm.running_mean * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias
+        return scale, shift

@@ -1,0 +1,148 @@
+"""The fused CPU inference kernel of the gather execution (``csrc/dgc_cpu.cpp``).
+
+In CPU inference (no autograd, float32) ``DGCConv2d`` in the gather execution runs two C++ ops
+instead of its PyTorch formulation:
+
+* ``torch.ops.dgclab.bn_relu_pool``: the saliency generators' input, the mean over H x W of the
+  layer's eval-mode BN-ReLU, in one read of the input (the normalised activations are never
+  written out);
+* ``torch.ops.dgclab.gather_conv2d``: per image and head, the kept channels (through the BN-ReLU)
+  and the gated filter columns go into one image-head's buffers, one sgemm writes the output at
+  its interleaved channels. No gather, grouped conv or shuffle of the batch's size.
+
+The kernel is compiled on first use with ``torch.utils.cpp_extension.load`` (a C++ compiler with
+OpenMP, and ninja, a dependency of dgclab; 10-20 s once), into a folder per torch version under
+``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), and loaded from there later.
+Where it cannot be built (no compiler, a BLAS without ``sgemm_``), a warning says why once and
+the layers keep their PyTorch formulation, which gives the same numbers. ``DGCLAB_CPU_KERNEL=0``
+in the environment, or ``set_enabled(False)``, turns it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["available", "applies", "enabled", "set_enabled", "use", "load", "build_directory"]
+
+SOURCE = Path(__file__).with_name("csrc") / "dgc_cpu.cpp"
+
+_lock = threading.Lock()
+_state: dict[str, object] = {
+    "enabled": os.environ.get("DGCLAB_CPU_KERNEL", "1") != "0",
+    "loaded": None,  # None: not tried; True: ops registered; False: build failed
+    "error": None,
+}
+
+
+def build_directory() -> Path:
+    """Where the kernel is built: one folder per torch version and Python, so that a venv with
+    another torch never loads a build made against this one."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
+    version = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return Path(root) / f"dgclab-torch{torch.__version__.replace('+', '-')}-{version}"
+
+
+def _ninja_on_path() -> None:
+    """torch's builder runs ``ninja`` from PATH; the pip package's binary may not be on it (a
+    venv's python run without activating the venv)."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+        except ImportError:
+            return
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
+def load() -> bool:
+    """Build (or load the cached build of) the kernel; True when its ops are registered.
+
+    A failure is remembered: a warning with the reason is given once, later calls return False.
+    """
+    if _state["loaded"] is not None:
+        return bool(_state["loaded"])
+    with _lock:
+        if _state["loaded"] is None:
+            try:
+                # Importing cpp_extension logs "No CUDA runtime is found" on CPU-only machines.
+                logger = logging.getLogger("torch.utils.cpp_extension")
+                level = logger.level
+                logger.setLevel(logging.ERROR)
+                try:
+                    from torch.utils.cpp_extension import load as build
+                finally:
+                    logger.setLevel(level)
+
+                _ninja_on_path()
+                directory = build_directory()
+                directory.mkdir(parents=True, exist_ok=True)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    build(
+                        name="dgclab_cpu",
+                        sources=[str(SOURCE)],
+                        build_directory=str(directory),
+                        extra_cflags=["-O3", "-fopenmp"],  # OpenMP: ATen's parallel_for
+                        extra_ldflags=["-fopenmp"],
+                        is_python_module=False,
+                        verbose=False,
+                    )
+                torch.ops.dgclab.gather_conv2d  # noqa: B018 - raises if not registered
+                _state["loaded"] = True
+            except Exception as error:  # no compiler, no ninja, link error: keep PyTorch's path
+                _state["loaded"], _state["error"] = False, error
+                warnings.warn(
+                    f"dgclab: the fused CPU kernel could not be built ({type(error).__name__}: "
+                    f"{str(error).strip().splitlines()[-1] if str(error).strip() else ''}); "
+                    "DGC layers use their PyTorch gather execution (same results, slower)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+    return bool(_state["loaded"])
+
+
+def enabled() -> bool:
+    """Whether the layer may use the kernel (it is built on first use)."""
+    return bool(_state["enabled"])
+
+
+def set_enabled(flag: bool) -> None:
+    """Let DGC layers use the kernel (True, the default) or keep their PyTorch formulation."""
+    if not isinstance(flag, bool):
+        raise ValueError(f"set_enabled takes a bool, got {flag!r}")
+    _state["enabled"] = flag
+
+
+@contextlib.contextmanager
+def use(flag: bool):
+    """``with cpu_kernel.use(False): ...`` runs the block with the kernel off (or on)."""
+    before = enabled()
+    set_enabled(flag)
+    try:
+        yield
+    finally:
+        _state["enabled"] = before
+
+
+def available() -> bool:
+    """Enabled and built (building it now if it was not tried yet)."""
+    return enabled() and load()
+
+
+def applies(x: torch.Tensor) -> bool:
+    """Whether a forward on ``x`` may take the kernel: CPU, float32, no autograd, not tracing."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and available()
+    )
