@@ -41,8 +41,11 @@ def test_layer_benchmark_variants_agree():
     dense, group, dgc = layer._layers(16, 16, 3)
     import torch
 
+    from dgclab.layers import cpu_kernel
+
     variants = layer._variants(dgc, torch.randn(4, 16, 6, 6))  # asserts equal outputs inside
-    assert len(variants) == 4
+    assert len(variants) == 4 + cpu_kernel.available()
+    assert ("C++ kernel" in variants) == cpu_kernel.available()
 
 
 def test_interleaved_medians_blocks_discard_the_first_call_of_each_block():

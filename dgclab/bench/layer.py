@@ -1,10 +1,11 @@
 """Speed of one DGC layer against the convs it replaces (SPEC §1.6).
 
 For each shape of SPEC §1.6 (batch 64, eval, heads 4, pruning rate 0.75, so k = 3/4 C_in):
-BN-ReLU + dense conv, BN-ReLU + static groups=4 conv, the mask DGC (the official formulation)
-and the gather DGC, timed interleaved; ratios are against BN-ReLU + dense, because a DGC
-layer carries its own BN-ReLU. Peak memory of mask vs gather is the peak of the tensors one forward
-creates (``PeakTensorMemory``).
+BN-ReLU + dense conv, BN-ReLU + static groups=4 conv, the mask DGC (the official formulation),
+the gather DGC (in CPU inference: the fused C++ kernel, ``dgclab/layers/cpu_kernel.py``) and the
+gather DGC in its PyTorch formulation (``gather-pt``, the kernel switched off), timed
+interleaved; ratios are against BN-ReLU + dense, because a DGC layer carries its own BN-ReLU.
+Peak memory is the peak of the tensors one forward creates (``PeakTensorMemory``).
 
 ``--variants`` also times the other gather strategies that were tried (README, "Speed").
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import DGCConv2d
+from ..layers import DGCConv2d, cpu_kernel
 from ..layers import dgc as dgc_module
 from .memory import PeakTensorMemory
 from .timing import interleaved_medians
@@ -53,6 +54,19 @@ def peak_forward_mib(dgc: DGCConv2d, x: torch.Tensor, execution: str) -> float:
     return mem.peak / 2**20
 
 
+def kernel_workspace_mib(dgc: DGCConv2d, x: torch.Tensor, threads: int) -> float:
+    """The C++ kernel's private buffers, which ``PeakTensorMemory`` cannot see (csrc/dgc_cpu.cpp):
+    the filter bank in its (head, channel, tap, output) layout, and per thread one image-head's
+    padded input planes, im2col columns and gated filter columns."""
+    _, cin, h, w = x.shape
+    (kh, kw), (ph, pw) = dgc.kernel_size, dgc.padding
+    keep = cin - dgc.inactive_channels
+    co_h, taps = dgc.out_channels // dgc.heads, kh * kw
+    ho, wo = dgc(x[:1]).shape[-2:]
+    per_thread = keep * (h + 2 * ph) * (w + 2 * pw) + keep * taps * ho * wo + co_h * keep * taps
+    return (dgc.out_channels * cin * taps + threads * per_thread) * 4 / 2**20
+
+
 def _variants(dgc: DGCConv2d, x: torch.Tensor):
     """The other gather strategies tried, as callables over the same inputs."""
     with torch.no_grad():
@@ -65,12 +79,13 @@ def _variants(dgc: DGCConv2d, x: torch.Tensor):
     heads, co_h, _, kh, kw = weight.shape
     keep_n = idx.shape[-1]
 
-    def gather_conv(chunk_bytes, chunk_samples):
+    def gather_conv(chunk_bytes, chunk_samples, kernel=False):
         def run():
             old = dgc_module.GATHER_CHUNK_BYTES, dgc_module.GATHER_CHUNK_SAMPLES
             dgc_module.GATHER_CHUNK_BYTES, dgc_module.GATHER_CHUNK_SAMPLES = chunk_bytes, chunk_samples
             try:
-                return dgc_module.dgc_gather_conv(xn, gate, idx, weight, dgc.stride, dgc.padding)
+                with cpu_kernel.use(kernel):
+                    return dgc_module.dgc_gather_conv(xn, gate, idx, weight, dgc.stride, dgc.padding)
             finally:
                 dgc_module.GATHER_CHUNK_BYTES, dgc_module.GATHER_CHUNK_SAMPLES = old
         return run
@@ -97,11 +112,15 @@ def _variants(dgc: DGCConv2d, x: torch.Tensor):
         ho = (h + 2 * dgc.padding[0] - kh) // dgc.stride[0] + 1
         return dgc_module.interleave_heads(out.view(b, heads * co_h, ho, -1), heads)
 
-    default = gather_conv(dgc_module.GATHER_CHUNK_BYTES, dgc_module.GATHER_CHUNK_SAMPLES)
-    reference = default()
-    variants = {
-        "gather, chunked (default)": default,
-        "gather, one chunk": gather_conv(1 << 62, b),
+    chunked = gather_conv(dgc_module.GATHER_CHUNK_BYTES, dgc_module.GATHER_CHUNK_SAMPLES)
+    reference = chunked()
+    variants = {}
+    if x.device.type == "cpu" and x.dtype == torch.float32 and cpu_kernel.available():
+        # the kernel on an already normalised input (the layer also folds the BN-ReLU into it)
+        variants["C++ kernel"] = gather_conv(0, 0, kernel=True)
+    variants |= {
+        "PyTorch, chunked": chunked,
+        "PyTorch, one chunk": gather_conv(1 << 62, b),
         "per-image loop": per_sample_loop,
         "unfold + bmm": im2col_bmm,
     }
@@ -117,29 +136,32 @@ def _label(shape) -> str:
 
 
 def _speed_table(layers, rounds: int, block: int) -> None:
-    """One table: every shape's four candidates timed round-robin, ratios against dense."""
-    print(f"{'shape':>22} {'dense':>8} {'group4':>8} {'mask':>8} {'gather':>8}  "
-          f"{'group/d':>7} {'mask/d':>7} {'gather/d':>8}  target")
+    """One table: every shape's five candidates timed round-robin, ratios against dense."""
+    print(f"{'shape':>22} {'dense':>8} {'group4':>8} {'mask':>8} {'gather':>8} {'gather-pt':>9}  "
+          f"{'group/d':>7} {'mask/d':>7} {'gather/d':>8} {'g-pt/d':>7}  target")
     for shape, official, dense, group, dgc, x in layers:
         k = shape[2]
 
-        def dgc_with(execution):
+        def dgc_with(execution, kernel=True):
             def run():
                 dgc.execution = execution
-                return dgc(x)
+                with cpu_kernel.use(kernel):
+                    return dgc(x)
             return run
 
         with torch.no_grad():
             t = interleaved_medians(
                 {"dense": lambda: dense(x), "group": lambda: group(x),
-                 "mask": dgc_with("mask"), "gather": dgc_with("gather")},
+                 "mask": dgc_with("mask"), "gather": dgc_with("gather"),
+                 "gather-pt": dgc_with("gather", kernel=False)},
                 rounds=rounds, block=block,
             )
         ms = {n: v * 1e3 for n, v in t.items()}
         r = {n: ms[n] / ms["dense"] for n in ms}
         ok = r["gather"] <= TARGETS[k]
         print(f"{_label(shape):>22} {ms['dense']:8.2f} {ms['group']:8.2f} {ms['mask']:8.2f} "
-              f"{ms['gather']:8.2f}  {r['group']:7.2f} {r['mask']:7.2f} {r['gather']:8.2f}  "
+              f"{ms['gather']:8.2f} {ms['gather-pt']:9.2f}  {r['group']:7.2f} {r['mask']:7.2f} "
+              f"{r['gather']:8.2f} {r['gather-pt']:7.2f}  "
               f"<= {TARGETS[k]} {'met' if ok else 'MISSED'}   ({official})")
 
 
@@ -160,6 +182,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, eval, "
           f"heads 4, pruning rate 0.75, medians over {args.rounds} interleaved rounds (ms)")
+    if cpu_kernel.available():
+        print("gather: the fused C++ kernel; gather-pt: the same layer in its PyTorch formulation")
+    else:
+        print(f"gather: PyTorch formulation (the C++ kernel is off or did not build: "
+              f"{cpu_kernel._state['error']!r}), the same as gather-pt")
     layers = [(shape, official, *_layers(shape[0], shape[1], shape[2]),
                torch.randn(args.batch, shape[0], shape[3], shape[3]))
               for shape, official in SHAPES]
@@ -171,10 +198,17 @@ def main(argv=None) -> int:
     rows = [(shape, _label(shape), dgc, x) for shape, _, _, _, dgc, x in layers]
 
     if not args.no_memory:
-        print("\npeak memory of the tensors one forward creates (MiB)")
+        print("\npeak memory of the tensors one forward creates (MiB; gather adds the C++ "
+              "kernel's private buffers)")
         for _, label, dgc, x in rows:
             mem = {e: peak_forward_mib(dgc, x, e) for e in ("mask", "gather")}
+            with cpu_kernel.use(False):
+                mem["gather-pt"] = peak_forward_mib(dgc, x, "gather")
+            if cpu_kernel.available():  # add what the tensor count cannot see
+                with torch.no_grad():
+                    mem["gather"] += kernel_workspace_mib(dgc, x, args.threads)
             print(f"{label:>22}  mask {mem['mask']:7.1f}  gather {mem['gather']:7.1f}  "
+                  f"gather-pt {mem['gather-pt']:7.1f}  "
                   f"gather/mask {mem['gather'] / max(mem['mask'], 1e-9):.2f}")
 
     if args.variants:

@@ -17,7 +17,8 @@ Two executions compute the same numbers:
   image) where that copy is the smaller one.
 * ``"gather"`` gathers, per image and head, only the kept channels and the matching filter
   columns, then runs one batched matmul (1x1) or one grouped conv (kxk) over ``batch*heads``
-  groups: the MACs really fall to ``(C_in - k) / C_in`` of dense.
+  groups: the MACs really fall to ``(C_in - k) / C_in`` of dense. In CPU float32 inference a
+  fused C++ kernel does the same per image and head, BN-ReLU included (``cpu_kernel.py``).
 
 The functional core (``select_channels``, ``dgc_mask_conv``, ``dgc_gather_conv``) sits next to
 the Module so that the maths can be tested without one.
