@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def kernel():
     """The kernel must build wherever a compiler is present (CI included)."""
-    assert cpu_kernel.load(), f"the CPU kernel did not build: {cpu_kernel._state['error']!r}"
+    assert cpu_kernel.load(), f"the CPU kernel did not build: {cpu_kernel.build_error()!r}"
     return torch.ops.dgclab
 
 

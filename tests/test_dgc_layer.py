@@ -173,25 +173,25 @@ def test_inference_scratch_buffers_are_reused_safely(monkeypatch):
     """Without autograd on CPU the gather reuses scratch buffers across chunks, calls, shapes
     and dtypes; no output may alias them."""
     monkeypatch.setattr(dgc_module, "GATHER_CHUNK_SAMPLES", 2)  # three chunks for 5 samples
-    monkeypatch.setattr(cpu_kernel, "_state", {**cpu_kernel._state, "enabled": False})
-    dgc_module.release_scratch()
-    for dtype in (torch.float32, torch.float64):
-        for ksize, cin, hw in ((3, 16, 7), (1, 16, 5), (3, 32, 4)):
-            layer = make_layer(cin, cin, ksize, padding=ksize // 2, k=cin // 2, squeeze_rate=2)
-            layer = layer.to(dtype).eval()
-            x = torch.randn(5, cin, hw, hw, dtype=dtype)
-            with torch.no_grad():
-                layer.execution = "mask"
-                ref = layer(x)
-                layer.execution = "gather"
-                first = layer(x)
-                kept = first.clone()
-                layer(torch.randn_like(x))  # overwrites the scratch buffers
-            torch.testing.assert_close(first, ref, rtol=1e-4, atol=1e-5)
-            assert torch.equal(first, kept)
-    assert {key[1] for key in dgc_module._scratch.buffers} == {torch.float32, torch.float64}
-    dgc_module.release_scratch()
-    assert not dgc_module._scratch.buffers
+    with cpu_kernel.use(False):  # the PyTorch path (the kernel has no scratch buffers)
+        dgc_module.release_scratch()
+        for dtype in (torch.float32, torch.float64):
+            for ksize, cin, hw in ((3, 16, 7), (1, 16, 5), (3, 32, 4)):
+                layer = make_layer(cin, cin, ksize, padding=ksize // 2, k=cin // 2, squeeze_rate=2)
+                layer = layer.to(dtype).eval()
+                x = torch.randn(5, cin, hw, hw, dtype=dtype)
+                with torch.no_grad():
+                    layer.execution = "mask"
+                    ref = layer(x)
+                    layer.execution = "gather"
+                    first = layer(x)
+                    kept = first.clone()
+                    layer(torch.randn_like(x))  # overwrites the scratch buffers
+                torch.testing.assert_close(first, ref, rtol=1e-4, atol=1e-5)
+                assert torch.equal(first, kept)
+        assert {key[1] for key in dgc_module._scratch.buffers} == {torch.float32, torch.float64}
+        dgc_module.release_scratch()
+        assert not dgc_module._scratch.buffers
 
 
 def test_ties_drop_together():

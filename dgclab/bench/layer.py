@@ -186,7 +186,7 @@ def main(argv=None) -> int:
         print("gather: the fused C++ kernel; gather-pt: the same layer in its PyTorch formulation")
     else:
         print(f"gather: PyTorch formulation (the C++ kernel is off or did not build: "
-              f"{cpu_kernel._state['error']!r}), the same as gather-pt")
+              f"{cpu_kernel.build_error()!r}), the same as gather-pt")
     layers = [(shape, official, *_layers(shape[0], shape[1], shape[2]),
                torch.randn(args.batch, shape[0], shape[3], shape[3]))
               for shape, official in SHAPES]

@@ -31,7 +31,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "applies", "enabled", "set_enabled", "use", "load", "build_directory"]
+__all__ = [
+    "available", "applies", "enabled", "set_enabled", "use", "load", "build_error",
+    "build_directory",
+]
 
 SOURCE = Path(__file__).with_name("csrc") / "dgc_cpu.cpp"
 
@@ -84,6 +87,9 @@ def load() -> bool:
                 _ninja_on_path()
                 directory = build_directory()
                 directory.mkdir(parents=True, exist_ok=True)
+                if not (directory / "dgclab_cpu.so").exists():
+                    print("dgclab: compiling the fused CPU kernel for DGC layers (once, 10-20 s)",
+                          file=sys.stderr, flush=True)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     build(
@@ -107,6 +113,11 @@ def load() -> bool:
                     stacklevel=2,
                 )
     return bool(_state["loaded"])
+
+
+def build_error() -> Exception | None:
+    """Why the kernel could not be built (None if it was built or not tried yet)."""
+    return _state["error"]
 
 
 def enabled() -> bool:
@@ -137,12 +148,18 @@ def available() -> bool:
     return enabled() and load()
 
 
+def _compiling() -> bool:
+    """Under torch.compile tracing (the ops have no fake-tensor implementation)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    return bool(is_compiling and is_compiling())
+
+
 def applies(x: torch.Tensor) -> bool:
     """Whether a forward on ``x`` may take the kernel: CPU, float32, no autograd, not tracing."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
+        and not _compiling()
         and available()
     )
