@@ -79,6 +79,14 @@ def test_functional_gather_conv_uses_kernel(kernel):
             plain = dgc_gather_conv(x, gate, keep_idx, weight, 1, 1, 1)
     torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
+    # norm=(scale, shift): the input goes through relu(x * scale + shift) first, in both paths
+    scale, shift = torch.rand(32) + 0.5, torch.randn(32) * 0.3
+    ref_norm = dgc_mask_conv(F.relu(x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)),
+                             gate, weight, 1, 1, 1)
+    for use_kernel in (True, False):
+        with torch.no_grad(), cpu_kernel.use(use_kernel):
+            got = dgc_gather_conv(x, gate, keep_idx, weight, 1, 1, 1, norm=(scale, shift))
+        torch.testing.assert_close(got, ref_norm, rtol=1e-4, atol=1e-5)
     # non-contiguous input (channels-last) and int32 indices are taken as well
     with torch.no_grad():
         other = kernel.gather_conv2d(

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..analysis.macs import conv_output_hw
 from ..layers import DGCConv2d, cpu_kernel
 from ..layers import dgc as dgc_module
 from .memory import PeakTensorMemory
@@ -62,7 +63,7 @@ def kernel_workspace_mib(dgc: DGCConv2d, x: torch.Tensor, threads: int) -> float
     (kh, kw), (ph, pw) = dgc.kernel_size, dgc.padding
     keep = cin - dgc.inactive_channels
     co_h, taps = dgc.out_channels // dgc.heads, kh * kw
-    ho, wo = dgc(x[:1]).shape[-2:]
+    ho, wo = conv_output_hw((h, w), dgc.kernel_size, dgc.stride, dgc.padding, dgc.dilation)
     per_thread = keep * (h + 2 * ph) * (w + 2 * pw) + keep * taps * ho * wo + co_h * keep * taps
     return (dgc.out_channels * cin * taps + threads * per_thread) * 4 / 2**20
 
@@ -117,7 +118,9 @@ def _variants(dgc: DGCConv2d, x: torch.Tensor):
     variants = {}
     if x.device.type == "cpu" and x.dtype == torch.float32 and cpu_kernel.available():
         # the kernel on an already normalised input (the layer also folds the BN-ReLU into it)
-        variants["C++ kernel"] = gather_conv(0, 0, kernel=True)
+        variants["C++ kernel"] = gather_conv(
+            dgc_module.GATHER_CHUNK_BYTES, dgc_module.GATHER_CHUNK_SAMPLES, kernel=True
+        )
     variants |= {
         "PyTorch, chunked": chunked,
         "PyTorch, one chunk": gather_conv(1 << 62, b),
@@ -205,8 +208,7 @@ def main(argv=None) -> int:
             with cpu_kernel.use(False):
                 mem["gather-pt"] = peak_forward_mib(dgc, x, "gather")
             if cpu_kernel.available():  # add what the tensor count cannot see
-                with torch.no_grad():
-                    mem["gather"] += kernel_workspace_mib(dgc, x, args.threads)
+                mem["gather"] += kernel_workspace_mib(dgc, x, args.threads)
             print(f"{label:>22}  mask {mem['mask']:7.1f}  gather {mem['gather']:7.1f}  "
                   f"gather-pt {mem['gather-pt']:7.1f}  "
                   f"gather/mask {mem['gather'] / max(mem['mask'], 1e-9):.2f}")

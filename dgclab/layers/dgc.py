@@ -255,6 +255,8 @@ def dgc_gather_conv(
     stride=1,
     padding=0,
     dilation=1,
+    *,
+    norm: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Fast execution: convolve only the kept channels of every (sample, head) pair.
 
@@ -267,11 +269,16 @@ def dgc_gather_conv(
     chunks fall out of cache and, past glibc's 32 MB mmap threshold, page-fault on every call).
     Under autograd the whole batch is one chunk (the backward keeps every chunk's gathers).
 
+    In CPU float32 inference the fused C++ kernel (``cpu_kernel.py``) does all of this per
+    image and head instead, applying ``norm`` as it copies the kept channels.
+
     Args:
-        x: (B, C, H, W) the layer's (already normalised) input.
+        x: (B, C, H, W) the layer's input, already normalised unless ``norm`` is given.
         gate: (B, heads, C) saliency where kept, 0 where dropped.
         keep_idx: (B, heads, keep) int64 channel indices.
         weight: (heads, Co_h, C, kh, kw).
+        norm: optional per-channel ``(scale, shift)``: ``x`` is first mapped to
+            ``relu(x * scale + shift)`` (a folded eval-mode BN-ReLU).
 
     Returns:
         (B, heads * Co_h, H', W') with heads interleaved, equal to ``dgc_mask_conv``.
@@ -281,10 +288,13 @@ def dgc_gather_conv(
     keep = keep_idx.shape[-1]
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     gate_kept = gate.gather(-1, keep_idx)  # (B, heads, keep)
+    scale, shift = norm if norm is not None else (None, None)
     if cpu_kernel.applies(x):
         return torch.ops.dgclab.gather_conv2d(
-            x, None, None, gate_kept, keep_idx, weight, stride, padding, dilation
+            x, scale, shift, gate_kept, keep_idx, weight, stride, padding, dilation
         )
+    if norm is not None:
+        x = F.relu(x * scale.view(1, c, 1, 1) + shift.view(1, c, 1, 1))
     pointwise = (kh, kw) == (1, 1) and padding == (0, 0)
     if pointwise:
         # A 1x1 conv is a matmul per (sample, head): (Co_h x keep) @ (keep x H'W').
@@ -604,10 +614,10 @@ class DGCConv2d(nn.Module):
         execution = self.resolved_execution(k)
         if execution == "gather" and self._fuse_norm(x):
             # CPU inference: the kernel applies the BN-ReLU itself, channel by channel.
-            scale, shift = self._folded_norm()
-            pooled = torch.ops.dgclab.bn_relu_pool(x, scale, shift)
+            norm = self._folded_norm()
+            pooled = torch.ops.dgclab.bn_relu_pool(x, *norm)
         else:
-            scale = shift = None
+            norm = None
             x = self.relu(self.norm(x))
             pooled = x.mean(dim=(2, 3))
         g = self.saliency(pooled)  # (B, heads, C)
@@ -625,12 +635,9 @@ class DGCConv2d(nn.Module):
 
         if keep_idx is None:
             return dgc_mask_conv(x, gate, weight, self.stride, self.padding, self.dilation)
-        if scale is not None:
-            return torch.ops.dgclab.gather_conv2d(
-                x, scale, shift, gate.gather(-1, keep_idx), keep_idx, weight,
-                self.stride, self.padding, self.dilation,
-            )
-        return dgc_gather_conv(x, gate, keep_idx, weight, self.stride, self.padding, self.dilation)
+        return dgc_gather_conv(
+            x, gate, keep_idx, weight, self.stride, self.padding, self.dilation, norm=norm
+        )
 
     def _fuse_norm(self, x: torch.Tensor) -> bool:
         """Whether this forward may leave the BN-ReLU to the fused CPU kernel.

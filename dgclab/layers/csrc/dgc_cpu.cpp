@@ -154,8 +154,8 @@ at::Tensor gather_conv2d(const at::Tensor& x_in, const std::optional<at::Tensor>
   const int64_t hp = h + 2 * ph, wp = w + 2 * pw;
   const int64_t ho = (hp - dh * (kh - 1) - 1) / sh + 1, wo = (wp - dw * (kw - 1) - 1) / sw + 1;
   TORCH_CHECK(ho > 0 && wo > 0, "gather_conv2d: the kernel is larger than the padded input");
-  const int64_t taps = kh * kw, n_out = ho * wo, depth = keep * taps;
-  TORCH_CHECK(heads * n_out <= INT_MAX && depth <= INT_MAX && (h + 2 * ph) * (w + 2 * pw) <= INT_MAX,
+  const int64_t taps = kh * kw, n_out = ho * wo, depth = keep * taps, plane = hp * wp;
+  TORCH_CHECK(heads * n_out <= INT_MAX && depth <= INT_MAX && plane <= INT_MAX,
               "gather_conv2d: too large for BLAS's int dimensions");
   const int64_t* ip = idx.data_ptr<int64_t>();
   for (int64_t i = 0; i < idx.numel(); ++i)
@@ -164,7 +164,6 @@ at::Tensor gather_conv2d(const at::Tensor& x_in, const std::optional<at::Tensor>
 
   // 1x1, stride 1, no padding: the kept planes are the GEMM's columns as they are.
   const bool direct = taps == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0;
-  const int64_t plane = hp * wp;
 
   at::Tensor y = at::empty({b, co_h * heads, ho, wo}, x.options());
   const float* xp = x.data_ptr<float>();
@@ -175,7 +174,7 @@ at::Tensor gather_conv2d(const at::Tensor& x_in, const std::optional<at::Tensor>
   float* yp = y.data_ptr<float>();
 
   at::parallel_for(0, b * heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> padded(keep * plane, 0.f);  // borders and slack stay 0
+    std::vector<float> padded(keep * plane, 0.f);  // the borders stay 0
     std::vector<float> col(direct ? 0 : depth * n_out), wk(co_h * depth);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t n = bh / heads, head = bh % heads;
@@ -185,13 +184,9 @@ at::Tensor gather_conv2d(const at::Tensor& x_in, const std::optional<at::Tensor>
         const int64_t ch = sel[i];
         const float* src = xp + (n * c + ch) * h * w;
         float* dst = padded.data() + i * plane + ph * wp + pw;
-        if (wp == w) {  // no side padding: one long row
-          copy_block(src, 0, dst, 0, 1, h * w, normalise, normalise ? sp[ch] : 1.f,
-                     normalise ? tp[ch] : 0.f);
-        } else {
-          copy_block(src, w, dst, wp, h, w, normalise, normalise ? sp[ch] : 1.f,
-                     normalise ? tp[ch] : 0.f);
-        }
+        const bool one_row = wp == w;  // no side padding: the plane is one long row
+        copy_block(src, w, dst, wp, one_row ? 1 : h, one_row ? h * w : w, normalise,
+                   normalise ? sp[ch] : 1.f, normalise ? tp[ch] : 0.f);
       }
       const float* a_mat = padded.data();
       if (!direct) {  // im2col: row (i, tap) holds the tap's window over the output grid
