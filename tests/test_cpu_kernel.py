@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from dgclab.layers import DGCConv2d, cpu_kernel, dgc_gather_conv, dgc_mask_conv
 from dgclab.layers.dgc import select_top_channels
 
-from test_dgc_layer import LAYER_SHAPES, make_layer
+from test_dgc_layer import LAYER_SHAPES, fixed_saliency, make_layer
 
 pytestmark = pytest.mark.skipif(
     shutil.which("c++") is None and shutil.which("g++") is None,
@@ -36,6 +36,21 @@ def forward_three_ways(layer: DGCConv2d, x: torch.Tensor):
             out = layer(x)
         results.append((out, layer.last_selection, layer.last_lasso))
     return results
+
+
+def assert_three_ways_agree(layer: DGCConv2d, x: torch.Tensor, msg: str = "") -> torch.Tensor:
+    """Kernel, PyTorch gather and mask give the same selection, lasso and output, NaN and Inf
+    included (NaN exactly where the mask execution has NaN). Returns the mask's output."""
+    (fused, sel, lasso), (gather, sel_g, lasso_g), (mask, sel_m, lasso_m) = (
+        forward_three_ways(layer, x)
+    )
+    assert torch.equal(sel, sel_g) and torch.equal(sel, sel_m), msg
+    for got, name in ((fused, "kernel"), (gather, "gather")):
+        torch.testing.assert_close(got, mask, rtol=1e-4, atol=1e-5, equal_nan=True,
+                                   msg=lambda m: f"{name} vs mask {msg}: {m}")
+    for got in (lasso, lasso_g):
+        torch.testing.assert_close(got, lasso_m, rtol=1e-5, atol=1e-6, equal_nan=True)
+    return mask
 
 
 @pytest.mark.parametrize("cin,cout,ksize,stride,padding,dilation,heads", LAYER_SHAPES)
@@ -64,6 +79,50 @@ def test_kernel_batch_one_and_ties(kernel, heads):
     assert (sel.sum(-1) < 16 - 6).all()  # the 8 zeros tie and drop together: more than k
     torch.testing.assert_close(fused, mask, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fused, gather, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("special", [float("nan"), float("inf"), float("-inf")])
+def test_nan_and_inf_inputs_give_the_same_numbers_in_every_execution(kernel, special):
+    """The fused BN-ReLU keeps NaN (relu(NaN) is NaN, as in torch): one NaN in the input makes
+    its image's saliencies and output NaN in every execution, not zeros in the kernel's."""
+    layer = DGCConv2d(16, 16, 3, padding=1, squeeze_rate=2).eval()
+    layer.inactive_channels = 12
+    x = torch.randn(2, 16, 5, 5)
+    x[0, 3, 2, 2] = special
+    out = assert_three_ways_agree(layer, x)
+    if special != float("-inf"):  # -inf goes through the ReLU as 0
+        assert out[0].isnan().any()
+    assert torch.isfinite(out[1]).all()  # the other image is untouched
+
+
+@pytest.mark.parametrize("cin,cout,ksize,stride,padding,dilation,heads", LAYER_SHAPES)
+@pytest.mark.parametrize("special", [float("nan"), float("inf")])
+def test_non_finite_inputs_agree_for_every_shape(kernel, special, cin, cout, ksize, stride,
+                                                 padding, dilation, heads):
+    """Padded shapes included: a NaN gate spreads over its channel's pixels but not over the
+    zero padding, which the official formulation adds after gating."""
+    for k in sorted({0, cin // 2, cin - 1}):
+        layer = make_layer(cin, cout, ksize, stride=stride, padding=padding, dilation=dilation,
+                           heads=heads, k=k, squeeze_rate=2).eval()
+        x = torch.randn(3, cin, 9, 9)
+        x[1, 0, 4, 4] = special
+        x[2, cin - 1, 0, 8] = special
+        assert_three_ways_agree(layer, x, f"k={k}")
+
+
+def test_inf_in_a_dropped_channel_spreads_as_in_the_mask_execution(kernel):
+    """The mask execution multiplies a dropped channel by its gate 0: 0 * Inf is NaN there.
+    The gather must not lose that NaN by skipping the channel."""
+    layer = make_layer(8, 8, 3, padding=1, heads=2, k=4, squeeze_rate=2).eval()
+    fixed_saliency(layer, torch.tensor([[0.1, 1, 2, 3, 4, 5, 6, 7]] * 2))  # channel 0 dropped
+    with torch.no_grad():
+        for head in layer.heads_list:  # an Inf in channel 0 sends every hidden unit to -Inf
+            head.fc1.weight[:, 0] = -1.0
+    x = torch.randn(2, 8, 6, 6)
+    x[0, 0, 1, 1] = float("inf")
+    out = assert_three_ways_agree(layer, x)
+    assert not layer.last_selection[0, :, 0].any()  # channel 0 was dropped by both heads
+    assert out[0, :, :3, :3].isnan().all() and not out[0, :, 4:, 4:].isnan().any()
 
 
 def test_functional_gather_conv_uses_kernel(kernel):
@@ -104,6 +163,33 @@ def test_bn_relu_pool_matches_batch_norm(kernel):
         ref = F.relu(layer.norm(x)).mean(dim=(2, 3))
         got = kernel.bn_relu_pool(x, scale, shift)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_bn_relu_pool_keeps_nan_and_inf(kernel):
+    layer = make_layer(8, 8, 1).eval()
+    x = torch.randn(2, 8, 3, 5)
+    x[0, 1, 1, 1], x[1, 2, 0, 4], x[1, 3, 2, 2] = float("nan"), float("inf"), float("-inf")
+    scale, shift = layer._folded_norm()
+    with torch.no_grad():
+        ref = F.relu(layer.norm(x)).mean(dim=(2, 3))
+        got = kernel.bn_relu_pool(x, scale, shift)
+    assert got[0, 1].isnan() and got[1, 2] == float("inf")
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def test_kernel_gates_the_input_not_the_padding(kernel):
+    """The kernel applies the gate to the kept channels as it copies them, like the mask
+    execution; gating the filters instead would multiply the zero padding by a NaN gate."""
+    x = torch.rand(1, 4, 4, 4) + 0.5
+    gate = torch.tensor([[[1.0, float("nan"), 0.0, 2.0]]])  # channel 2 dropped
+    keep_idx = torch.tensor([[[0, 1, 3]]])
+    weight = torch.randn(1, 2, 4, 1, 1)
+    ref = dgc_mask_conv(x, gate, weight, 1, 2, 1, gate_on="input")  # 1x1, padding 2
+    for use_kernel in (True, False):
+        with torch.no_grad(), cpu_kernel.use(use_kernel):
+            got = dgc_gather_conv(x, gate, keep_idx, weight, 1, 2, 1)
+        assert (got[..., :2, :] == 0).all()  # padding-only outputs
+        torch.testing.assert_close(got, ref, equal_nan=True)
 
 
 def test_when_the_layer_takes_the_kernel(kernel, monkeypatch):
@@ -153,8 +239,17 @@ def test_kernel_rejects_bad_indices(kernel):
 
 
 def test_set_enabled_validates():
-    with pytest.raises(ValueError, match="takes a bool"):
+    with pytest.raises(TypeError, match="flag must be a bool, got flag='yes'"):
         cpu_kernel.set_enabled("yes")
     with cpu_kernel.use(False):
         assert not cpu_kernel.available()
     assert cpu_kernel.enabled()
+
+
+def test_environment_variable_is_validated(monkeypatch):
+    for value, enabled in (("0", False), ("1", True), ("off", False), ("TRUE", True)):
+        monkeypatch.setenv("DGCLAB_CPU_KERNEL", value)
+        assert cpu_kernel._enabled_by_environment() is enabled
+    monkeypatch.setenv("DGCLAB_CPU_KERNEL", "fasle")
+    with pytest.raises(ValueError, match="DGCLAB_CPU_KERNEL='fasle'"):
+        cpu_kernel._enabled_by_environment()

@@ -155,10 +155,43 @@ def test_mask_gating_gradcheck_float64(gate_on):
     )
 
 
+def test_interleave_heads_validates_heads():
+    with pytest.raises(ValueError, match=r"heads=3, channels=8"):
+        interleave_heads(torch.randn(1, 8, 2, 2), 3)
+
+
 def test_mask_gate_on_is_validated():
     with pytest.raises(ValueError, match="gate_on='filters'"):
         dgc_mask_conv(torch.randn(1, 4, 3, 3), torch.rand(1, 2, 4), torch.randn(2, 2, 4, 1, 1),
                       gate_on="filters")
+
+
+@pytest.mark.parametrize("special", [float("nan"), float("inf")])
+def test_mask_gating_with_non_finite_gates_follows_the_official_formulation(special):
+    """Gating the filters multiplies the zero padding by the gate: with a NaN or Inf gate that
+    is NaN where the official formulation (the gated input, zero-padded) has 0, so "auto"
+    gates the inputs then; without padding the two agree."""
+    x = torch.rand(2, 4, 5, 5) + 0.5
+    gate = torch.rand(2, 2, 4)
+    gate[0, 1, 2] = special
+    weight = torch.randn(2, 3, 4, 1, 1)  # 1x1 with padding 1: the border sees only padding
+    official = dgc_mask_conv(x, gate, weight, 1, 1, 1, gate_on="input")
+    assert not official[0, 1::2, 0, 0].isnan().any()  # padding-only outputs: exactly 0
+    torch.testing.assert_close(dgc_mask_conv(x, gate, weight, 1, 1, 1), official, equal_nan=True)
+    for padding in (0, 1):
+        torch.testing.assert_close(
+            dgc_mask_conv(x, gate, weight, 1, padding, 1, gate_on="auto"),
+            dgc_mask_conv(x, gate, weight, 1, padding, 1, gate_on="input"),
+            equal_nan=True,
+        )
+
+
+@pytest.mark.parametrize("gate_on", ["auto", "input", "weight"])
+def test_mask_conv_of_an_empty_batch(gate_on):
+    x = torch.randn(0, 4, 5, 5, requires_grad=True)
+    out = dgc_mask_conv(x, torch.rand(0, 2, 4), torch.randn(2, 3, 4, 3, 3), 2, 1, 1,
+                        gate_on=gate_on)
+    assert out.shape == (0, 6, 3, 3)
 
 
 def test_gather_in_chunks_agrees(monkeypatch):
@@ -212,6 +245,29 @@ def test_select_top_channels_matches_select_channels():
         mask, idx = select_top_channels(g, k)
         assert torch.equal(mask, select_channels(g, k))
         assert mask.gather(-1, idx).sum() == mask.sum()  # every kept channel is indexed
+
+
+def test_selection_of_nan_and_inf_saliencies():
+    """kthvalue and topk both order NaN above every number: once k > 0 a NaN saliency is
+    never kept (NaN > t is false), yet topk lists it and its gate, g * 0, stays NaN."""
+    nan, inf = float("nan"), float("inf")
+    g = torch.tensor([[[0.5, nan, 0.1, inf, 0.0, nan, 0.3, 0.2]]])
+    for k in range(8):
+        mask, idx = select_top_channels(g, k)
+        assert torch.equal(mask, select_channels(g, k)), k
+        assert k == 0 or not mask[..., [1, 5]].any()
+        listed = {1, 5} & set(idx.flatten().tolist())  # NaNs come first: their gate spreads
+        assert len(listed) == min(2, 8 - k)
+        assert (g * mask)[..., [1, 5]].isnan().all()
+    assert select_channels(g, 7).sum() == 0  # the 7th smallest is NaN: nothing is kept
+
+
+@pytest.mark.parametrize("k", [-1, 8, 2.5, float("nan")])
+def test_selection_refuses_k_outside_its_range(k):
+    g = torch.rand(2, 2, 8)
+    for select in (select_channels, select_top_channels):
+        with pytest.raises(ValueError, match="inactive_channels"):
+            select(g, k)
 
 
 # ---- oracles a plain F.conv2d can give -----------------------------------------------------
@@ -316,6 +372,40 @@ def test_progress_outside_unit_interval_is_refused(p):
         set_pruning_progress(make_layer(8, 8, 1), p)
 
 
+@pytest.mark.parametrize(
+    "args,error,match",
+    [
+        ((0.5, 16, 1.0), ValueError, r"pruning_rate=1.0"),
+        ((0.9, 16, 1.5), ValueError, r"pruning_rate=1.5"),
+        ((0.5, 16, float("nan")), ValueError, r"pruning_rate=nan"),
+        ((0.5, 16, -0.1), ValueError, r"pruning_rate=-0.1"),
+        ((1.0, 4, 0.9), ValueError, r"pruning_rate=0.9 would drop all 4"),
+        ((0.5, 0, 0.5), ValueError, r"in_channels=0"),
+        ((0.5, 16.0, 0.5), TypeError, r"in_channels=16.0"),
+        ((0.5, 16, "0.5"), TypeError, r"pruning_rate='0.5'"),
+        (("0.5", 16, 0.5), TypeError, r"progress='0.5'"),
+        ((float("nan"), 16, 0.5), ValueError, r"progress=nan"),
+        ((True, 16, 0.5), TypeError, r"progress=True"),
+    ],
+)
+def test_pruning_schedule_validates_its_arguments(args, error, match):
+    with pytest.raises(error, match=match):
+        pruning_schedule(*args)
+
+
+def test_pruning_helpers_validate_their_arguments():
+    with pytest.raises(TypeError, match="progress"):
+        set_pruning_progress(make_layer(8, 8, 1), "1")
+    with pytest.raises(TypeError, match=r"model must be a Module, got str"):
+        set_pruning_progress("model", 0.5)
+    with pytest.raises(TypeError, match=r"model must be a Module, got list"):
+        saliency_loss([make_layer(8, 8, 1)])
+    layer = make_layer(8, 8, 1)
+    layer.pruning_rate = 1.0  # changed after construction: the schedule refuses it
+    with pytest.raises(ValueError, match=r"pruning_rate=1.0"):
+        set_pruning_progress(layer, 1.0)
+
+
 def test_set_pruning_progress_in_any_mode_and_forward_never_changes_k():
     model = nn.Sequential(make_layer(32, 32, 1), nn.Sequential(make_layer(16, 16, 1)))
     wrapped = nn.Module()
@@ -338,6 +428,51 @@ def test_k_is_a_persistent_buffer_and_fresh_layers_prune_nothing():
     other.load_state_dict(layer.state_dict())
     assert other.inactive_channels == 7
     assert layer.state_dict()["_inactive_channels"].shape == (1,)
+
+
+BAD_K = [16.0, 17.0, -1.0, 2.7, float("nan"), float("inf")]
+
+
+@pytest.mark.parametrize("k", BAD_K)
+def test_k_loaded_from_a_state_dict_is_validated(k):
+    """A bad k in a file fails where it enters, naming the key, its value and [0, C); the
+    layer keeps its k."""
+    model = nn.Sequential(nn.Identity(), make_layer(16, 16, 1, k=5))
+    state = model.state_dict()
+    state["1._inactive_channels"] = torch.tensor([k])
+    with pytest.raises(ValueError, match=rf"1\._inactive_channels.*\[0, 16\).*={k}"):
+        model.load_state_dict(state)
+    assert model[1].inactive_channels == 5
+    with pytest.raises(ValueError, match=r"1\._inactive_channels"):
+        model.load_state_dict(state, strict=False)
+
+
+@pytest.mark.parametrize("k", BAD_K)
+def test_k_buffer_is_validated_at_forward(k):
+    layer = make_layer(16, 16, 3, padding=1)
+    layer._inactive_channels.fill_(k)  # written behind the setter's back
+    for execution in ("mask", "gather", "auto"):
+        layer.execution = execution
+        with pytest.raises(ValueError, match=r"_inactive_channels.*\[0, 16\)"):
+            layer(torch.randn(2, 16, 4, 4))
+    assert f"k={k:g}/16" in repr(layer)  # the repr still shows it
+
+
+def test_k_setter_types_and_values():
+    layer = make_layer(8, 8, 1)
+    layer.inactive_channels = 3.0  # a whole float, as the buffer stores it
+    assert layer.inactive_channels == 3
+    for k in ("3", None, True, torch.tensor(3), [3]):
+        with pytest.raises(TypeError, match="inactive_channels"):
+            layer.inactive_channels = k
+    for k in (2.7, float("nan"), float("inf"), -1, 8):
+        with pytest.raises(ValueError, match=rf"inactive_channels.*\[0, 8\).*{k}"):
+            layer.inactive_channels = k
+    assert layer.inactive_channels == 3
+    with pytest.raises(ValueError, match=r"k must be in \[0, 8\), got k=8"):
+        layer.resolved_execution(k=8)
+    with pytest.raises(TypeError, match="autograd"):
+        layer.resolved_execution(autograd="no")
 
 
 def test_saliency_loss_is_sum_over_layers_and_heads():
@@ -377,6 +512,69 @@ def test_bad_arguments_name_the_value(kwargs, match):
     args = dict(in_channels=16, out_channels=16, kernel_size=1, squeeze_rate=2) | kwargs
     with pytest.raises(ValueError, match=match.replace("(", r"\(").replace(")", r"\)")):
         DGCConv2d(**args)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(kernel_size=0), ValueError, r"kernel_size must be >= 1, got kernel_size=0"),
+        (dict(kernel_size=(3,)), ValueError, r"kernel_size=\(3,\)"),
+        (dict(kernel_size=1.0), TypeError, r"kernel_size=1.0"),
+        (dict(stride=0), ValueError, r"stride must be >= 1, got stride=0"),
+        (dict(stride=(1, 0)), ValueError, r"stride=\(1, 0\)"),
+        (dict(padding=-1), ValueError, r"padding must be >= 0, got padding=-1"),
+        (dict(padding="same"), TypeError, r"padding='same'"),
+        (dict(dilation=0), ValueError, r"dilation must be >= 1, got dilation=0"),
+        (dict(in_channels=16.0), TypeError, r"in_channels=16.0"),
+        (dict(out_channels=True), TypeError, r"out_channels=True"),
+        (dict(in_channels=0), ValueError, r"in_channels=0"),
+        (dict(heads=2.0), TypeError, r"heads=2.0"),
+        (dict(squeeze_rate=True), TypeError, r"squeeze_rate=True"),
+        (dict(pruning_rate=float("nan")), ValueError, r"pruning_rate=nan"),
+        (dict(pruning_rate="0.5"), TypeError, r"pruning_rate='0.5'"),
+        (dict(execution=3), TypeError, r"execution=3"),
+        (dict(execution=None), TypeError, r"execution=None"),
+    ],
+)
+def test_bad_conv_arguments_fail_at_construction(kwargs, error, match):
+    args = dict(in_channels=16, out_channels=16, kernel_size=1, squeeze_rate=2) | kwargs
+    with pytest.raises(error, match=match):
+        DGCConv2d(**args)
+
+
+def test_inputs_of_a_wrong_type_dtype_or_size_fail_clearly():
+    layer = make_layer(8, 8, 3, padding=1, k=4)
+    for execution in ("mask", "gather"):
+        layer.execution = execution
+        with pytest.raises(TypeError, match=r"dtype=torch.int64.*torch.float32"):
+            layer(torch.ones(1, 8, 4, 4, dtype=torch.int64))
+        with pytest.raises(TypeError, match=r"dtype=torch.float16.*torch.float32"):
+            layer(torch.ones(1, 8, 4, 4, dtype=torch.float16))
+        with pytest.raises(TypeError, match=r"dtype=torch.float32.*torch.float64"):
+            layer.double()(torch.ones(1, 8, 4, 4))
+        layer.float()
+        with pytest.raises(TypeError, match=r"expects a Tensor, got list"):
+            layer([[1.0]])
+        # 3x3 with dilation 3 spans 7 pixels; 2 + 2 * 1 padding is too small, in every execution
+        dilated = make_layer(8, 8, 3, padding=1, dilation=3, k=4, execution=execution)
+        with pytest.raises(ValueError, match=r"2x2.*kernel_size=\(3, 3\).*dilation=\(3, 3\)"):
+            dilated(torch.randn(1, 8, 2, 2))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_empty_batch_in_every_execution(train):
+    """nn.Conv2d takes an empty batch; so does every execution, with a lasso of 0."""
+    layer = make_layer(16, 8, 3, stride=2, padding=1, heads=4, k=10, squeeze_rate=2).train(train)
+    x = torch.randn(0, 16, 7, 7)
+    for execution, use_kernel in (("mask", False), ("gather", False), ("gather", True)):
+        layer.execution = execution
+        with cpu_kernel.use(use_kernel):
+            with torch.no_grad():
+                assert layer(x).shape == (0, 8, 4, 4)
+            out = layer(x.clone().requires_grad_(True))
+        assert out.shape == (0, 8, 4, 4)
+        assert layer.last_lasso.item() == 0.0 and layer.last_selection.shape == (0, 4, 16)
+        (out.sum() + layer.last_lasso).backward()  # in the graph, as nn.Conv2d's output
 
 
 def test_bad_k_and_bad_inputs():
@@ -456,6 +654,28 @@ def test_group_conv_is_conv2d_with_groups_and_optional_shuffle():
         torch.testing.assert_close(shuffled[:, j * 4 + i], plain[:, i * 3 + j])
     with pytest.raises(ValueError, match="groups=3"):
         GroupConv2d(8, 8, 1, groups=3)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(stride=0), ValueError, r"stride must be >= 1, got stride=0"),
+        (dict(padding=-1), ValueError, r"padding=-1"),
+        (dict(dilation=(1, 0)), ValueError, r"dilation=\(1, 0\)"),
+        (dict(kernel_size=0), ValueError, r"kernel_size=0"),
+        (dict(in_channels=8.0), TypeError, r"in_channels=8.0"),
+        (dict(out_channels=-4), ValueError, r"out_channels=-4"),
+        (dict(groups=True), TypeError, r"groups=True"),
+        (dict(shuffle="yes"), TypeError, r"shuffle='yes'"),
+        (dict(bias=1), TypeError, r"bias=1"),
+    ],
+)
+def test_group_conv_validates_its_arguments(kwargs, error, match):
+    args = dict(in_channels=8, out_channels=8, kernel_size=3, groups=4) | kwargs
+    with pytest.raises(error, match=match):
+        GroupConv2d(**args)
+    # nn.Conv2d's string paddings stay available
+    assert GroupConv2d(8, 8, 3, padding="same", groups=4)(torch.randn(1, 8, 5, 5)).shape[-1] == 5
 
 
 # ---- CUDA ------------------------------------------------------------------------------------

@@ -105,6 +105,58 @@ def test_load_official_rejects_missing_unexpected_and_misshapen_keys(small_fixtu
         load_official(small_model(config), misshapen)
 
 
+def test_load_official_names_the_file_it_cannot_read(small_fixture, tmp_path):
+    config, checkpoint = small_fixture["config"], small_fixture["checkpoint"]
+    good = tmp_path / "good.pth.tar"
+    torch.save(checkpoint, good)
+    truncated = tmp_path / "truncated.pth.tar"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    garbage = tmp_path / "garbage.pth.tar"
+    garbage.write_bytes(b"this is not a checkpoint" * 10)
+    empty = tmp_path / "empty.pth.tar"
+    empty.write_bytes(b"")
+    for path in (truncated, garbage, empty):
+        with pytest.raises(ValueError, match=rf"{path.name}.*not a readable PyTorch checkpoint"):
+            load_official(small_model(config), path)
+    with pytest.raises(FileNotFoundError, match="missing.pth.tar"):
+        load_official(small_model(config), tmp_path / "missing.pth.tar")
+    with pytest.raises(IsADirectoryError, match=tmp_path.name):
+        load_official(small_model(config), tmp_path)
+
+
+def test_load_official_names_what_the_file_holds(small_fixture, tmp_path):
+    config, checkpoint = small_fixture["config"], small_fixture["checkpoint"]
+    no_state = tmp_path / "no_state.pth.tar"
+    torch.save({"epoch": 3, "best_prec1": 95.0}, no_state)
+    with pytest.raises(ValueError, match=r"no_state.pth.tar holds no state dict.*epoch"):
+        load_official(small_model(config), no_state)
+    not_dict = tmp_path / "list.pth.tar"
+    torch.save([torch.zeros(1)], not_dict)
+    with pytest.raises(ValueError, match=r"list.pth.tar holds a list"):
+        load_official(small_model(config), not_dict)
+    wrong_keys = tmp_path / "wrong_keys.pth.tar"
+    torch.save({"state_dict": {"module.x": torch.zeros(1)}}, wrong_keys)
+    with pytest.raises(ValueError, match=r"wrong_keys.pth.tar does not match DyDenseNet.*missing"):
+        load_official(small_model(config), wrong_keys)
+    with pytest.raises(TypeError, match=r"model must be a Module, got str"):
+        load_official("model", checkpoint)
+
+
+@pytest.mark.parametrize("k", [16.0, -1.0, 2.5, float("nan")])
+def test_load_official_refuses_a_bad_k_and_loads_nothing(small_fixture, k):
+    config, checkpoint = small_fixture["config"], small_fixture["checkpoint"]
+    model = small_model(config)
+    before = {key: v.clone() for key, v in model.state_dict().items()}
+    state = dict(checkpoint["state_dict"])
+    key = "features.denseblock_2.denselayer_1.conv_1._inactive_channels"
+    c_in = model.get_submodule(key.rsplit(".", 1)[0]).in_channels
+    state["module." + key] = torch.tensor([c_in if k == 16.0 else k])
+    with pytest.raises(ValueError, match=rf"{key}.*\[0, {c_in}\)"):
+        load_official(model, dict(checkpoint, state_dict=state))
+    for name, value in model.state_dict().items():  # nothing was loaded
+        assert torch.equal(value, before[name]), name
+
+
 def test_single_dgc_layer_reproduces_official_output(fixtures_dir):
     fx = torch.load(fixtures_dir / "official_dgc_layer.pt", weights_only=True)
     c = fx["config"]
@@ -305,5 +357,5 @@ def test_bad_inputs_name_the_value():
         dydensenet([2, 2], [8])
     with pytest.raises(ValueError, match="nope"):
         convert(nn.Sequential(nn.Conv2d(8, 8, 1)), skip=["nope"])
-    with pytest.raises(ValueError, match="checkpoint dict"):
+    with pytest.raises(TypeError, match="checkpoint dict"):
         load_official(nn.Linear(2, 2), [1, 2])

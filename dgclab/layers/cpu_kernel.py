@@ -14,8 +14,9 @@ The kernel is compiled on first use with ``torch.utils.cpp_extension.load`` (a C
 OpenMP, and ninja, a dependency of dgclab; 10-20 s once), into a folder per torch version under
 ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), and loaded from there later.
 Where it cannot be built (no compiler, a BLAS without ``sgemm_``), a warning says why once and
-the layers keep their PyTorch formulation, which gives the same numbers. ``DGCLAB_CPU_KERNEL=0``
-in the environment, or ``set_enabled(False)``, turns it off.
+the layers keep their PyTorch formulation, which gives the same numbers (NaN and Inf
+included). ``DGCLAB_CPU_KERNEL=0`` in the environment, or ``set_enabled(False)``, turns it off;
+any value of the variable other than 0/1 (false/true, off/on, no/yes) is refused at import.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from ..checks import check_bool
+
 __all__ = [
     "available", "applies", "enabled", "set_enabled", "use", "load", "build_error",
     "build_directory",
@@ -38,9 +41,23 @@ __all__ = [
 
 SOURCE = Path(__file__).with_name("csrc") / "dgc_cpu.cpp"
 
+_ENV = "DGCLAB_CPU_KERNEL"
+_ENV_VALUES = {"0": False, "false": False, "off": False, "no": False,
+               "1": True, "true": True, "on": True, "yes": True, "": True}
+
+
+def _enabled_by_environment() -> bool:
+    """``DGCLAB_CPU_KERNEL``: unset or 1 (true, on, yes) enables, 0 (false, off, no) disables;
+    anything else is refused, so that a typo never leaves the kernel silently on."""
+    value = os.environ.get(_ENV, "1")
+    if value.strip().lower() not in _ENV_VALUES:
+        raise ValueError(f"{_ENV} must be 0 or 1, got {_ENV}={value!r}")
+    return _ENV_VALUES[value.strip().lower()]
+
+
 _lock = threading.Lock()
 _state: dict[str, object] = {
-    "enabled": os.environ.get("DGCLAB_CPU_KERNEL", "1") != "0",
+    "enabled": _enabled_by_environment(),
     "loaded": None,  # None: not tried; True: ops registered; False: build failed
     "error": None,
 }
@@ -127,9 +144,7 @@ def enabled() -> bool:
 
 def set_enabled(flag: bool) -> None:
     """Let DGC layers use the kernel (True, the default) or keep their PyTorch formulation."""
-    if not isinstance(flag, bool):
-        raise ValueError(f"set_enabled takes a bool, got {flag!r}")
-    _state["enabled"] = flag
+    _state["enabled"] = check_bool("flag", flag)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ head's small saliency generator scores the input channels; the head keeps the ``
 most salient ones, scales them by their saliency and convolves only those. ``k`` (the number of
 inactive channels) grows during training along the official schedule (``pruning.py``).
 
-Two executions compute the same numbers:
+Two executions compute the same numbers, NaN and Inf included:
 
 * ``"mask"`` is the paper's reference formulation: every head convolves the full input with the
   dropped channels zeroed (dense cost). The official code gates a copy of the input per head
@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
+from ..checks import check_bool, check_choice, check_float, check_int, check_pair
 from . import cpu_kernel
 
 __all__ = [
@@ -46,11 +47,13 @@ __all__ = [
     "interleave_heads",
     "effective_squeeze_rate",
     "final_inactive_channels",
+    "check_inactive_channels",
     "release_scratch",
 ]
 
 Execution = Literal["auto", "mask", "gather"]
 EXECUTIONS = ("auto", "mask", "gather")
+GATE_ON = ("auto", "input", "weight")
 
 # "auto" gathers when a head keeps at most this fraction of its input channels. Measured with
 # `python -m dgclab.bench layer`: above it the per-sample weight gather costs more than the MACs
@@ -103,8 +106,20 @@ def release_scratch() -> None:
     _scratch.buffers.clear()
 
 
+def _autocast(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (inputs of another float dtype are fine then)."""
+    try:
+        return torch.is_autocast_enabled(device_type)  # torch >= 2.4
+    except TypeError:
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
+
+
 def effective_squeeze_rate(in_channels: int, squeeze_rate: int) -> int:
     """The official quirk: the squeeze rate is halved when ``in_channels < 80``."""
+    in_channels = check_int("in_channels", in_channels, min=1)
+    squeeze_rate = check_int("squeeze_rate", squeeze_rate, min=1)
     return squeeze_rate // 2 if in_channels < 80 else squeeze_rate
 
 
@@ -114,9 +129,42 @@ def final_inactive_channels(in_channels: int, pruning_rate: float) -> int:
     The official code stores the keep fraction ``gate_factor = 1 - pruning_rate`` and evaluates
     ``round(C_in * (1 - gate_factor))`` with Python's (banker's) rounding; doing the same
     arithmetic keeps ties identical.
+
+    Raises:
+        TypeError: ``in_channels`` is not an int or ``pruning_rate`` not a real number.
+        ValueError: ``in_channels < 1``, ``pruning_rate`` outside [0, 1), or a rate that drops
+            every channel (k = C_in: 0.9 of 4 channels rounds to 4).
     """
+    in_channels = check_int("in_channels", in_channels, min=1)
+    pruning_rate = check_float("pruning_rate", pruning_rate, min=0, max=1, max_inclusive=False)
     gate_factor = 1 - pruning_rate
-    return round(in_channels * (1 - gate_factor))
+    k = round(in_channels * (1 - gate_factor))
+    if k >= in_channels:
+        raise ValueError(
+            f"pruning_rate={pruning_rate} would drop all {in_channels} input channels"
+        )
+    return k
+
+
+def check_inactive_channels(k, in_channels: int, name: str = "inactive_channels") -> int:
+    """k as an int, refused unless it is a whole number in [0, in_channels).
+
+    k = C_in would drop every channel (the layer would output zeros), and the official buffer
+    stores k as a float: 3.0 is 3, but 2.7 is refused rather than truncated to 2.
+
+    Args:
+        k: a number (read a buffer with ``.item()`` first).
+        in_channels: C_in of the layer.
+        name: what the messages call k (the setter's name, a state-dict key).
+
+    Raises:
+        TypeError: ``k`` is not a real number.
+        ValueError: NaN, Inf, a fraction, or outside [0, in_channels).
+    """
+    value = check_float(name, k, min=0, max=in_channels, max_inclusive=False)
+    if not value.is_integer():
+        raise ValueError(f"{name} must be a whole number in [0, {in_channels}), got {name}={k!r}")
+    return int(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,15 +179,20 @@ def select_channels(saliency: torch.Tensor, inactive_channels: int) -> torch.Ten
     threshold drop together and fewer than ``C - k`` channels can survive (the ReLU makes many
     saliencies exactly 0). This is the official rule, evaluated on a detached copy.
 
+    A NaN saliency sorts above every number (``kthvalue`` and ``topk`` agree on that) and is
+    never kept once k > 0 (``NaN > t`` is false); its gate ``g * keep`` stays NaN, so a NaN
+    spreads into the output in every execution rather than vanishing.
+
     Args:
         saliency: (B, heads, C) non-negative saliencies.
-        inactive_channels: k, 0 <= k < C.
+        inactive_channels: k, a whole number with 0 <= k < C.
 
     Returns:
         (B, heads, C) bool, True where the channel is kept.
     """
     g = saliency.detach()
-    if inactive_channels <= 0:
+    inactive_channels = check_inactive_channels(inactive_channels, g.shape[-1])
+    if inactive_channels == 0:
         return torch.ones_like(g, dtype=torch.bool)
     threshold = g.kthvalue(inactive_channels, dim=-1, keepdim=True).values  # (B, heads, 1)
     return g > threshold
@@ -156,11 +209,12 @@ def select_top_channels(
     Returns:
         keep_mask: (B, heads, C) bool, equal to ``select_channels(saliency, k)``.
         keep_idx: (B, heads, C - k) int64, every kept channel plus, where ties dropped more
-            than k, some dropped ones (their gate is 0).
+            than k, some dropped ones (their gate is 0); NaN saliencies first.
     """
     g = saliency.detach()
+    inactive_channels = check_inactive_channels(inactive_channels, g.shape[-1])
     keep_idx = g.topk(g.shape[-1] - inactive_channels, dim=-1, sorted=False).indices
-    if inactive_channels <= 0:
+    if inactive_channels == 0:
         return torch.ones_like(g, dtype=torch.bool), keep_idx
     threshold = g.scatter(-1, keep_idx, float("-inf")).amax(dim=-1, keepdim=True)
     return g > threshold, keep_idx
@@ -176,6 +230,9 @@ def interleave_heads(out: torch.Tensor, heads: int) -> torch.Tensor:
         (B, heads * Co_h, H, W), heads interleaved.
     """
     b, c, h, w = out.shape
+    heads = check_int("heads", heads, min=1)
+    if c % heads:
+        raise ValueError(f"heads must divide the channels, got heads={heads}, channels={c}")
     return out.view(b, heads, c // heads, h, w).transpose(1, 2).reshape(b, c, h, w)
 
 
@@ -204,6 +261,14 @@ def dgc_mask_conv(
     weights took 73 vs 234 ms at 32 channels of 28x28 and 93 vs 110 ms at 64 of 14x14, and
     gating the inputs 46 vs 335 ms at 128 of 7x7.
 
+    NaN and Inf follow the official formulation, the reference of every execution: a dropped
+    channel is multiplied by its gate 0 (``0 * Inf`` and ``0 * NaN`` are NaN), a NaN gate
+    spreads over its channel's pixels, and the zero padding is added after gating, so
+    outputs that see only padding are 0. Gating the filters multiplies the padding by the gate
+    instead: the same numbers for a finite gate, NaN for a NaN or Inf one. ``"auto"`` therefore
+    gates the filters only where there is no padding or every gate is finite; ``"weight"``
+    asked for explicitly is taken as it is.
+
     Args:
         x: (B, C, H, W) the layer's (already normalised) input.
         gate: (B, heads, C) saliency where kept, 0 where dropped.
@@ -211,12 +276,18 @@ def dgc_mask_conv(
         gate_on: ``"input"``, ``"weight"`` or ``"auto"``.
 
     Returns:
-        (B, heads * Co_h, H', W') with heads interleaved.
+        (B, heads * Co_h, H', W') with heads interleaved; (0, heads * Co_h, H', W') for an
+        empty batch.
     """
     b, c, h, w = x.shape
     heads, co_h, _, kh, kw = weight.shape
+    check_choice("gate_on", gate_on, GATE_ON)
     if gate_on == "auto":
-        gate_on = "weight" if co_h * heads * kh * kw <= heads * h * w else "input"
+        smaller = co_h * heads * kh * kw <= heads * h * w
+        unpadded = padding == "valid" or _pair(padding) == (0, 0)
+        gate_on = "weight" if smaller and (unpadded or bool(gate.isfinite().all())) else "input"
+    if gate_on == "weight" and b == 0:
+        gate_on = "input"  # one filter bank per image: an empty batch has no group to run
     if gate_on == "weight":
         # Per image, filter (j, i) of the interleaved output is head i's filter j times g_i.
         w_interleaved = weight.transpose(0, 1).contiguous()  # (Co_h, heads, C, kh, kw)
@@ -232,8 +303,6 @@ def dgc_mask_conv(
             groups=b,
         )  # (1, B * C_out, H', W')
         return out.view(b, co_h * heads, *out.shape[-2:])
-    if gate_on != "input":
-        raise ValueError(f"gate_on must be 'auto', 'input' or 'weight', got gate_on={gate_on!r}")
     x_heads = x.unsqueeze(1) * gate[..., None, None]  # (B, heads, C, H, W)
     out = F.conv2d(
         x_heads.reshape(b, heads * c, h, w),
@@ -261,7 +330,11 @@ def dgc_gather_conv(
     """Fast execution: convolve only the kept channels of every (sample, head) pair.
 
     ``keep_idx`` lists ``keep`` channels per (sample, head); channels it lists whose ``gate`` is
-    0 (ties dropped with the threshold) contribute exactly 0, as in the mask execution.
+    0 (ties dropped with the threshold) are multiplied by 0, as in the mask execution. The
+    channels it does not list are not read: the result equals ``dgc_mask_conv``'s (gating the
+    inputs) when each of them would add exactly 0 there, i.e. has a gate of 0 and a finite
+    input. Where a NaN or Inf breaks that (``0 * Inf`` is NaN), list every channel;
+    ``DGCConv2d`` does.
 
     Every (sample, head) needs its own filter columns, so the gathered weights are
     ``B * keep / C`` times the layer's weight; the batch is processed in chunks of at most
@@ -278,7 +351,7 @@ def dgc_gather_conv(
         keep_idx: (B, heads, keep) int64 channel indices.
         weight: (heads, Co_h, C, kh, kw).
         norm: optional per-channel ``(scale, shift)``: ``x`` is first mapped to
-            ``relu(x * scale + shift)`` (a folded eval-mode BN-ReLU).
+            ``relu(x * scale + shift)`` (a folded eval-mode BN-ReLU; NaN stays NaN).
 
     Returns:
         (B, heads * Co_h, H', W') with heads interleaved, equal to ``dgc_mask_conv``.
@@ -295,6 +368,8 @@ def dgc_gather_conv(
         )
     if norm is not None:
         x = F.relu(x * scale.view(1, c, 1, 1) + shift.view(1, c, 1, 1))
+    if b == 0:  # nothing to gather: the mask formulation gives the empty output, in the graph
+        return dgc_mask_conv(x, gate, weight, stride, padding, dilation, gate_on="input")
     pointwise = (kh, kw) == (1, 1) and padding == (0, 0)
     if pointwise:
         # A 1x1 conv is a matmul per (sample, head): (Co_h x keep) @ (keep x H'W').
@@ -410,7 +485,8 @@ class DGCConv2d(nn.Module):
     Args:
         in_channels: C_in, divisible by ``heads``.
         out_channels: C_out, divisible by ``heads``.
-        kernel_size, stride, padding, dilation: as ``nn.Conv2d`` (int or pair).
+        kernel_size, stride, padding, dilation: as ``nn.Conv2d``, an int or a pair of ints
+            (no string padding).
         heads: number of filter groups, each with its own saliency generator.
         squeeze_rate: hidden width of the saliency MLP is ``C_in // squeeze_rate`` (halved rate
             when ``C_in < 80``, as in the official code).
@@ -420,8 +496,14 @@ class DGCConv2d(nn.Module):
             ``"auto"`` (gather when a head keeps at most 3/4 of its channels, at most 1/4 of
             them under autograd, else mask; ``resolved_execution`` says which).
 
+    Every argument is checked here (TypeError for a wrong type, ValueError for a bad value),
+    and so is k wherever it enters: the ``inactive_channels`` setter, ``load_state_dict``
+    (a checkpoint's ``_inactive_channels`` buffer) and every forward, which also refuses an
+    input of another dtype than the parameters' (outside autocast) or too small for the kernel.
+
     Attributes set by every forward (detached except the lasso):
-        last_lasso: 0-d tensor, sum over heads of mean(g_i) (the paper's lasso term).
+        last_lasso: 0-d tensor, sum over heads of mean(g_i) (the paper's lasso term); 0 for an
+            empty batch, which has no saliencies (a mean over none would be NaN).
         last_saliency: (B, heads, C_in) the saliencies g.
         last_selection: (B, heads, C_in) bool, the channels each head actually kept.
 
@@ -446,11 +528,14 @@ class DGCConv2d(nn.Module):
         execution: Execution = "auto",
     ) -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
-        if not isinstance(heads, int) or heads <= 0:
-            raise ValueError(f"heads must be a positive int, got heads={heads!r}")
+        in_channels = check_int("in_channels", in_channels, min=1)
+        out_channels = check_int("out_channels", out_channels, min=1)
+        kernel_size = check_pair("kernel_size", kernel_size, min=1)
+        stride = check_pair("stride", stride, min=1)
+        padding = check_pair("padding", padding, min=0)
+        dilation = check_pair("dilation", dilation, min=1)
+        heads = check_int("heads", heads, min=1)
+        check_choice("execution", execution, EXECUTIONS)
         if in_channels % heads:
             raise ValueError(
                 f"heads must divide in_channels, got heads={heads}, in_channels={in_channels}"
@@ -459,14 +544,8 @@ class DGCConv2d(nn.Module):
             raise ValueError(
                 f"heads must divide out_channels, got heads={heads}, out_channels={out_channels}"
             )
-        if not 0 <= pruning_rate < 1:
-            raise ValueError(f"pruning_rate must be in [0, 1), got pruning_rate={pruning_rate}")
-        if final_inactive_channels(in_channels, pruning_rate) >= in_channels:
-            raise ValueError(
-                f"pruning_rate={pruning_rate} would drop all {in_channels} input channels"
-            )
-        if not isinstance(squeeze_rate, int) or squeeze_rate <= 0:
-            raise ValueError(f"squeeze_rate must be a positive int, got {squeeze_rate!r}")
+        final_inactive_channels(in_channels, pruning_rate)  # checks the rate, refuses k = C_in
+        squeeze_rate = check_int("squeeze_rate", squeeze_rate, min=1)
         sr = effective_squeeze_rate(in_channels, squeeze_rate)
         hidden = in_channels // sr if sr > 0 else 0
         if hidden <= 0:
@@ -477,10 +556,10 @@ class DGCConv2d(nn.Module):
 
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = _pair(padding)
-        self.dilation = _pair(dilation)
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+        self.dilation = dilation
         self.heads = heads
         self.squeeze_rate = squeeze_rate
         self.hidden = hidden
@@ -518,26 +597,43 @@ class DGCConv2d(nn.Module):
 
     @execution.setter
     def execution(self, value: str) -> None:
-        if value not in EXECUTIONS:
-            raise ValueError(f"execution must be one of {EXECUTIONS}, got execution={value!r}")
-        self._execution = value
+        self._execution = check_choice("execution", value, EXECUTIONS)
 
     @property
     def inactive_channels(self) -> int:
-        """k, the number of input channels each head drops (0 <= k < in_channels)."""
-        return int(self._inactive_channels.item())
+        """k, the number of input channels each head drops (0 <= k < in_channels).
+
+        Read from the ``_inactive_channels`` buffer, which is checked on every read: a value
+        written to it directly is refused here (ValueError) rather than used.
+        """
+        return self._checked_k(self._inactive_channels, "_inactive_channels")
 
     @inactive_channels.setter
     def inactive_channels(self, k: int) -> None:
-        if isinstance(k, bool) or int(k) != k:
-            raise ValueError(f"inactive_channels must be an int, got {k!r}")
-        k = int(k)
-        if not 0 <= k < self.in_channels:
-            raise ValueError(
-                f"inactive_channels must be in [0, {self.in_channels}), got {k} "
-                f"(k = in_channels would drop every channel)"
-            )
+        k = check_inactive_channels(k, self.in_channels)
         self._inactive_channels.fill_(k)
+
+    def _checked_k(self, value, name: str) -> int:
+        """k held by a (1,) buffer or a number, checked (``check_inactive_channels``)."""
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise ValueError(f"{name} must hold one value, k, got shape {tuple(value.shape)}")
+            value = value.item()
+        return check_inactive_channels(value, self.in_channels, name)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+        error_msgs,
+    ) -> None:
+        # k enters from a file here (load_state_dict, a checkpoint, load_official): refuse a
+        # bad one before this layer loads anything, naming the key.
+        key = prefix + "_inactive_channels"
+        value = state_dict.get(key)
+        if isinstance(value, torch.Tensor) and not value.is_meta:
+            self._checked_k(value, key)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     @property
     def heads_list(self) -> list[DGCHead]:
@@ -547,20 +643,26 @@ class DGCConv2d(nn.Module):
         """The execution a forward with the current k uses ("mask" or "gather").
 
         Args:
-            k: inactive channels; default the layer's current k.
+            k: inactive channels, in [0, in_channels); default the layer's current k.
             autograd: whether the forward records a graph; default ``torch.is_grad_enabled()``.
         """
+        if k is None:
+            k = self.inactive_channels
+        else:
+            k = check_inactive_channels(k, self.in_channels, "k")
+        autograd = torch.is_grad_enabled() if autograd is None else check_bool("autograd", autograd)
+        return self._resolve(k, autograd)
+
+    def _resolve(self, k: float, autograd: bool) -> str:
+        """``resolved_execution`` for a k and a grad mode taken as they are."""
         if self._execution != "auto":
             return self._execution
-        k = self.inactive_channels if k is None else k
-        if autograd is None:
-            autograd = torch.is_grad_enabled()
         max_keep = AUTO_GATHER_MAX_KEEP_AUTOGRAD if autograd else AUTO_GATHER_MAX_KEEP
         keep = self.in_channels - k
         return "gather" if keep <= max_keep * self.in_channels else "mask"
 
     def extra_repr(self) -> str:
-        k = self.inactive_channels
+        k = self._inactive_channels.item()  # unchecked: printing a model must not fail
         s = (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}"
@@ -571,7 +673,7 @@ class DGCConv2d(nn.Module):
             s += f", dilation={self.dilation}"
         execution = self._execution
         if execution == "auto":
-            inference, training = self.resolved_execution(k, False), self.resolved_execution(k, True)
+            inference, training = self._resolve(k, False), self._resolve(k, True)
             execution = (
                 f"auto({inference})"
                 if inference == training
@@ -579,7 +681,7 @@ class DGCConv2d(nn.Module):
             )
         return (
             s + f", heads={self.heads}, pruning_rate={self.pruning_rate}, "
-            f"k={k}/{self.in_channels}, execution={execution}"
+            f"k={k:g}/{self.in_channels}, execution={execution}"
         )
 
     # ---- forward ----------------------------------------------------------------------------
@@ -598,18 +700,12 @@ class DGCConv2d(nn.Module):
         w2 = torch.stack([h.fc2.weight for h in heads])  # (heads, C, hidden)
         b2 = torch.stack([h.fc2.bias for h in heads])  # (heads, C)
         hidden = F.relu(F.linear(pooled, w1))  # (B, heads*hidden)
-        hidden = hidden.view(-1, self.heads, self.hidden).transpose(0, 1)  # (heads, B, hidden)
+        hidden = hidden.view(len(pooled), self.heads, self.hidden).transpose(0, 1)  # (heads, B, h)
         g = torch.baddbmm(b2.unsqueeze(1), hidden, w2.transpose(1, 2))  # (heads, B, C)
         return F.relu(g).transpose(0, 1)  # (B, heads, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4:
-            raise ValueError(f"DGCConv2d expects a 4-D input (B, C, H, W), got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected {self.in_channels} input channels, got {x.shape[1]} "
-                f"(input shape {tuple(x.shape)})"
-            )
+        self._check_input(x)
         k = self.inactive_channels
         execution = self.resolved_execution(k)
         if execution == "gather" and self._fuse_norm(x):
@@ -621,7 +717,8 @@ class DGCConv2d(nn.Module):
             x = self.relu(self.norm(x))
             pooled = x.mean(dim=(2, 3))
         g = self.saliency(pooled)  # (B, heads, C)
-        self.last_lasso = g.mean(dim=(0, 2)).sum()  # before pruning, as the official code
+        # before pruning, as the official code; an empty batch adds 0 (still in the graph)
+        self.last_lasso = g.mean(dim=(0, 2)).sum() if len(g) else g.sum()
 
         weight = torch.stack([h.conv.weight for h in self.heads_list])  # (heads, Co_h, C, kh, kw)
         if execution == "mask":
@@ -635,9 +732,44 @@ class DGCConv2d(nn.Module):
 
         if keep_idx is None:
             return dgc_mask_conv(x, gate, weight, self.stride, self.padding, self.dilation)
+        if not (pooled.isfinite().all() and gate.isfinite().all()):
+            # A NaN or Inf in the (normalised) input, whose plane's mean is then not finite, or
+            # in a gate: the mask execution multiplies every dropped channel by its gate, and
+            # 0 * Inf, 0 * NaN and NaN * x are NaN. Read every channel then (dense cost) so that
+            # the gather gives the same NaNs instead of skipping them.
+            b, c = g.shape[0], self.in_channels
+            keep_idx = torch.arange(c, device=g.device).expand(b, self.heads, c)
         return dgc_gather_conv(
             x, gate, keep_idx, weight, self.stride, self.padding, self.dilation, norm=norm
         )
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Refuse an input every execution would fail on differently, or deep inside torch."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"DGCConv2d expects a Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(
+                f"DGCConv2d expects a 4-D input (B, C, H, W), got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected {self.in_channels} input channels, got {x.shape[1]} "
+                f"(input shape {tuple(x.shape)})"
+            )
+        dtype = self.headconv_0.conv.weight.dtype
+        if not x.is_floating_point() or (x.dtype != dtype and not _autocast(x.device.type)):
+            raise TypeError(
+                f"DGCConv2d expects an input of its parameters' dtype, got dtype={x.dtype} for "
+                f"parameters of dtype {dtype}"
+            )
+        h, w = x.shape[-2:]
+        sides = zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation)
+        output = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in sides]  # nn.Conv2d
+        if min(h, w, *output) < 1:
+            raise ValueError(
+                f"input of spatial size {h}x{w} is too small for kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}"
+            )
 
     def _fuse_norm(self, x: torch.Tensor) -> bool:
         """Whether this forward may leave the BN-ReLU to the fused CPU kernel.

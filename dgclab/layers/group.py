@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checks import check_bool, check_int, check_pair
+
 __all__ = ["GroupConv2d"]
 
 
@@ -19,7 +21,8 @@ class GroupConv2d(nn.Conv2d):
     """``nn.Conv2d`` with ``groups`` fixed groups, optionally followed by a channel shuffle.
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, bias: as nn.Conv2d.
+        in_channels, out_channels, kernel_size, stride, padding, dilation, bias: as nn.Conv2d
+            (checked here: TypeError for a wrong type, ValueError for a bad value).
         groups: G, divides both channel counts.
         shuffle: interleave the groups' outputs (group i channel j -> channel j*G + i).
 
@@ -40,8 +43,16 @@ class GroupConv2d(nn.Conv2d):
         shuffle: bool = False,
         bias: bool = False,
     ) -> None:
-        if not isinstance(groups, int) or groups <= 0:
-            raise ValueError(f"groups must be a positive int, got groups={groups!r}")
+        in_channels = check_int("in_channels", in_channels, min=1)
+        out_channels = check_int("out_channels", out_channels, min=1)
+        kernel_size = check_pair("kernel_size", kernel_size, min=1)
+        stride = check_pair("stride", stride, min=1)
+        if not isinstance(padding, str):  # nn.Conv2d checks "same" and "valid" itself
+            padding = check_pair("padding", padding, min=0)
+        dilation = check_pair("dilation", dilation, min=1)
+        groups = check_int("groups", groups, min=1)
+        shuffle = check_bool("shuffle", shuffle)
+        bias = check_bool("bias", bias)
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"groups must divide in_channels and out_channels, got groups={groups}, "

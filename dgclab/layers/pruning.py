@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .dgc import DGCConv2d
+from ..checks import check_float, check_type
+from .dgc import DGCConv2d, final_inactive_channels
 
 __all__ = ["pruning_schedule", "set_pruning_progress", "saliency_loss", "dgc_layers"]
 
@@ -25,16 +26,22 @@ def pruning_schedule(progress: float, in_channels: int, pruning_rate: float) -> 
     Args:
         progress: p in [0, 1], (epoch * batches + batch) / (epochs * batches).
         in_channels: C_in of the layer.
-        pruning_rate: xi in [0, 1).
+        pruning_rate: xi in [0, 1), and small enough to keep a channel: the final k, which
+            bounds the ramp, must stay below C_in.
 
     Returns:
-        k as an int.
+        k as an int, 0 <= k < C_in.
+
+    Raises:
+        TypeError: an argument of the wrong type.
+        ValueError: ``progress`` outside [0, 1] (NaN included), ``in_channels < 1``,
+            ``pruning_rate`` outside [0, 1) or one that would drop every channel.
     """
-    if not 0.0 <= progress <= 1.0:
-        raise ValueError(f"progress must be in [0, 1], got progress={progress}")
-    gate_factor = 1 - pruning_rate  # the official code's parameter
+    progress = check_float("progress", progress, min=0, max=1)
+    final = final_inactive_channels(in_channels, pruning_rate)  # checks C_in and the rate
+    gate_factor = 1 - float(pruning_rate)  # the official code's parameter
     if progress >= 3.0 / 4:
-        return round(in_channels * (1 - gate_factor))
+        return final  # round(in_channels * (1 - gate_factor))
     if progress > 1.0 / 12:
         return round(in_channels * (1 - gate_factor) * 3.0 / 2 * (progress - 1.0 / 12))
     return 0
@@ -42,6 +49,7 @@ def pruning_schedule(progress: float, in_channels: int, pruning_rate: float) -> 
 
 def dgc_layers(model: nn.Module) -> list[tuple[str, DGCConv2d]]:
     """(name, layer) for every DGC layer of ``model`` (the model itself included)."""
+    check_type("model", model, nn.Module)
     return [(n, m) for n, m in model.named_modules() if isinstance(m, DGCConv2d)]
 
 
@@ -50,9 +58,14 @@ def set_pruning_progress(model: nn.Module, progress: float) -> dict[str, int]:
 
     Works in any mode and on wrapped models (DistributedDataParallel, nn.Sequential, a single
     layer). Returns the k now set, keyed by module name.
+
+    Raises:
+        TypeError: ``model`` is not a module or ``progress`` not a real number.
+        ValueError: ``progress`` outside [0, 1] (NaN included), or a layer whose
+            ``pruning_rate`` the schedule refuses (``pruning_schedule``).
     """
-    if not 0.0 <= progress <= 1.0:
-        raise ValueError(f"progress must be in [0, 1], got progress={progress}")
+    check_type("model", model, nn.Module)
+    progress = check_float("progress", progress, min=0, max=1)
     ks = {}
     for name, layer in dgc_layers(model):
         k = pruning_schedule(progress, layer.in_channels, layer.pruning_rate)
@@ -70,6 +83,7 @@ def saliency_loss(model: nn.Module) -> torch.Tensor:
         A 0-d tensor (0 for a model without DGC layers).
 
     Raises:
+        TypeError: ``model`` is not a module.
         ValueError: a DGC layer has not run a forward yet.
     """
     layers = dgc_layers(model)

@@ -17,6 +17,9 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
+from ..checks import check_type
+from ..layers.dgc import DGCConv2d, check_inactive_channels
+
 __all__ = ["load_official"]
 
 _PREFIX = "module."
@@ -28,23 +31,53 @@ def _examples(keys: list[str]) -> str:
     return shown + (f", ... ({len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else "")
 
 
-def _state_dict(source: str | os.PathLike | Mapping) -> dict[str, torch.Tensor]:
-    """The bare state dict inside a path, a released checkpoint dict or a state dict."""
-    if isinstance(source, (str, os.PathLike)):
-        source = torch.load(source, map_location="cpu", weights_only=True)
-    if not isinstance(source, Mapping):
+def _read(path: str | os.PathLike) -> object:
+    """``torch.load`` of a checkpoint file; a file that is not one is a ValueError naming it.
+
+    OSErrors (a missing file, a directory, no permission) pass as they are: they name the file.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as error:  # truncated zip, garbage, empty file, a pickle weights_only refuses
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ValueError(
-            f"expected a path, a checkpoint dict or a state dict, got {type(source).__name__}"
+            f"{os.fspath(path)} is not a readable PyTorch checkpoint "
+            f"({type(error).__name__}: {reason})"
+        ) from error
+
+
+def _state_dict(source: str | os.PathLike | Mapping) -> tuple[dict[str, torch.Tensor], str]:
+    """The bare state dict inside a path, a released checkpoint dict or a state dict, and what
+    error messages call its source (the file, or "checkpoint")."""
+    if isinstance(source, (str, os.PathLike)):
+        where = os.fspath(source)
+        source = _read(source)
+        if not isinstance(source, Mapping):
+            raise ValueError(
+                f"{where} holds a {type(source).__name__}, not a checkpoint dict or a state dict"
+            )
+    elif isinstance(source, Mapping):
+        where = "checkpoint"
+    else:
+        raise TypeError(
+            "state_dict_or_path must be a path, a checkpoint dict or a state dict, got "
+            f"{type(source).__name__}"
         )
-    if isinstance(source.get("state_dict"), Mapping):  # {epoch, state_dict, best_prec1, ...}
+    if "state_dict" in source:  # {epoch, state_dict, best_prec1, optimizer}
         source = source["state_dict"]
+        if not isinstance(source, Mapping):
+            raise ValueError(
+                f"{where}: its 'state_dict' entry is a {type(source).__name__}, not a state dict"
+            )
     not_tensors = [k for k, v in source.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise ValueError(
-            f"not a state dict: {len(not_tensors)} entries are not tensors "
-            f"({_examples(sorted(map(str, not_tensors)))})"
+            f"{where} holds no state dict: no 'state_dict' entry, and {len(not_tensors)} "
+            f"entries are not tensors ({_examples(sorted(map(str, not_tensors)))})"
         )
-    return dict(source)
+    return dict(source), where
 
 
 def load_official(
@@ -63,14 +96,20 @@ def load_official(
         ``model``, loaded (including every DGC layer's k).
 
     Raises:
-        ValueError: keys missing from or unexpected by ``model`` (listed, with counts), or
-            tensors whose shapes differ (key and both shapes); nothing is loaded then.
+        TypeError: ``model`` is not a module, or ``state_dict_or_path`` neither a path nor a
+            mapping.
+        FileNotFoundError: the file does not exist (other OSErrors pass as well).
+        ValueError: a file that is not a PyTorch checkpoint (truncated, garbage), one that holds
+            no state dict; keys missing from or unexpected by ``model`` (listed, with counts),
+            tensors whose shapes differ (key and both shapes), or a DGC layer's k outside
+            [0, C_in). Messages name the file; nothing is loaded then.
 
     Example:
         >>> from dgclab.models import dydensenet86
         >>> model = load_official(dydensenet86(10), "checkpoint.pth.tar")  # doctest: +SKIP
     """
-    state = _state_dict(state_dict_or_path)
+    check_type("model", model, nn.Module)
+    state, where = _state_dict(state_dict_or_path)
     expected = model.state_dict()
     # Strip DataParallel's prefix unless the model itself is wrapped and expects it.
     if (
@@ -88,9 +127,7 @@ def load_official(
             parts.append(f"{len(missing)} missing keys: {_examples(missing)}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys: {_examples(unexpected)}")
-        raise ValueError(
-            f"checkpoint does not match {type(model).__name__}: " + "; ".join(parts)
-        )
+        raise ValueError(f"{where} does not match {type(model).__name__}: " + "; ".join(parts))
     mismatched = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
         for k, v in expected.items()
@@ -98,8 +135,17 @@ def load_official(
     ]
     if mismatched:
         raise ValueError(
-            f"{len(mismatched)} shape mismatches between checkpoint and "
+            f"{len(mismatched)} shape mismatches between {where} and "
             f"{type(model).__name__}: {_examples(mismatched)}"
         )
+    # Every DGC layer checks its k as it loads; checking all of them first loads nothing
+    # when one is bad (load_state_dict would have loaded the layers before it).
+    for name, layer in model.named_modules():
+        if isinstance(layer, DGCConv2d):
+            key = f"{name}._inactive_channels" if name else "_inactive_channels"
+            try:
+                check_inactive_channels(state[key].item(), layer.in_channels, key)
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from error
     model.load_state_dict(state, strict=True)
     return model

@@ -1,8 +1,8 @@
 // Fused CPU inference kernels for DGCConv2d's gather execution (dgclab/layers/dgc.py).
 //
 // gather_conv2d: per image and head, copy the kept input channels (optionally through the
-// layer's eval-mode BN-ReLU, folded to relu(x * scale + shift)) into a small zero-padded buffer,
-// lay them out as GEMM columns, gather the matching filter columns scaled by the saliency gate,
+// layer's eval-mode BN-ReLU, folded to relu(x * scale + shift)) times their saliency gate into
+// a small zero-padded buffer, lay them out as GEMM columns, gather the matching filter columns,
 // and run one sgemm whose rows land at the interleaved output channels (head i, channel j ->
 // j * heads + i). Every buffer holds one image-head's worth, per thread, so nothing of the
 // batch's size is gathered, copied or shuffled; images-heads run in parallel on ATen's
@@ -11,6 +11,11 @@
 // bn_relu_pool: the saliency generators' input, mean over H x W of relu(x * scale + shift), in
 // one read of x (the normalised activations are never written out).
 //
+// NaN and Inf give the numbers of dgc.py's mask execution, the reference: relu keeps NaN, as
+// torch.relu does (v < 0 ? 0 : v, never v > 0 ? v : 0), and the gate multiplies the input
+// before the zero padding is added, as in the official formulation (gating the filters would
+// multiply the padding by the gate: NaN for a NaN gate where the reference has 0).
+//
 // Forward only, float32, CPU, no autograd: dgc.py uses its PyTorch formulation everywhere
 // else, and tests compare the two.
 
@@ -18,6 +23,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <climits>
 #include <optional>
 #include <vector>
@@ -44,11 +50,8 @@ void check_float_cpu(const at::Tensor& t, const char* name) {
 #define DGCLAB_VECTOR_CLONES
 #endif
 
-// dst[i] = src[i] * g.
-DGCLAB_VECTOR_CLONES
-void scale_row(const float* __restrict src, float* __restrict dst, int64_t n, float g) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = src[i] * g;
-}
+// torch.relu: 0 below 0, v otherwise, NaN included (a NaN compares false).
+inline float relu(float v) { return v < 0.f ? 0.f : v; }
 
 // Sum over a plane of relu(src[i] * a + b), in 8 independent partial sums (vectorisable).
 DGCLAB_VECTOR_CLONES
@@ -56,34 +59,34 @@ double bn_relu_sum(const float* __restrict src, int64_t n, float a, float b) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    for (int j = 0; j < 8; ++j) {
-      const float v = src[i + j] * a + b;
-      acc[j] += v > 0.f ? v : 0.f;
-    }
+    for (int j = 0; j < 8; ++j) acc[j] += relu(src[i + j] * a + b);
   }
   double total = 0;
-  for (; i < n; ++i) {
-    const float v = src[i] * a + b;
-    total += v > 0.f ? v : 0.f;
-  }
+  for (; i < n; ++i) total += relu(src[i] * a + b);
   for (float v : acc) total += v;
   return total;
 }
 
-// A (rows x cols) block between row strides: dst[r * dst_stride + j] = src[r * src_stride + j],
-// or relu(src * a + b) when normalising.
+// A (rows x cols) block between row strides: dst[r * dst_stride + j] = src[r * src_stride + j].
 DGCLAB_VECTOR_CLONES
 void copy_block(const float* __restrict src, int64_t src_stride, float* __restrict dst,
+                int64_t dst_stride, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r, src += src_stride, dst += dst_stride) {
+    for (int64_t j = 0; j < cols; ++j) dst[j] = src[j];
+  }
+}
+
+// The same block gated: src * g, or relu(src * a + b) * g when normalising (the mask
+// execution's relu(BN(x)) * gate, in its order).
+DGCLAB_VECTOR_CLONES
+void gate_block(const float* __restrict src, int64_t src_stride, float* __restrict dst,
                 int64_t dst_stride, int64_t rows, int64_t cols, bool normalise, float a,
-                float b) {
+                float b, float g) {
   for (int64_t r = 0; r < rows; ++r, src += src_stride, dst += dst_stride) {
     if (normalise) {
-      for (int64_t j = 0; j < cols; ++j) {
-        const float v = src[j] * a + b;
-        dst[j] = v > 0.f ? v : 0.f;
-      }
+      for (int64_t j = 0; j < cols; ++j) dst[j] = relu(src[j] * a + b) * g;
     } else {
-      for (int64_t j = 0; j < cols; ++j) dst[j] = src[j];
+      for (int64_t j = 0; j < cols; ++j) dst[j] = src[j] * g;
     }
   }
 }
@@ -185,8 +188,8 @@ at::Tensor gather_conv2d(const at::Tensor& x_in, const std::optional<at::Tensor>
         const float* src = xp + (n * c + ch) * h * w;
         float* dst = padded.data() + i * plane + ph * wp + pw;
         const bool one_row = wp == w;  // no side padding: the plane is one long row
-        copy_block(src, w, dst, wp, one_row ? 1 : h, one_row ? h * w : w, normalise,
-                   normalise ? sp[ch] : 1.f, normalise ? tp[ch] : 0.f);
+        gate_block(src, w, dst, wp, one_row ? 1 : h, one_row ? h * w : w, normalise,
+                   normalise ? sp[ch] : 1.f, normalise ? tp[ch] : 0.f, g[i]);
       }
       const float* a_mat = padded.data();
       if (!direct) {  // im2col: row (i, tap) holds the tap's window over the output grid
@@ -197,7 +200,7 @@ at::Tensor gather_conv2d(const at::Tensor& x_in, const std::optional<at::Tensor>
               float* dst = col.data() + (i * taps + ky * kw + kx) * n_out;
               const float* window = src + ky * dh * wp + kx * dw;
               if (sw == 1) {
-                copy_block(window, sh * wp, dst, wo, ho, wo, false, 1.f, 0.f);
+                copy_block(window, sh * wp, dst, wo, ho, wo);
               } else {
                 for (int64_t oy = 0; oy < ho; ++oy)
                   for (int64_t ox = 0; ox < wo; ++ox)
@@ -208,10 +211,12 @@ at::Tensor gather_conv2d(const at::Tensor& x_in, const std::optional<at::Tensor>
         }
         a_mat = col.data();
       }
-      // wk (depth x co_h): the kept filter columns times the gate (0 for ties dropped).
+      // wk (depth x co_h): the kept filter columns (the gate is in the input already).
       const float* wh = wpp + head * c * taps * co_h;
-      for (int64_t i = 0; i < keep; ++i)
-        scale_row(wh + sel[i] * taps * co_h, wk.data() + i * taps * co_h, taps * co_h, g[i]);
+      for (int64_t i = 0; i < keep; ++i) {
+        const float* column = wh + sel[i] * taps * co_h;
+        std::copy(column, column + taps * co_h, wk.data() + i * taps * co_h);
+      }
       // Row-major out (co_h x n_out) = wk^T (co_h x depth) * A (depth x n_out), written at
       // output channels j * heads + head (row stride heads * n_out). In BLAS's column-major
       // terms: out^T (n_out x co_h) = A^T (n_out x depth) * wk (depth x co_h), wk transposed.
