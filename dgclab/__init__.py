@@ -15,7 +15,7 @@ from .layers import (
     saliency_loss,
     set_pruning_progress,
 )
-from .record import Recorder, load_recording
+from .record import Recorder, load_recording, paused
 
 __version__ = "0.1.0"
 
@@ -24,6 +24,7 @@ __all__ = [
     "GroupConv2d",
     "Recorder",
     "load_recording",
+    "paused",
     "pruning_schedule",
     "saliency_loss",
     "set_pruning_progress",

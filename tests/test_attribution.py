@@ -164,3 +164,16 @@ def test_bad_inputs(model, image):
         image_attributions(model, image, steps=0)
     with pytest.raises(ValueError, match="no DGCConv2d"):
         image_selection(resnet_cifar(8, width=8, in_channels=1), image)
+
+
+def test_explaining_an_image_inside_a_recording_records_nothing(model, image):
+    from dgclab import Recorder
+
+    with Recorder(model) as rec:
+        rec.tag(labels=torch.tensor([4, 2]))
+        model.eval()(torch.randn(2, 1, 28, 28))
+        image_attributions(model, image, steps=4)
+        image_selection(model, image)
+        top_channel_maps(model, image, "layer3.0.conv2", k=2)
+    assert len(rec) == 2 and rec.labels.tolist() == [4, 2]
+    model.train()

@@ -9,6 +9,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dgclab.analysis import conv_output_hw, count_macs, dgc_layer_mac_terms, dgc_layer_macs
 from dgclab.layers import DGCConv2d, GroupConv2d
+from dgclab.models import resnet_cifar
+from dgclab.record import Recorder
 
 # SPEC §1.5 example: DGC 128 -> 128, 3x3, padding 1, 16x16 input, 4 heads, xi = 0.75.
 EXAMPLE_PAPER = 9_512_480
@@ -213,6 +215,21 @@ def test_count_macs_keeps_dgc_records(example_layer):
     count_macs(example_layer, (1, 128, 16, 16))
     assert example_layer.last_selection is selection
     assert example_layer.training
+
+
+def test_count_macs_inside_a_recording_is_not_recorded():
+    # Its probe forward of zeros is not a sample of the data being recorded, and the tags wait
+    # for the forward they were meant for.
+    torch.manual_seed(0)
+    model = resnet_cifar(8, conv="dgc", width=8).eval()
+    alone = count_macs(model, (1, 3, 8, 8))
+    with torch.no_grad(), Recorder(model) as rec:
+        assert count_macs(model, (1, 3, 8, 8)) == alone
+        rec.tag(labels=torch.tensor([3, 7]))
+        count_macs(model, (1, 3, 8, 8), per_layer=True)
+        count_macs(model.layer2, (1, 8, 8, 8))  # a part of the recorded model, too
+        model(torch.randn(2, 3, 8, 8))
+    assert len(rec) == rec.samples_seen == 2 and rec.labels.tolist() == [3, 7]
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,9 @@ import dgclab
 from dgclab.layers import DGCConv2d, set_pruning_progress
 from dgclab.layers.pruning import dgc_layers
 from dgclab.models import resnet_cifar
-from dgclab.record import LAYER_INFO_KEYS, Recorder, Recording, load_recording, save_recording
+from dgclab.record import (
+    LAYER_INFO_KEYS, Recorder, Recording, load_recording, paused, save_recording,
+)
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -214,10 +216,45 @@ def test_tag_lengths_are_checked():
         assert len(rec) == 6
         with pytest.raises(ValueError, match="3 labels and 2 ids"):
             rec.tag(labels=[1, 2, 3], ids=[1, 2])
-        with pytest.raises(ValueError, match="integers"):
+        with pytest.raises(TypeError, match="labels must be integers"):
             rec.tag(labels=torch.tensor([0.5, 1.0]))
+        with pytest.raises(ValueError, match="ids must fit in int64"):
+            rec.tag(ids=np.array([2**63], dtype=np.uint64))  # would wrap to a negative id
         with pytest.raises(ValueError, match="1-D"):
             rec.tag(ids=torch.zeros(2, 2, dtype=torch.long))
+
+
+def test_a_failed_forward_takes_its_tags_and_leaves_no_batch_open():
+    model = small_resnet()
+    with torch.no_grad(), Recorder(model) as rec:
+        rec.tag(labels=torch.tensor([3, 7]), ids=torch.tensor([30, 70]))
+        with pytest.raises(RuntimeError):
+            model(torch.randn(2, 3, 28, 28))  # the stem wants 1 channel: fails after the pre-hook
+        model(torch.randn(2, 1, 28, 28))  # the tags were for the failed forward, not this one
+        assert rec.labels.tolist() == [-1, -1] and rec.ids.tolist() == [0, 1]
+        # a forward that fails half way through leaves no batch that a layer called on its own
+        # could write into
+        with pytest.raises(RuntimeError):
+            model(torch.randn(2, 3, 28, 28))
+        with pytest.raises(RuntimeError, match="ran outside a forward"):
+            model.layer2(torch.randn(2, 16, 28, 28))
+        rec.tag(labels=[5])
+        model(torch.randn(1, 1, 28, 28))
+    assert rec.labels.tolist() == [-1, -1, 5] and len(rec) == rec.samples_seen == 3
+
+
+def test_forwards_inside_paused_are_not_recorded_and_leave_the_tags_pending():
+    model = small_resnet()
+    with torch.no_grad(), Recorder(model) as rec:
+        rec.tag(labels=torch.tensor([3, 7]))
+        with paused():
+            model(torch.randn(5, 1, 28, 28))
+            model.layer2(torch.randn(1, 16, 28, 28))  # a part on its own: no error either
+            with paused():  # nests
+                model(torch.randn(1, 1, 28, 28))
+            model(torch.randn(1, 1, 28, 28))  # still paused after the inner block
+        model(torch.randn(2, 1, 28, 28))
+    assert len(rec) == rec.samples_seen == 2 and rec.labels.tolist() == [3, 7]
 
 
 # ---- reservoir -------------------------------------------------------------------------------
@@ -275,7 +312,7 @@ def test_hooks_are_removed_after_exit_and_after_an_exception():
     with torch.no_grad():
         model(x)  # before: nothing recorded
         with rec:
-            assert len(rec._handles) == len(dgc_layers(model)) + 2
+            assert len(rec._handles) == len(dgc_layers(model)) + 3  # + begin, end, drop
             model(x)
         assert_no_hooks(model)
         model(x)  # after: nothing recorded
@@ -337,8 +374,16 @@ def test_reentry_continues_and_nesting_is_refused():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="no DGCConv2d"):
         Recorder(nn.Conv2d(1, 1, 1))
-    with pytest.raises(ValueError, match="max_samples"):
+    with pytest.raises(TypeError, match="model must be a Module, got str"):
+        Recorder("resnet8")
+    with pytest.raises(ValueError, match="max_samples=0"):
         Recorder(tiny_stack(), max_samples=0)
+    with pytest.raises(TypeError, match="max_samples=2.5"):
+        Recorder(tiny_stack(), max_samples=2.5)
+    with pytest.raises(TypeError, match="saliency='no'"):
+        Recorder(tiny_stack(), saliency="no")  # a non-empty string would mean True
+    with pytest.raises(TypeError, match="activations=1"):
+        Recorder(tiny_stack(), activations=1)
 
 
 def test_a_change_of_k_during_recording_warns_once():
@@ -379,6 +424,56 @@ def test_held_bytes_grow_by_doubling_and_are_trimmed_on_exit():
         exact = len(rec) * (8 + 8 + 2 * 2 + 4 * 2)  # labels, ids, selections of 2 layers
         assert exact < rec.nbytes <= 2 * exact
     assert rec.nbytes == exact
+
+
+# ---- a Recording built by hand ----------------------------------------------------------------
+
+
+def hand_info(**changes) -> dict:
+    info = {"in_channels": 12, "out_channels": 8, "kernel_size": (3, 3), "stride": (1, 1),
+            "padding": (1, 1), "dilation": (1, 1), "heads": 2, "hidden": 3,
+            "pruning_rate": 0.5, "inactive_channels": 6, "input_hw": (5, 5)}
+    return info | changes
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"info": hand_info(stride=(0, 1))}, ValueError, r"layer_info\['l'\].*stride.*\(0, 1\)"),
+        ({"info": hand_info(padding=(-1, 0))}, ValueError, "padding"),
+        ({"info": hand_info(input_hw=(1, 1), padding=(0, 0))}, ValueError, "too small"),
+        ({"info": hand_info(heads=3)}, ValueError, "heads must divide out_channels"),
+        ({"info": hand_info(pruning_rate=float("nan"))}, ValueError, "pruning_rate"),
+        ({"info": hand_info(pruning_rate=0.99)}, ValueError, "would drop all"),
+        ({"info": hand_info(inactive_channels=12)}, ValueError, "inactive_channels"),
+        ({"info": hand_info(stride="1")}, TypeError, "stride"),
+        ({"info": hand_info(hidden=3.0)}, TypeError, "hidden"),
+        ({"info": hand_info(extra=1)}, ValueError, r"unknown keys \['extra'\]"),
+        ({"sel": torch.zeros(4, 3, 12, dtype=torch.bool)}, ValueError, "heads"),
+        ({"sel": np.full((4, 2, 2), 255, np.uint8)}, ValueError, "padding"),
+        ({"labels": [0.5, 1, 2, 3]}, TypeError, "labels must be integers"),
+        ({"labels": torch.zeros(2, 2, dtype=torch.long)}, ValueError, "labels"),
+        ({"saliencies": {"l": torch.zeros(4, 2, 11)}}, ValueError, "saliencies"),
+        ({"saliencies": {"other": torch.zeros(4, 2, 12)}}, ValueError, "other"),
+        ({"activation_max": {"l": torch.zeros(4, 12)}}, ValueError, "activation_max"),
+    ],
+)
+def test_a_recording_is_refused_what_its_file_could_not_hold(kwargs, error, message):
+    sel = kwargs.pop("sel", torch.zeros(4, 2, 12, dtype=torch.bool))
+    info = kwargs.pop("info", hand_info())
+    with pytest.raises(error, match=message):
+        Recording({"l": sel}, {"l": info}, **kwargs)
+
+
+def test_a_hand_built_recording_round_trips_exactly(tmp_path: Path):
+    # lists where the recorder has tuples, numpy ints, an int rate: all read back the same
+    info = hand_info(kernel_size=[3, 3], heads=np.int64(2), pruning_rate=0)
+    info["inactive_channels"] = 0
+    sel = torch.rand(4, 2, 12, generator=torch.Generator().manual_seed(0)) < 0.5
+    rec = Recording({"l": sel}, {"l": info}, labels=np.arange(4, dtype=np.int32))
+    assert rec.layer_info("l")["kernel_size"] == (3, 3)
+    rec.save(tmp_path / "hand.npz")
+    assert_same_recording(rec, load_recording(tmp_path / "hand.npz"))
 
 
 # ---- save / load -----------------------------------------------------------------------------
@@ -433,6 +528,10 @@ def _set_meta(arrays, edit):
     meta = json.loads(arrays["metadata"].tobytes())
     edit(meta)
     arrays["metadata"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+
+
+def _set_info(arrays, **changes):
+    _set_meta(arrays, lambda m: m["layers"][0]["info"].update(changes))
 
 
 def test_a_missing_file_raises_file_not_found(tmp_path: Path):
@@ -493,6 +592,30 @@ def test_random_bytes_and_a_flipped_byte_raise_value_error(saved: Path):
         (lambda a: _set_meta(a, lambda m: m["layers"][1].update(saliencies=False)),
          r"unexpected arrays \['saliencies_1'\]"),
         (lambda a: _set_meta(a, lambda m: m.update(num_samples=39)), "expected"),
+        # metadata that the arrays cannot contradict: every field is checked on its own
+        (lambda a: _set_info(a, stride=[0, 1]),
+         r"layer '0': stride must be >= 1, got stride=\[0, 1\]"),
+        (lambda a: _set_info(a, kernel_size=[-1, 1]), r"kernel_size must be >= 1, got .*\[-1, 1\]"),
+        (lambda a: _set_info(a, dilation=[1, 0]), r"dilation must be >= 1, got dilation=\[1, 0\]"),
+        (lambda a: _set_info(a, padding=[0, -2]), r"padding must be >= 0, got padding=\[0, -2\]"),
+        (lambda a: _set_info(a, input_hw=[0, 3]), r"input_hw must be >= 1, got input_hw=\[0, 3\]"),
+        (lambda a: _set_info(a, kernel_size=[5, 5]), "too small"),
+        (lambda a: _set_info(a, out_channels=15), "heads must divide out_channels"),
+        (lambda a: _set_info(a, hidden=-1), "hidden .*-1"),
+        (lambda a: _set_info(a, pruning_rate=0.99), "would drop all"),
+        (lambda a: _set_info(a, pruning_rate="0.5"), "pruning_rate .*'0.5'"),
+        (lambda a: _set_info(a, stride=[1, 1, 1]), r"stride .*\[1, 1, 1\]"),
+        (lambda a: _set_info(a, strides=[1, 1]), r"unknown keys \['strides'\]"),
+        (lambda a: _set_meta(a, lambda m: m["layers"][0].update(note="x")),
+         r"layers\[0\] has unknown keys \['note'\]"),
+        (lambda a: _set_meta(a, lambda m: m.update(samples=40)), r"unknown keys \['samples'\]"),
+        (lambda a: a.update(metadata=np.frombuffer(
+            a["metadata"].tobytes().replace(b'"num_samples": 40', b'"num_samples": 40, '
+                                            b'"num_samples": 7'), np.uint8)),
+         "'num_samples' twice"),
+        (lambda a: a.update(metadata=np.frombuffer(b"[" * 100_000, np.uint8)), "not valid JSON"),
+        (lambda a: a.update(metadata=np.frombuffer(b'{"version": 1' + b"0" * 5000 + b"}",
+                                                   np.uint8)), "not valid JSON"),
     ],
 )
 def test_a_damaged_archive_raises_value_error_naming_it_and_the_problem(saved, change, message):
@@ -500,6 +623,30 @@ def test_a_damaged_archive_raises_value_error_naming_it_and_the_problem(saved, c
     with pytest.raises(ValueError, match=message) as err:
         load_recording(bad)
     assert "damaged.npz" in str(err.value)
+
+
+def test_a_member_that_is_not_an_npy_array_raises_value_error(saved: Path):
+    # numpy hands such a member out as bytes: it must not get further than the reader
+    bad = saved.with_name("member.npz")
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(bad, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            dst.writestr(item, b"not an array" if item.filename == "labels.npy" else data)
+    with pytest.raises(ValueError, match=r"member.npz.*'labels' is not an .npy array"):
+        load_recording(bad)
+
+
+def test_a_strided_padded_layer_with_every_array_round_trips(tmp_path: Path):
+    # the metadata checks accept what the recorder writes: stride 2, padding, a non-square input
+    model = nn.Sequential(DGCConv2d(12, 8, 3, stride=2, padding=1, heads=4, squeeze_rate=2))
+    set_pruning_progress(model, 1.0)
+    with torch.no_grad(), Recorder(model.eval(), saliency=True, activations=True) as rec:
+        model(torch.randn(3, 12, 5, 7))
+    rec.save(tmp_path / "now.npz")
+    loaded = load_recording(tmp_path / "now.npz")
+    assert_same_recording(rec, loaded)
+    assert loaded.layer_info("0")["stride"] == (2, 2)
+    assert loaded.layer_info("0")["input_hw"] == (5, 7)
 
 
 def test_a_reservoir_hands_out_copies_that_later_forwards_do_not_change():

@@ -12,6 +12,7 @@ import torch.nn as nn
 from dgclab.analysis import ConvWithBiasMap, count_macs, pruning_effect, remove_dead_filters
 from dgclab.layers import DGCConv2d
 from dgclab.models import basicnet, resnet_cifar
+from dgclab.record import Recorder
 
 TOL = 1e-4
 
@@ -202,3 +203,17 @@ def test_residual_and_dgc_networks_are_refused_by_name():
         remove_dead_filters(grouped)
     with pytest.raises(ValueError, match="gamma_threshold"):
         remove_dead_filters(small_chain(), gamma_threshold=-1)
+
+
+def test_pruning_effect_inside_a_recording_is_not_recorded():
+    # pruning_effect runs both models on its own data: not samples of the recording
+    torch.manual_seed(0)
+    model = resnet_cifar(8, conv="dgc", width=8).eval()
+    other = copy.deepcopy(model)
+    loader = [(torch.randn(3, 3, 8, 8), torch.tensor([0, 1, 2]))]
+    with torch.no_grad(), Recorder(model) as rec:
+        rec.tag(labels=torch.tensor([3, 7]))
+        effect = pruning_effect(model, other, loader)
+        model(torch.randn(2, 3, 8, 8))
+    assert effect["images"] == 3
+    assert len(rec) == rec.samples_seen == 2 and rec.labels.tolist() == [3, 7]

@@ -93,7 +93,7 @@ def test_head_overlap_identical_disjoint_and_half():
 
 
 def test_head_overlap_pairs_and_chance():
-    rec = recording(sets([{0, 1}, {1, 2}, {0, 1}]))  # 3 heads
+    rec = recording(sets([{0, 1}, {1, 2}, {0, 1}]), out_channels=3)  # 3 heads
     table = head_overlap(rec, chance=True)
     assert table[["head_a", "head_b"]].values.tolist() == [[0, 1], [0, 2], [1, 2]]
     assert table["jaccard"].tolist() == pytest.approx([1 / 3, 1.0, 1 / 3])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 
 from dgclab.analysis import bn_relu_pairs, filter_sparsity
 from dgclab.models import dydensenet, resnet_cifar
+from dgclab.record import Recorder
 
 
 def conv_bn_relu(c_in=1, c_out=3) -> nn.Sequential:
@@ -160,3 +162,74 @@ def test_bad_batches_and_pairs():
         filter_sparsity(model, [{"x": torch.randn(1, 1, 2, 2)}])
     with pytest.raises(ValueError, match="BatchNorm2d"):
         filter_sparsity(model, pairs=[("0", "2")])
+
+
+def test_a_one_shot_iterator_is_refused_where_it_would_be_read_twice():
+    # A generator is spent after one pass: the selectivity pass would see no image and report
+    # 0.0 for every filter, and the pairing probe would eat the first batch.
+    model = dead_model()
+    torch.manual_seed(0)
+    batches = [torch.randn(4, 1, 4, 4) * 10, torch.randn(4, 1, 4, 4)]  # the max is in batch 0
+    with pytest.raises(TypeError, match=r"loader.*generator.*re-iterable"):
+        filter_sparsity(model, (b for b in batches))
+    with pytest.raises(TypeError, match="list_iterator"):
+        filter_sparsity(model, iter(batches), pairs=[("1", "2")])
+    # one pass is all it takes without selectivity: every batch counts, the probe's too
+    expected = filter_sparsity(model, batches, selectivity=False, per_filter=True)
+    single = filter_sparsity(model, iter(batches), selectivity=False, per_filter=True)
+    pd.testing.assert_frame_equal(single, expected)
+
+
+def test_a_loader_that_yields_less_the_second_time_is_refused():
+    class SharedIterator:  # iterable, not an iterator, but every pass continues the same one
+        def __init__(self, batches):
+            self.it = iter(batches)
+
+        def __iter__(self):
+            return self.it
+
+    model = dead_model()
+    batches = [torch.randn(4, 1, 4, 4) for _ in range(3)]
+    with pytest.raises(ValueError, match="8 images in its first pass and 0 in its second"):
+        filter_sparsity(model, SharedIterator(batches))
+
+
+def test_a_loader_with_random_augmentation_is_refused_for_selectivity():
+    class Augmented:  # every pass draws new images, as a random crop or noise would
+        def __iter__(self):
+            return iter([torch.randn(4, 1, 4, 4) for _ in range(2)])
+
+    model = dead_model()
+    with pytest.raises(ValueError, match="other maxima than the first.*augmentation"):
+        filter_sparsity(model, Augmented())
+    assert "selectivity" not in filter_sparsity(model, Augmented(), selectivity=False)
+
+
+def test_no_data_is_not_reported_as_dead_filters():
+    # Without a single image every max is 0: all filters would count as dead by activation.
+    model = dead_model()
+    x = torch.randn(4, 1, 4, 4)
+    with pytest.raises(ValueError, match="no image"):
+        filter_sparsity(model, [], pairs=[("1", "2")])
+    with pytest.raises(ValueError, match="max_batches must be >= 1, got max_batches=0"):
+        filter_sparsity(model, [x], max_batches=0)
+    with pytest.raises(TypeError, match="max_batches must be an int"):
+        filter_sparsity(model, [x], max_batches=1.5)
+    with pytest.raises(ValueError, match="gamma_threshold must be >= 0"):
+        filter_sparsity(model, gamma_threshold=-1e-3)
+    with pytest.raises(TypeError, match="inputs must be a Tensor, got list"):
+        bn_relu_pairs(model, [x])
+
+
+def test_analysis_inside_a_recording_is_not_recorded():
+    torch.manual_seed(0)
+    model = resnet_cifar(8, conv="dgc", width=8).eval()
+    data = [torch.randn(3, 3, 8, 8), torch.randn(2, 3, 8, 8)]
+    alone = filter_sparsity(model, data)
+    with torch.no_grad(), Recorder(model) as rec:
+        rec.tag(labels=torch.tensor([3, 7]))
+        pd.testing.assert_frame_equal(filter_sparsity(model, data), alone)
+        filter_sparsity(model, input_size=(1, 3, 8, 8))
+        bn_relu_pairs(model.layer2, input_size=(1, 8, 8, 8))  # a part of the recorded model
+        model(torch.randn(2, 3, 8, 8))
+    assert len(rec) == rec.samples_seen == 2 and rec.labels.tolist() == [3, 7]

@@ -115,6 +115,11 @@ def test_default_metrics_and_validation():
         MetricTracker(model, metrics=["dead_activation"])
     with pytest.raises(ValueError, match="every_n_steps"):
         MetricTracker(model, every_n_steps=0)
+    # the loader is read at every epoch's end: a generator would be empty from the second on
+    with pytest.raises(TypeError, match=r"loader.*generator.*re-iterable"):
+        MetricTracker(model, loader=(x for x in [torch.randn(2, 1, 2, 2)]))
+    with pytest.raises(ValueError, match="max_batches must be >= 1, got max_batches=0"):
+        MetricTracker(model, loader=[torch.randn(2, 1, 2, 2)], max_batches=0)
     empty = MetricTracker(model).frame
     assert list(empty.columns) == COLUMNS and len(empty) == 0
 

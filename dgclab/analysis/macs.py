@@ -41,6 +41,7 @@ from torch.nn.modules.utils import _pair
 from torch.utils.flop_counter import FlopCounterMode
 
 from dgclab.layers.dgc import DGCConv2d
+from dgclab.record import paused
 
 __all__ = [
     "count_macs",
@@ -223,7 +224,8 @@ def count_macs(
 
     Runs one forward of zeros of shape ``input_size`` under ``torch.no_grad()``, on the model's
     device and dtype, with the model temporarily in eval mode (every module's mode and every DGC
-    layer's ``last_*`` attributes are restored afterwards). Counts are for the whole batch
+    layer's ``last_*`` attributes are restored afterwards) and inside ``dgclab.record.paused()``
+    (a live ``Recorder`` of the model does not record it). Counts are for the whole batch
     divided by the batch size, i.e. per image.
 
     What is counted: convs and linear layers from ``FlopCounterMode`` (FLOPs / 2), plus linear
@@ -315,7 +317,7 @@ def count_macs(
     try:
         handles = [m.register_forward_hook(make_hook(n, m)) for n, m in counted.items()]
         model.eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as flop_counter:
+        with torch.no_grad(), paused(), FlopCounterMode(display=False) as flop_counter:
             model(x)
     finally:
         for handle in handles:

@@ -46,6 +46,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dgclab.record import paused
+
 from .macs import count_macs
 from .sparsity import dead_by_gamma
 
@@ -288,6 +290,8 @@ def pruning_effect(
 ) -> dict:
     """How much removing filters changed the outputs on some data (eval mode, modes restored).
 
+    Its forwards run inside ``dgclab.record.paused()``: a live ``Recorder`` does not record them.
+
     Args:
         model, pruned: the network before and after ``remove_dead_filters``.
         loader: batches of ``(x, y)`` (labels are needed for the accuracies).
@@ -305,19 +309,20 @@ def pruning_effect(
     images = correct = correct_pruned = same = 0
     max_change, sum_change, entries = 0.0, 0.0, 0
     try:
-        for i, (x, y, *_) in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            x, y = x.to(device), y.to(device)
-            a, b = model(x), pruned(x)  # (B, classes)
-            diff = (a - b).abs()
-            max_change = max(max_change, float(diff.max()))
-            sum_change += float(diff.double().sum())
-            entries += diff.numel()
-            correct += int((a.argmax(1) == y).sum())
-            correct_pruned += int((b.argmax(1) == y).sum())
-            same += int((a.argmax(1) == b.argmax(1)).sum())
-            images += len(y)
+        with paused():
+            for i, (x, y, *_) in enumerate(loader):
+                if max_batches is not None and i >= max_batches:
+                    break
+                x, y = x.to(device), y.to(device)
+                a, b = model(x), pruned(x)  # (B, classes)
+                diff = (a - b).abs()
+                max_change = max(max_change, float(diff.max()))
+                sum_change += float(diff.double().sum())
+                entries += diff.numel()
+                correct += int((a.argmax(1) == y).sum())
+                correct_pruned += int((b.argmax(1) == y).sum())
+                same += int((a.argmax(1) == b.argmax(1)).sum())
+                images += len(y)
     finally:
         for m, training in modes:
             m.training = training
@@ -603,7 +608,8 @@ def _max_logit_change(model: nn.Module, pruned: nn.Module, x: torch.Tensor) -> f
     try:
         model.eval()
         pruned.eval()
-        return float((model(x) - pruned(x)).abs().max())
+        with paused():
+            return float((model(x) - pruned(x)).abs().max())
     finally:
         for m, training in modes:
             m.training = training

@@ -27,8 +27,9 @@ How the pairs are found (``bn_relu_pairs``):
 
 from __future__ import annotations
 
+import itertools
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,7 +37,9 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from dgclab.checks import check_float, check_int, check_type
 from dgclab.layers.dgc import DGCConv2d
+from dgclab.record import paused
 
 __all__ = ["bn_relu_pairs", "dead_by_gamma", "filter_sparsity"]
 
@@ -54,7 +57,8 @@ def bn_relu_pairs(
 
     With ``inputs`` or ``input_size``, pairs are found by data flow (see the module docstring):
     one forward under ``torch.no_grad()``, in eval mode (every module's mode, and every DGC
-    layer's ``last_*`` attributes, are restored), hooks removed afterwards. Without either, the
+    layer's ``last_*`` attributes, are restored), inside ``dgclab.record.paused()`` (a live
+    ``Recorder`` does not record it), hooks removed afterwards. Without either, the
     registration-order heuristic is used.
 
     Args:
@@ -74,6 +78,8 @@ def bn_relu_pairs(
     """
     if inputs is None and input_size is None:
         return _heuristic_pairs(model)
+    if inputs is not None:
+        check_type("inputs", inputs, torch.Tensor)
     if inputs is None:
         size = tuple(input_size)
         if len(size) < 2 or not all(isinstance(s, int) and s > 0 for s in size):
@@ -107,7 +113,7 @@ def bn_relu_pairs(
                     handles.append(module.register_forward_hook(bn_hook))
                 elif isinstance(module, nn.ReLU):
                     handles.append(module.register_forward_hook(relu_hook))
-            with torch.no_grad():
+            with torch.no_grad(), paused():
                 model(inputs)
         finally:
             for handle in handles:
@@ -155,7 +161,8 @@ def filter_sparsity(
 
     With a ``loader`` the model runs over the data in eval mode under ``torch.no_grad()`` (modes
     and DGC ``last_*`` attributes restored afterwards, hooks removed in ``finally``), on the
-    model's device. The activation of a filter on an image is the max over positions of
+    model's device, inside ``dgclab.record.paused()`` (a live ``Recorder`` does not record these
+    forwards). The activation of a filter on an image is the max over positions of
     ReLU(BN output). Dead by activation: its max over the data is below
     ``activation_threshold``. Selectivity needs that max first, so it costs a second pass over
     the loader, which must yield the same images again (no random augmentation); pass
@@ -164,8 +171,9 @@ def filter_sparsity(
     Args:
         model: any module with ``BatchNorm2d`` -> ``nn.ReLU`` pairs.
         loader: iterable of batches, each a tensor or an ``(x, y, ...)`` tuple/list whose first
-            element is the input; iterated once for the probe's first batch and once or twice
-            more for the data passes (a DataLoader or a list, not a one-shot generator).
+            element is the input. With selectivity it is read twice: a re-iterable (a
+            DataLoader, a list), not a one-shot iterator or generator (``TypeError``); without,
+            one pass, whose first batch also serves the pairing probe, so an iterator works.
         gamma_threshold: dead by gamma when ``|gamma| < gamma_threshold``. A BN without affine
             parameters has gamma = 1.
         activation_threshold: dead by activation when the max ReLU output over the data is
@@ -182,6 +190,14 @@ def filter_sparsity(
     Pairs come from ``pairs``, else a probe forward on the loader's first batch or on zeros of
     ``input_size``, else the registration-order heuristic (see the module docstring).
 
+    Raises:
+        TypeError: a one-shot iterator as ``loader`` with ``selectivity=True``; a threshold or
+            ``max_batches`` of the wrong type.
+        ValueError: a negative threshold, ``max_batches < 1``; a loader that yields no image,
+            a batch without an input tensor; a second pass that is not the first again (another
+            number of images, or other maxima: random augmentation); ``pairs`` that name no
+            ``BatchNorm2d``.
+
     Returns:
         One row per BN-ReLU pair, in ``named_modules`` order: ``layer`` (the BN's name),
         ``relu``, ``filters`` (channels), ``dead_gamma`` (count), and with a loader
@@ -197,9 +213,20 @@ def filter_sparsity(
           layer  filters
         0     1        8
     """
+    gamma_threshold = check_float("gamma_threshold", gamma_threshold, min=0)
+    activation_threshold = check_float("activation_threshold", activation_threshold, min=0)
+    selectivity_threshold = check_float("selectivity_threshold", selectivity_threshold, min=0)
+    if max_batches is not None:
+        max_batches = check_int("max_batches", max_batches, min=1)
+    if loader is not None and selectivity:
+        _check_reiterable(loader, "filter_sparsity reads it twice for selectivity (pass "
+                                  "selectivity=False for one pass)")
     if pairs is None:
         if loader is not None:
-            pairs = bn_relu_pairs(model, _first_inputs(loader))
+            first = _first_batch(loader)
+            if isinstance(loader, Iterator):  # one pass: the probe's batch is its first batch
+                loader = itertools.chain([first], loader)
+            pairs = bn_relu_pairs(model, _inputs(first))
         else:
             pairs = bn_relu_pairs(model, input_size=input_size)
     modules = dict(model.named_modules())
@@ -286,23 +313,24 @@ def _activation_stats(
     progress: bool | None,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
     """Per BN: (C,) max ReLU(BN) over the data, (C,) images below the selectivity threshold,
-    and the number of images. Pass 1 finds the maxima, pass 2 (selectivity only) counts."""
+    and the number of images. Pass 1 finds the maxima, pass 2 (selectivity only) counts, and
+    finds the maxima again: they must be the first pass's, or the data changed."""
     modules = dict(model.named_modules())
     device = _device_and_dtype(model)[0]
-    peak: dict[str, torch.Tensor] = {}
+    peaks: list[dict[str, torch.Tensor]] = [{}, {}]  # per pass: bn name -> (C,) max
+    peak = peaks[0]
     below: dict[str, torch.Tensor] = {}
-    images = 0
-    phase = "max"
+    images = [0, 0]  # per pass
+    phase = 0
 
     def make_hook(name: str):
         def hook(module, args, output):
             # Runs before the ReLU (even an in-place one) has touched the output.
             per_image = output.detach().flatten(2).amax(-1).clamp_min(0)  # (B, C)
-            if phase == "max":
-                batch_max = per_image.amax(0)
-                peak[name] = batch_max if name not in peak else torch.maximum(peak[name], batch_max)
-            else:
-                below[name] += (per_image < selectivity_threshold * peak[name]).sum(0)
+            batch_max, seen = per_image.amax(0), peaks[phase]
+            seen[name] = batch_max if name not in seen else torch.maximum(seen[name], batch_max)
+            if phase == 1:
+                below[name] += (per_image < selectivity_threshold * peaks[0][name]).sum(0)
 
         return hook
 
@@ -315,7 +343,7 @@ def _activation_stats(
         batches = max_batches if batches is None else min(batches, max_batches)
 
     handles = []
-    with _measuring(model), tqdm(
+    with _measuring(model), paused(), tqdm(
         total=None if batches is None else passes * batches, desc="filter sparsity",
         disable=None if progress is None else not progress
     ) as bar:
@@ -323,27 +351,49 @@ def _activation_stats(
             handles = [modules[n].register_forward_hook(make_hook(n)) for n in bn_names]
             with torch.no_grad():
                 for p in range(passes):
+                    phase = p
                     if p == 1:
-                        phase = "count"
-                        below = {n: torch.zeros_like(peak[n], dtype=torch.long) for n in peak}
+                        below = {n: torch.zeros_like(m, dtype=torch.long) for n, m in peak.items()}
                     for i, batch in enumerate(loader):
                         if max_batches is not None and i >= max_batches:
                             break
                         x = _inputs(batch).to(device)
-                        if p == 0:
-                            images += x.shape[0]
+                        images[p] += x.shape[0]
                         model(x)
                         bar.update()
         finally:
             for handle in handles:
                 handle.remove()
+    if not images[0]:
+        raise ValueError(f"the loader yielded no image (max_batches={max_batches}): no "
+                         f"activation to measure")
+    if passes == 2 and images[1] != images[0]:
+        # A loader that is not re-iterable after all (its __iter__ hands out one shared
+        # iterator) or that changed: the counts below would be of other images.
+        raise ValueError(
+            f"the loader yielded {images[0]} images in its first pass and {images[1]} in its "
+            f"second; selectivity needs the same images twice (a DataLoader without random "
+            f"augmentation, a list), or pass selectivity=False"
+        )
+    if passes == 2:
+        # Same images, same maxima (up to the rounding of other batchings); random
+        # augmentation shows here, and would count images against another image's maximum.
+        changed = [n for n, first in peak.items() if n not in peaks[1]
+                   or not torch.allclose(peaks[1][n], first, rtol=1e-3, atol=1e-6)]
+        if changed:
+            more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+            raise ValueError(
+                f"the second pass over the loader gave other maxima than the first (BN "
+                f"{changed[0]!r}{more}): selectivity needs the same images twice; random "
+                f"augmentation? Use a loader without it, or pass selectivity=False"
+            )
 
     out = {}
     for name in bn_names:
         c = modules[name].num_features
         filt_peak = peak[name].float().cpu() if name in peak else torch.zeros(c)
         filt_below = below[name].cpu() if name in below else torch.zeros(c, dtype=torch.long)
-        out[name] = (filt_peak, filt_below, images)
+        out[name] = (filt_peak, filt_below, images[0])
     return out
 
 
@@ -386,9 +436,25 @@ def _heuristic_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 def _first_inputs(loader: Iterable) -> torch.Tensor:
     """The input of the loader's first batch (for the pairing probe)."""
+    return _inputs(_first_batch(loader))
+
+
+def _first_batch(loader: Iterable):
     for batch in loader:
-        return _inputs(batch)
+        return batch
     raise ValueError("the loader yielded no batch")
+
+
+def _check_reiterable(loader: Iterable, why: str) -> None:
+    """TypeError for a one-shot iterator (a generator, ``iter(loader)``) read more than once.
+
+    Its second pass would be empty: every count over it 0, every statistic of it wrong.
+    """
+    if isinstance(loader, Iterator):
+        raise TypeError(
+            f"loader is a {type(loader).__name__}, a one-shot iterator that its first pass "
+            f"exhausts; {why}: pass a re-iterable (a DataLoader, a list of batches)"
+        )
 
 
 def _inputs(batch) -> torch.Tensor:

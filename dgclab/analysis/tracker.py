@@ -47,10 +47,11 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from dgclab.checks import check_float, check_int
 from dgclab.layers.pruning import dgc_layers
 
 from .selection import head_jaccard
-from .sparsity import _first_inputs, bn_relu_pairs, filter_sparsity
+from .sparsity import _check_reiterable, _first_inputs, bn_relu_pairs, filter_sparsity
 
 __all__ = ["MetricTracker", "CHEAP_METRICS", "EXPENSIVE_METRICS"]
 
@@ -70,7 +71,8 @@ class MetricTracker:
         metrics: names from ``CHEAP_METRICS`` and ``EXPENSIVE_METRICS``. Default: the cheap
             ones, plus ``dead_activation`` when a loader is given.
         loader: data for the expensive metrics (e.g. a fixed subset of the training set,
-            without random augmentation); see ``filter_sparsity``.
+            without random augmentation); see ``filter_sparsity``. It is read at every epoch's
+            end: a re-iterable (a DataLoader, a list), not a one-shot iterator (``TypeError``).
         input_size: (B, C, H, W) for the probe forward that finds the BN-ReLU pairs when there
             is no loader (else the loader's first batch is used; with neither, the
             registration-order heuristic of ``bn_relu_pairs``). Pairs are found once, here.
@@ -114,6 +116,12 @@ class MetricTracker:
         expensive = [m for m in metrics if m in EXPENSIVE_METRICS]
         if expensive and loader is None:
             raise ValueError(f"metrics {expensive} need a loader")
+        if loader is not None:
+            _check_reiterable(loader, "MetricTracker reads it at every epoch's end")
+        gamma_threshold = check_float("gamma_threshold", gamma_threshold, min=0)
+        activation_threshold = check_float("activation_threshold", activation_threshold, min=0)
+        if max_batches is not None:
+            max_batches = check_int("max_batches", max_batches, min=1)
 
         self.model = model
         self.every_n_steps = every_n_steps

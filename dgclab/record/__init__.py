@@ -2,11 +2,20 @@
 
 ``Recorder`` records them while a model runs (a context manager over forward hooks);
 ``Recording`` is what it fills and what ``load_recording`` returns; ``save_recording`` (or
-``Recording.save``) writes one portable ``.npz``.
+``Recording.save``) writes one portable ``.npz``. Forwards inside ``paused()`` are recorded by
+no ``Recorder`` (the analyses' own probe forwards run there).
 """
 
 from .io import load_recording, save_recording
-from .recorder import Recorder
-from .recording import LAYER_INFO_KEYS, Recording
+from .recorder import Recorder, paused
+from .recording import LAYER_INFO_KEYS, Recording, check_layer_info
 
-__all__ = ["LAYER_INFO_KEYS", "Recorder", "Recording", "load_recording", "save_recording"]
+__all__ = [
+    "LAYER_INFO_KEYS",
+    "Recorder",
+    "Recording",
+    "check_layer_info",
+    "load_recording",
+    "paused",
+    "save_recording",
+]

@@ -5,8 +5,10 @@ anything that reads zip and ``.npy``:
 
 * ``metadata``: uint8, the UTF-8 bytes of a JSON object ``{"format": "dgclab.recording",
   "version": 1, "num_samples": N, "layers": [{"name", "info", "saliencies",
-  "activation_max"}, ...]}``; ``info`` holds the layer's ``LAYER_INFO_KEYS``, the two booleans
-  say which optional arrays the layer has.
+  "activation_max"}, ...]}``; ``info`` holds the layer's ``LAYER_INFO_KEYS`` (pairs as lists of
+  two ints), the two booleans say which optional arrays the layer has; an optional ``"attrs"``
+  object of JSON scalars (``Recording.attrs``, e.g. the epoch a trainer recorded at). No other
+  key.
 * ``labels``, ``ids``: int64 (N,).
 * ``selections_{i}``: uint8 (N, heads, ceil(C_in / 8)), layer i's selections bit-packed along
   the channel axis (``numpy.packbits``, big bit order, zero padding).
@@ -28,21 +30,23 @@ from collections.abc import Mapping
 import numpy as np
 
 from .._atomic import atomic_open
-from .recording import LAYER_INFO_KEYS, Recording
+from ..checks import check_type
+from .recording import Recording, check_attrs, check_layer_info, padding_bits_set
 
 __all__ = ["save_recording", "load_recording", "FORMAT", "VERSION"]
 
 FORMAT = "dgclab.recording"
 VERSION = 1
 
-_PAIRS = ("kernel_size", "stride", "padding", "dilation", "input_hw")
-_POSITIVE = ("in_channels", "out_channels", "heads", "hidden")
+# The keys of version 1, at the top and per layer: anything else is damage, not data.
+_META_KEYS = ("format", "version", "num_samples", "layers", "attrs")  # attrs: optional
+_LAYER_KEYS = ("name", "info", "saliencies", "activation_max")
 
 
 def save_recording(recording: Recording, path) -> None:
     """Write ``recording`` (a ``Recording`` or a ``Recorder``) to ``path`` as one ``.npz``.
 
-    The file is written to ``path + ".tmp"`` in the same folder and then renamed over
+    The file is written to a temporary file in the same folder and then renamed over
     ``path``, so that a crash never leaves a half-written file under the final name. ``path``
     is used as given (no ``.npz`` is appended).
 
@@ -50,7 +54,8 @@ def save_recording(recording: Recording, path) -> None:
         recording: what to save.
         path: the file to write (str or ``os.PathLike``).
     """
-    path = os.fspath(path)
+    check_type("recording", recording, Recording)
+    path = os.fspath(check_type("path", path, (str, os.PathLike)))
     layers, arrays = [], {}
     for i, name in enumerate(recording.layer_names):
         has_sal = name in recording._saliencies
@@ -66,6 +71,9 @@ def save_recording(recording: Recording, path) -> None:
     arrays["ids"] = recording.ids.numpy()
     metadata = {"format": FORMAT, "version": VERSION, "num_samples": len(recording),
                 "layers": layers}
+    attrs = check_attrs(recording.attrs)
+    if attrs:
+        metadata["attrs"] = attrs
     text = json.dumps(metadata, allow_nan=False)
     arrays["metadata"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
@@ -86,8 +94,9 @@ def load_recording(path) -> Recording:
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is not a readable recording (not a zip, truncated, corrupted, a
-            missing or unexpected array, bad metadata, a wrong shape or dtype); the message
-            names the file and the problem.
+            missing or unexpected array, a wrong shape or dtype, metadata of the wrong type or
+            out of range: every field is checked, with ``check_layer_info`` for a layer's
+            info); the message names the file, the key and the value.
     """
     path = os.fspath(path)
     arrays = _read_npz(path)
@@ -124,7 +133,7 @@ def load_recording(path) -> Recording:
         name, layer_info = layer["name"], layer["info"]
         c, heads = layer_info["in_channels"], layer_info["heads"]
         packed = checked(f"selections_{i}", (n, heads, (c + 7) // 8), "u", 1, np.uint8)
-        if c % 8 and np.any(packed[..., -1] & np.uint8((1 << (8 - c % 8)) - 1)):
+        if padding_bits_set(packed, c):
             fail(f"array 'selections_{i}' has bits set past channel {c} (padding must be 0)")
         selections[name] = packed
         info[name] = layer_info
@@ -133,8 +142,11 @@ def load_recording(path) -> Recording:
         if layer["activation_max"]:
             shape = (n, layer_info["out_channels"])
             activation_max[name] = checked(f"activation_max_{i}", shape, "f", 4, np.float32)
-    return Recording(selections, info, labels=labels, ids=ids, saliencies=saliencies,
-                     activation_max=activation_max)
+    try:  # everything was checked above; the constructor's checks are the last word
+        return Recording(selections, info, labels=labels, ids=ids, saliencies=saliencies,
+                         activation_max=activation_max, attrs=meta.get("attrs"))
+    except (TypeError, ValueError) as e:
+        fail(str(e))
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,9 +168,13 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: not an .npz (zip) archive: {what}")
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+            arrays = {key: data[key] for key in data.files}
     except Exception as e:  # the parse boundary: BadZipFile, EOFError, zlib.error, a bad header
         raise ValueError(f"{path}: truncated or corrupted archive ({_name(e)}: {e})") from e
+    for key, value in arrays.items():
+        if not isinstance(value, np.ndarray):  # numpy reads a member without the magic as bytes
+            raise ValueError(f"{path}: member {key!r} is not an .npy array")
+    return arrays
 
 
 def _name(error: Exception) -> str:
@@ -175,11 +191,16 @@ def _read_metadata(raw, fail) -> dict:
     if raw.dtype != np.uint8 or raw.ndim != 1:
         fail(f"'metadata' must be 1-D uint8 (JSON bytes), got {raw.dtype} {raw.shape}")
     try:
-        meta = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        fail(f"'metadata' is not valid JSON ({e})")
+        meta = json.loads(raw.tobytes().decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except _Duplicate as e:
+        fail(f"'metadata' has the key {e.args[0]!r} twice in one object")
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, a 5000-digit int, deep nesting
+        fail(f"'metadata' is not valid JSON ({_name(e)}: {e})")
     if not isinstance(meta, dict):
         fail(f"'metadata' must be a JSON object, got {type(meta).__name__}")
+    unknown = [k for k in meta if k not in _META_KEYS]
+    if unknown:
+        fail(f"'metadata' has unknown keys {unknown}")
     if meta.get("format") != FORMAT:
         fail(f"format is {meta.get('format')!r}, expected {FORMAT!r}")
     version = meta.get("version")
@@ -200,6 +221,9 @@ def _read_metadata(raw, fail) -> dict:
     for i, layer in enumerate(layers):
         if not isinstance(layer, dict) or not isinstance(layer.get("name"), str):
             fail(f"layers[{i}] must be an object with a string 'name', got {layer!r}")
+        unknown = [k for k in layer if k not in _LAYER_KEYS]
+        if unknown:
+            fail(f"layers[{i}] has unknown keys {unknown}")
         name = layer["name"]
         if name in names:
             fail(f"layer {name!r} is listed twice")
@@ -225,26 +249,29 @@ def _info_to_json(info: Mapping) -> dict:
 
 
 def _info_from_json(info, fail) -> dict:
+    """A layer's ``info`` object, checked by ``check_layer_info`` (pairs become tuples)."""
     if not isinstance(info, dict):
         fail(f"'info' must be an object, got {info!r}")
-    missing = [k for k in LAYER_INFO_KEYS if k not in info]
-    if missing:
-        fail(f"'info' lacks {missing}")
-    out = dict(info)
-    for key in _POSITIVE:
-        if not _is_int(info[key]) or info[key] <= 0:
-            fail(f"{key} must be a positive int, got {info[key]!r}")
-    for key in _PAIRS:
-        value = info[key]
-        if not (isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value)):
-            fail(f"{key} must be a pair of ints, got {value!r}")
-        out[key] = tuple(value)
-    k = info["inactive_channels"]
-    if not _is_int(k) or not 0 <= k < info["in_channels"]:
-        fail(f"inactive_channels must be an int in [0, in_channels), got {k!r}")
-    rate = info["pruning_rate"]
-    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate < 1:
-        fail(f"pruning_rate must be a number in [0, 1), got {rate!r}")
+    for key in ("kernel_size", "stride", "padding", "dilation", "input_hw"):
+        if key in info and not isinstance(info[key], list):  # the writer writes a pair
+            fail(f"{key} must be a list of two ints, got {key}={info[key]!r}")
+    try:
+        return check_layer_info(info)
+    except (TypeError, ValueError) as e:
+        fail(str(e))
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple]) -> dict:
+    """``json.loads`` hook: an object with a key twice (the plain loader keeps the last)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Duplicate(key)
+        out[key] = value
     return out
 
 

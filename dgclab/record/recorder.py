@@ -13,38 +13,76 @@ file alike, during and after the run::
     rec.selections("layer1.0.conv1")  # (N, heads, C_in) bool, in the order samples were seen
     rec.save("run.npz")
 
-How a forward is recorded: a pre-hook on the root model opens a batch, a hook on every DGC layer
-adds that layer's records to it, and a hook on the root model commits the batch once the whole
-forward has run. A forward that raises commits nothing, so every layer always holds the same
-samples. A DGC layer that runs outside a forward of the recorded model (the model called piece
-by piece, activation checkpointing that recomputes a segment during backward) raises
-``RuntimeError``: record the piece you call (``Recorder(model.layer1)``) instead. So does a layer
-that runs twice in one forward (a shared layer, ``nn.DataParallel`` over several GPUs).
+How a forward is recorded: a pre-hook on the root model opens a batch and takes the pending tags,
+a hook on every DGC layer adds that layer's records to it, and a hook on the root model commits
+the batch once the whole forward has run. A forward that raises commits nothing and drops its
+batch and its tags (a hook with ``always_call=True`` runs when the forward raises), so every
+layer always holds the same samples and tags never move on to a later forward. A DGC layer that
+runs outside a forward of the recorded model (the model called piece by piece, activation
+checkpointing that recomputes a segment during backward) raises ``RuntimeError``: record the
+piece you call (``Recorder(model.layer1)``) instead. So does a layer that runs twice in one
+forward (a shared layer, ``nn.DataParallel`` over several GPUs).
 
 Storage: one array per layer and kind with room for more rows, grown by doubling (so a run of
 batches of 1 costs no per-batch Python objects) and trimmed to size when ``with`` exits. With
 ``max_samples=M`` the arrays stop at M rows and a reservoir (Vitter's Algorithm R) keeps a
 uniform random sample of M of all the samples seen, the same samples for every layer.
+
+Forwards that are not samples of the data, e.g. the probe forward of an analysis
+(``count_macs``, ``filter_sparsity``) run while a recording of the same model is live, go inside
+``with dgclab.record.paused():``; no recorder sees them, and pending tags wait for the next
+recorded forward.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import partial
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from ..checks import check_bool, check_int, check_type
 from ..layers import DGCConv2d
 from ..layers.pruning import dgc_layers
-from .recording import Recording
+from .recording import Recording, int_vector
 
-__all__ = ["Recorder"]
+__all__ = ["Recorder", "paused"]
 
 # Column kinds per layer: bit-packed selections, float16 saliencies, float32 activation maxima.
 _SEL, _SAL, _ACT = "selections", "saliencies", "activation_max"
+
+# True inside ``paused()``. A context variable: each thread (and asyncio task) has its own, so
+# an analysis in one thread does not pause a recording that another thread is feeding.
+_PAUSED: ContextVar[bool] = ContextVar("dgclab_record_paused", default=False)
+
+
+@contextmanager
+def paused() -> Iterator[None]:
+    """No ``Recorder`` records the forwards run inside this block (in this thread).
+
+    For forwards that are not samples of the data being recorded: the probe forward of an
+    analysis (``count_macs``, ``filter_sparsity`` and the rest of ``dgclab.analysis`` enter it
+    themselves), an attribution, a sanity check. Inside the block every recorder's hooks do
+    nothing: no rows, no tags consumed (they wait for the next recorded forward), no error for
+    a part of the model called on its own. Blocks nest.
+
+    Example:
+        >>> with Recorder(model) as rec:
+        ...     rec.tag(labels=y)
+        ...     with paused():
+        ...         model(torch.zeros(1, 3, 32, 32))  # not recorded
+        ...     model(x)  # recorded, with the labels y
+    """
+    token = _PAUSED.set(True)
+    try:
+        yield
+    finally:
+        _PAUSED.reset(token)
 
 
 class Recorder(Recording):
@@ -89,17 +127,15 @@ class Recorder(Recording):
     ) -> None:
         # Recording.__init__ is not called: the storage attributes it reads (_packed, _labels,
         # _ids, _saliencies, _activation_max) are properties over the growing arrays below.
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+        check_type("model", model, nn.Module)
         if not dgc_layers(model):
             raise ValueError(f"{type(model).__name__} has no DGCConv2d layer to record")
-        if max_samples is not None and (
-            isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples <= 0
-        ):
-            raise ValueError(f"max_samples must be a positive int or None, got {max_samples!r}")
+        if max_samples is not None:
+            max_samples = check_int("max_samples", max_samples, min=1)
         self.model = model
-        self.saliency = bool(saliency)
-        self.activations = bool(activations)
+        self.attrs: dict = {}  # saved with the file (see Recording)
+        self.saliency = check_bool("saliency", saliency)
+        self.activations = check_bool("activations", activations)
         self.max_samples = max_samples
         self.seed = seed
         self.samples_seen = 0  # every sample that passed through, kept or not
@@ -115,8 +151,10 @@ class Recorder(Recording):
         self._rows = 0
         self._order_cache: np.ndarray | None = None  # argsort of "seen" once a reservoir shuffled
         self._ordered = True  # rows are in stream order
+        # Tags for the next forward, and those of the forward being recorded.
         self._tags: tuple[np.ndarray | None, np.ndarray | None] | None = None
         self._batch: dict[str, dict] | None = None  # the forward being recorded
+        self._batch_tags: tuple[np.ndarray | None, np.ndarray | None] | None = None
 
     # ---- context ----------------------------------------------------------------------------
 
@@ -131,6 +169,10 @@ class Recorder(Recording):
             # the layer's records exist before the batch is committed.
             self._handles.append(self.model.register_forward_pre_hook(self._begin_batch))
             self._handles.append(self.model.register_forward_hook(self._end_batch))
+            # Last, and run even when the forward raises: drops a batch left open.
+            self._handles.append(
+                self.model.register_forward_hook(self._drop_batch, always_call=True)
+            )
         except BaseException:
             self._remove_hooks()
             raise
@@ -138,7 +180,7 @@ class Recorder(Recording):
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
-            self._batch = None
+            self._batch = self._batch_tags = None
             self._resize(self._rows)  # give back the room kept for more rows
         finally:
             self._remove_hooks()
@@ -164,10 +206,16 @@ class Recorder(Recording):
             ids: (B,) integer sample ids, e.g. dataset indices.
 
         Both must have one entry per sample of the next forward, else that forward raises
-        ``ValueError``. Calling ``tag`` again before the forward replaces the pending tags.
+        ``ValueError``. Calling ``tag`` again before the forward replaces the pending tags. The
+        next forward takes the tags when it starts: if it raises, they are gone with it.
+        Forwards inside ``paused()`` do not take them.
+
+        Raises:
+            TypeError: labels or ids that are not integers.
+            ValueError: not 1-D, beyond int64, or labels and ids of different lengths.
         """
-        labels = None if labels is None else _int_vector(labels, "labels")
-        ids = None if ids is None else _int_vector(ids, "ids")
+        labels = None if labels is None else int_vector(labels, "labels")
+        ids = None if ids is None else int_vector(ids, "ids")
         if labels is not None and ids is not None and len(labels) != len(ids):
             raise ValueError(
                 f"labels and ids must have the same length, got {len(labels)} labels and "
@@ -178,10 +226,15 @@ class Recorder(Recording):
     # ---- hooks ------------------------------------------------------------------------------
 
     def _begin_batch(self, module: nn.Module, args) -> None:
-        # A forward that raised left its batch open: it is dropped here, never committed.
+        if _PAUSED.get():
+            return
+        # The pending tags belong to this forward attempt, whether it succeeds or not.
         self._batch = {}
+        self._batch_tags, self._tags = self._tags, None
 
     def _record_layer(self, name: str, module: DGCConv2d, args, output: torch.Tensor) -> None:
+        if _PAUSED.get():
+            return
         batch = self._batch
         if batch is None:
             raise RuntimeError(
@@ -209,11 +262,20 @@ class Recorder(Recording):
         }
 
     def _end_batch(self, module: nn.Module, args, output) -> None:
+        if _PAUSED.get():
+            return
         batch, self._batch = self._batch, None
-        tags, self._tags = self._tags, None
+        tags, self._batch_tags = self._batch_tags, None
         if batch is None:  # defensive: a forward hook without its pre-hook
             return
         self._commit(batch, tags)
+
+    def _drop_batch(self, module: nn.Module, args, output) -> None:
+        # After _end_batch on success (nothing left to drop); alone when the forward raised:
+        # the failed forward's records and tags go, and a DGC layer called on its own later
+        # finds no open batch to write into.
+        if not _PAUSED.get():
+            self._batch = self._batch_tags = None
 
     # ---- storage ----------------------------------------------------------------------------
 
@@ -426,15 +488,3 @@ class _LayerColumns(Mapping):
 
     def __len__(self) -> int:
         return len(self._recorder._names)
-
-
-def _int_vector(values, what: str) -> np.ndarray:
-    """A 1-D int64 copy of a tensor, array or sequence of integers."""
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().numpy()
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise ValueError(f"{what} must be 1-D (one entry per sample), got shape {arr.shape}")
-    if arr.size and arr.dtype.kind not in "iu":
-        raise ValueError(f"{what} must be integers, got dtype {arr.dtype}")
-    return arr.astype(np.int64)

@@ -8,12 +8,17 @@ take tens of MB, not GB.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 
-__all__ = ["Recording", "LAYER_INFO_KEYS"]
+from ..checks import check_float, check_int, check_pair, check_type
+from ..layers.dgc import final_inactive_channels
+
+__all__ = ["Recording", "LAYER_INFO_KEYS", "check_layer_info"]
 
 # What a recording keeps about each DGC layer: enough to count MACs and to label plots without
 # the model.
@@ -21,6 +26,94 @@ LAYER_INFO_KEYS = (
     "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "heads",
     "hidden", "pruning_rate", "inactive_channels", "input_hw",
 )
+_PAIRS = {"kernel_size": 1, "stride": 1, "padding": 0, "dilation": 1, "input_hw": 1}  # key: min
+# Largest MAC count of one image in one layer: exact in float64, and 1024 such layers sum
+# within int64. The largest CNN layers count around 2**33.
+_MAX_MACS = 2**53
+
+
+def check_layer_info(info: Mapping) -> dict:
+    """A layer's info as a recording holds it, or the error saying which key is wrong.
+
+    The rules of ``DGCConv2d``'s constructor that the analyses rely on: positive channels,
+    heads and hidden width; heads divide the output channels (the MAC count gives each head
+    ``out_channels / heads`` outputs); kernel, stride, dilation >= 1 and padding >= 0 (an int or
+    a pair); a pruning rate in [0, 1) that keeps a channel; k in [0, in_channels); an input size
+    the kernel fits in; at most 2**53 MACs per image. Heads need not divide the input channels
+    (every head chooses among all of them; hand-made teaching examples use 3 heads on 4
+    channels). ``Recording`` and ``load_recording`` both check through it, so that a recording
+    that exists can be saved and loaded back.
+
+    Args:
+        info: a mapping with exactly the keys of ``LAYER_INFO_KEYS``.
+
+    Returns:
+        A new dict in ``LAYER_INFO_KEYS`` order: ints as ``int``, pairs as tuples of two ints,
+        ``pruning_rate`` as ``float``.
+
+    Raises:
+        TypeError: ``info`` is not a mapping, or a value has the wrong type.
+        ValueError: a missing or unknown key, or a value out of range; the message names the
+            key and the value.
+    """
+    check_type("info", info, Mapping)
+    missing = [k for k in LAYER_INFO_KEYS if k not in info]
+    if missing:
+        raise ValueError(f"info lacks {missing}")
+    unknown = [k for k in info if k not in LAYER_INFO_KEYS]
+    if unknown:
+        raise ValueError(f"info has unknown keys {unknown}; it holds {LAYER_INFO_KEYS}")
+    out = {key: check_int(key, info[key], min=1)
+           for key in ("in_channels", "out_channels", "heads", "hidden")}
+    out |= {key: check_pair(key, info[key], min=low) for key, low in _PAIRS.items()}
+    c, heads = out["in_channels"], out["heads"]
+    if out["out_channels"] % heads:  # each head computes out_channels / heads outputs
+        raise ValueError(f"heads must divide out_channels, got heads={heads}, "
+                         f"out_channels={out['out_channels']}")
+    rate = check_float("pruning_rate", info["pruning_rate"], min=0, max=1, max_inclusive=False)
+    if final_inactive_channels(c, rate) >= c:
+        raise ValueError(f"pruning_rate={rate} would drop all {c} input channels")
+    out["pruning_rate"] = rate
+    out["inactive_channels"] = check_int("inactive_channels", info["inactive_channels"], min=0,
+                                         max=c - 1)
+    sides = zip(out["input_hw"], out["kernel_size"], out["stride"], out["padding"],
+                out["dilation"])
+    output = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in sides]  # nn.Conv2d
+    if min(output) <= 0:
+        raise ValueError(
+            f"input_hw={out['input_hw']} is too small for kernel_size={out['kernel_size']}, "
+            f"stride={out['stride']}, padding={out['padding']}, dilation={out['dilation']}"
+        )
+    # The analyses count MACs per image in int64 (and divide them in float64): the layer's
+    # dense count (SPEC §1.5, no keep factor) must stay exact in both, summed over many layers.
+    (h, w), (kh, kw), hidden = out["input_hw"], out["kernel_size"], out["hidden"]
+    macs = (2 * c * h * w + heads * (2 * c * hidden + hidden + 3 * c)
+            + c * out["out_channels"] * kh * kw * output[0] * output[1])
+    if macs > _MAX_MACS:
+        raise ValueError(
+            f"a layer with in_channels={c}, out_channels={out['out_channels']}, hidden={hidden}, "
+            f"kernel_size={out['kernel_size']}, input_hw={out['input_hw']} costs {macs:.3g} MACs "
+            f"per image, more than the 2**53 the analyses count exactly"
+        )
+    return {key: out[key] for key in LAYER_INFO_KEYS}
+
+
+def check_attrs(attrs: Mapping | None) -> dict:
+    """A recording's ``attrs`` as a new dict: str keys, JSON scalar values (finite floats)."""
+    if attrs is None:
+        return {}
+    check_type("attrs", attrs, Mapping)
+    out = {}
+    for key, value in attrs.items():
+        if not isinstance(key, str):
+            raise TypeError(f"attrs keys must be strings, got {key!r}")
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise TypeError(f"attrs[{key!r}] must be a str, int, float, bool or None, got "
+                            f"{type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"attrs[{key!r}] must be finite, got {value!r}")
+        out[key] = value
+    return out
 
 
 class Recording:
@@ -37,8 +130,19 @@ class Recording:
         saliencies: optional layer name -> float16 (N, heads, C_in) saliencies g.
         activation_max: optional layer name -> float32 (N, C_out) per-channel max of the layer's
             output over H, W.
+        attrs: optional str -> JSON scalar (str, int, finite float, bool, None): what the
+            samples were recorded at, e.g. ``{"epoch": 5}`` (a trainer's run folder uses it to
+            tell a recording of its latest checkpoint from an older one). Saved with the file;
+            ``rec.attrs`` is a plain dict that may be changed before saving.
 
     Every layer holds the same N samples, in the order they were seen.
+
+    Raises:
+        TypeError: an argument of the wrong type (a non-string layer name, non-integer labels
+            or ids, a wrongly typed ``layer_info`` value).
+        ValueError: what a recording cannot hold (see ``check_layer_info``; shapes that do not
+            match the layer info or each other; a packed array with bits set past C_in), so
+            that every ``Recording`` saves to a file that ``load_recording`` reads back.
     """
 
     def __init__(
@@ -49,15 +153,27 @@ class Recording:
         ids=None,
         saliencies: Mapping[str, torch.Tensor | np.ndarray] | None = None,
         activation_max: Mapping[str, torch.Tensor | np.ndarray] | None = None,
+        attrs: Mapping | None = None,
     ) -> None:
+        check_type("selections", selections, Mapping)
+        self.attrs = check_attrs(attrs)
+        check_type("layer_info", layer_info, Mapping)
+        bad = [n for n in selections if not isinstance(n, str)]
+        if bad:
+            raise TypeError(f"layer names must be strings, got {bad}")
         missing = [n for n in selections if n not in layer_info]
         if missing:
             raise ValueError(f"layer_info lacks the layers {missing}")
+        self._info: dict[str, dict] = {}
+        for name in selections:
+            try:
+                self._info[name] = check_layer_info(layer_info[name])
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"layer_info[{name!r}]: {e}") from None
         self._packed: dict[str, np.ndarray] = {}
-        self._info = {n: dict(layer_info[n]) for n in selections}
         sizes = set()
         for name, sel in selections.items():
-            packed = _pack(sel, self._info[name]["in_channels"], name)
+            packed = _pack(sel, self._info[name], name)
             self._packed[name] = packed
             sizes.add(packed.shape[0])
         if len(sizes) > 1:
@@ -65,10 +181,27 @@ class Recording:
         n = sizes.pop() if sizes else 0
         self._labels = _vector(labels, n, -1, "labels")
         self._ids = _vector(ids, n, None, "ids")
-        self._saliencies = {k: np.asarray(v, dtype=np.float16) for k, v in (saliencies or {}).items()}
-        self._activation_max = {
-            k: np.asarray(v, dtype=np.float32) for k, v in (activation_max or {}).items()
-        }
+        self._saliencies = self._optional(saliencies, "saliencies", np.float16, n,
+                                          lambda i: (i["heads"], i["in_channels"]))
+        self._activation_max = self._optional(activation_max, "activation_max", np.float32, n,
+                                              lambda i: (i["out_channels"],))
+
+    def _optional(self, arrays, what: str, dtype, n: int, shape) -> dict[str, np.ndarray]:
+        """Optional per-layer arrays, checked against the layers: (n, *shape(info)) each."""
+        if arrays is None:
+            return {}
+        check_type(what, arrays, Mapping)
+        out = {}
+        for name, values in arrays.items():
+            if name not in self._info:
+                raise ValueError(f"{what} has layer {name!r}, which has no selections")
+            arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
+            arr = np.asarray(arr, dtype=dtype)
+            expected = (n, *shape(self._info[name]))
+            if arr.shape != expected:
+                raise ValueError(f"{what}[{name!r}] must have shape {expected}, got {arr.shape}")
+            out[name] = arr
+        return out
 
     # ---- what was recorded ----------------------------------------------------------------
 
@@ -156,26 +289,56 @@ class Recording:
         return f"Recording({len(self)} samples, {len(self._packed)} DGC layers)"
 
 
-def _pack(sel, in_channels: int, name: str) -> np.ndarray:
+def _pack(sel, info: dict, name: str) -> np.ndarray:
+    """(N, heads, ceil(C_in / 8)) uint8 from bool (N, heads, C_in) or already packed."""
+    c, heads = info["in_channels"], info["heads"]
     arr = sel.detach().cpu().numpy() if isinstance(sel, torch.Tensor) else np.asarray(sel)
-    if arr.dtype == np.bool_:
-        if arr.ndim != 3 or arr.shape[-1] != in_channels:
-            raise ValueError(
-                f"selections[{name!r}] must be bool (N, heads, {in_channels}), got {arr.shape}"
-            )
+    if arr.dtype == np.bool_ and arr.ndim == 3 and arr.shape[1:] == (heads, c):
         return np.packbits(arr, axis=-1)
-    if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[-1] == (in_channels + 7) // 8:
+    if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[1:] == (heads, (c + 7) // 8):
+        if padding_bits_set(arr, c):
+            raise ValueError(
+                f"selections[{name!r}] has bits set past channel {c} (padding must be 0)"
+            )
         return np.ascontiguousarray(arr)
     raise ValueError(
-        f"selections[{name!r}] must be bool (N, heads, {in_channels}) or packed uint8 "
-        f"(N, heads, {(in_channels + 7) // 8}), got dtype {arr.dtype}, shape {arr.shape}"
+        f"selections[{name!r}] must be bool (N, heads={heads}, in_channels={c}) or packed uint8 "
+        f"(N, {heads}, {(c + 7) // 8}), got dtype {arr.dtype}, shape {arr.shape}"
     )
+
+
+def padding_bits_set(packed: np.ndarray, in_channels: int) -> bool:
+    """Whether a packed (..., ceil(C / 8)) array has a 1 in the zero padding past channel C."""
+    if in_channels % 8 == 0:
+        return False
+    return bool(np.any(packed[..., -1] & np.uint8((1 << (8 - in_channels % 8)) - 1)))
 
 
 def _vector(values, n: int, fill, what: str) -> np.ndarray:
     if values is None:
-        return np.full(n, fill, dtype=np.int64) if fill is not None else np.arange(n, dtype=np.int64)
-    arr = np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values).astype(np.int64).ravel()
-    if arr.shape != (n,):
-        raise ValueError(f"{what} must have one entry per sample ({n}), got shape {arr.shape}")
+        if fill is None:
+            return np.arange(n, dtype=np.int64)
+        return np.full(n, fill, dtype=np.int64)
+    arr = int_vector(values, what)
+    if len(arr) != n:
+        raise ValueError(f"{what} must have one entry per sample ({n}), got {len(arr)}")
     return arr
+
+
+def int_vector(values, what: str) -> np.ndarray:
+    """A 1-D int64 copy of a tensor, array or sequence of integers.
+
+    Raises:
+        TypeError: not integers (floats would be truncated, bools are not ids).
+        ValueError: not 1-D, or unsigned values beyond int64 (they would wrap to negatives).
+    """
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    arr = np.asarray(values)
+    if arr.size and arr.dtype.kind not in "iu":
+        raise TypeError(f"{what} must be integers, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be 1-D (one entry per sample), got shape {arr.shape}")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{what} must fit in int64, got {int(arr.max())}")
+    return arr.astype(np.int64)

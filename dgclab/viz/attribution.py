@@ -32,6 +32,7 @@ from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
 from matplotlib.figure import Figure
 
 from ..layers import DGCConv2d, dgc_layers
+from ..record import paused
 from .plots import _class_name, plot_saliency_bars
 
 __all__ = [
@@ -302,10 +303,13 @@ def plot_image_explanation(
 
 @contextmanager
 def _eval(model: nn.Module):
+    """Eval mode for the forwards of this module, which no live ``Recorder`` records (they are
+    probes of one image, not samples of the stream being recorded)."""
     was_training = model.training
     model.eval()
     try:
-        yield
+        with paused():
+            yield
     finally:
         model.train(was_training)
 
