@@ -2,17 +2,24 @@
 
 ``atomic_open`` writes through a temporary file in the target's folder, fsyncs it and renames it
 over the target: a process killed at any moment leaves either the old file or the new one, never
-half a file, and no temporary file survives an exception.
+half a file, and no temporary file survives an exception. A SIGKILL leaves its temporary file
+(``.NAME.XXXXXXXX.tmp``) behind: ``remove_stale_temporaries`` deletes them, and the trainer
+calls it on its run folder when it starts.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "remove_stale_temporaries"]
+
+# ``tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp")``: a dot, the target's name, a dot, the
+# random part (letters, digits and underscores), ".tmp".
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
 
 
 @contextmanager
@@ -46,3 +53,17 @@ def atomic_write_bytes(path, data: bytes) -> None:
 def atomic_write_text(path, text: str) -> None:
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Delete what killed atomic writes left in ``folder``; return the paths removed.
+
+    Only call it where no other process is writing into ``folder`` (a run folder when its
+    trainer starts): a temporary file of a write in progress looks the same.
+    """
+    removed = []
+    for path in Path(folder).iterdir():
+        if path.is_file() and _TEMPORARY.match(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -209,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return " ".join(str(err).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -216,10 +222,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     start = time.perf_counter()
+    from .train import TrainingDiverged
+
     try:
         code = args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except TrainingDiverged as err:  # a run that failed, not a bad input
         print(f"dgclab {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, OSError) as err:  # bad input, named by the message
+        print(f"dgclab {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     if code == 0 and args.command in ("demo", "train"):
         print(f"\ndone in {time.perf_counter() - start:.1f} s")

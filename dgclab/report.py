@@ -56,6 +56,7 @@ th, td { text-align: left; padding: 0.2em 1em 0.2em 0; border-bottom: 1px solid 
 th { font-weight: 600; color: #555; }
 .tables { display: flex; flex-wrap: wrap; gap: 3em; }
 .note { color: #666; font-size: 0.92em; }
+.warning { background: #fff4e5; border-left: 4px solid #e8a33d; padding: 0.4em 0.8em; }
 figure { margin: 0.8em 0 1.4em; }
 img { max-width: 100%; height: auto; }
 code { background: #f4f4f4; padding: 0 0.2em; }
@@ -149,6 +150,12 @@ def _render(run: Path, config: dict, history: pd.DataFrame, recording) -> str:
     written = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     add(f"<p class=\"note\">Run folder <code>{_e(str(run.resolve()))}</code>; "
         f"report written {_e(written)}.</p>")
+    recorded, last = _recorded_epoch(recording), int(history["epoch"].iloc[-1])
+    if recorded is not None and recorded != last:
+        add(f"<p class=\"warning\"><strong>The recording is of epoch {recorded}, the metrics "
+            f"of epoch {last}</strong>: the run was stopped between writing them. Resuming the "
+            f"run (<code>--resume</code>) records epoch {last} again; until then the selection "
+            f"sections show epoch {recorded}.</p>")
     add("<div class=\"tables\">")
     add(_table("Configuration", _config_rows(config)))
     add(_table("Last epoch", _metric_rows(config, history, recording)))
@@ -234,6 +241,12 @@ def _render(run: Path, config: dict, history: pd.DataFrame, recording) -> str:
         add(_p(f"{METRICS} has no paper_macs / realized_macs columns."))
     add("</body>\n</html>\n")
     return "\n".join(out)
+
+
+def _recorded_epoch(recording) -> int | None:
+    """The epoch a trainer's recording was made at (None: not said, as in older files)."""
+    epoch = recording.attrs.get("epoch") if recording is not None else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
 
 def _usage_figure(recording, layers: list[str]) -> Figure:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 
+from ..checks import check_bool, check_choice, check_float, check_int, check_type
 from ..data import DATASETS
 from ..models.registry import MODEL_NAMES
 
@@ -45,34 +46,28 @@ class TrainConfig:
     workers: int = 0  # DataLoader workers (0: in the main process, fully reproducible)
 
     def validate(self) -> "TrainConfig":
-        """Raise ValueError naming the first bad field; return self."""
-        def bad(name, why):
-            raise ValueError(f"{name}={getattr(self, name)!r}: {why}")
-
-        if self.model not in MODEL_NAMES:
-            bad("model", f"must be one of {MODEL_NAMES}")
-        if self.conv not in CONVS:
-            bad("conv", f"must be one of {CONVS}")
-        if self.dataset not in DATASETS:
-            bad("dataset", f"must be one of {DATASETS}")
-        if self.optimizer not in OPTIMIZERS:
-            bad("optimizer", f"must be one of {OPTIMIZERS}")
+        """Raise TypeError (wrong type) or ValueError (bad value) naming the first bad field and
+        its value; return self."""
+        check_choice("model", self.model, MODEL_NAMES)
+        check_choice("conv", self.conv, CONVS)
+        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        for name in ("data_root", "device"):
+            check_type(name, getattr(self, name), str)
+        for name in ("augment", "download", "sync_bn", "record"):
+            check_bool(name, getattr(self, name))
         for name in ("width", "heads", "epochs", "batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                bad(name, "must be a positive int")
-        if self.subset is not None and (not isinstance(self.subset, int) or self.subset <= 0):
-            bad("subset", "must be a positive int or None")
-        if self.workers < 0:
-            bad("workers", "must be >= 0")
-        if not 0 <= self.pruning_rate < 1:
-            bad("pruning_rate", "must be in [0, 1)")
-        for name in ("lr", "momentum", "weight_decay", "lasso_lambda"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0 or value != value:
-                bad(name, "must be a number >= 0")
-        if self.lr == 0:
-            bad("lr", "must be > 0")
+            check_int(name, getattr(self, name), min=1)
+        if self.subset is not None:
+            check_int("subset", self.subset, min=1)
+        check_int("workers", self.workers, min=0)
+        # numpy's legacy seeding and the data order's generator (seed * 100003 + epoch, an
+        # int64) both need a seed below 2**32
+        check_int("seed", self.seed, min=0, max=2**32 - 1)
+        check_float("pruning_rate", self.pruning_rate, min=0, max=1, max_inclusive=False)
+        check_float("lr", self.lr, min=0, min_inclusive=False)
+        for name in ("momentum", "weight_decay", "lasso_lambda"):
+            check_float(name, getattr(self, name), min=0)
         return self
 
     def to_dict(self) -> dict:
@@ -80,6 +75,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
+        if not isinstance(data, dict):
+            raise TypeError(f"a config must be a dict, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

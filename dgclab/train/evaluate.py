@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from .._atomic import atomic_open
-from ..data import dataset_info
-from ..models.registry import build_model
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
-from .trainer import CHECKPOINT, CONFIG, Trainer
+from .run_folder import CHECKPOINT, CONFIG, load_weights, model_of, read_checkpoint, read_config
+from .trainer import Trainer
 
 __all__ = ["load_run", "evaluate_run", "export_model", "load_model"]
 
@@ -24,13 +22,11 @@ def load_run(run, device: str = "auto") -> Trainer:
 
     Nothing in the run folder is written.
     """
-    run = Path(run)
-    if not (run / CONFIG).is_file() or not (run / CHECKPOINT).is_file():
-        raise FileNotFoundError(f"{run} is not a dgclab run folder (needs {CONFIG} and {CHECKPOINT})")
-    config = TrainConfig.from_dict(json.loads((run / CONFIG).read_text()) | {"device": device})
+    run = _run_folder(run)
+    config = read_config(run / CONFIG, device=device)
+    state = read_checkpoint(run / CHECKPOINT)
     trainer = Trainer(config, out=None, progress=False)
-    state = load_checkpoint(run / CHECKPOINT, map_location=trainer.device)
-    trainer.model.load_state_dict(state["model"])
+    load_weights(trainer.model, state["model"], run / CHECKPOINT)
     trainer.epoch = int(state["epoch"])
     trainer.history = list(state["history"])
     return trainer
@@ -49,11 +45,11 @@ def export_model(run, path) -> Path:
     The file (a dict of tensors and plain values, loadable with ``weights_only=True``) holds no
     optimizer state: a resnet8 of width 32 takes about 1.3 MB. ``load_model`` rebuilds it.
     """
-    run, path = Path(run), Path(path)
-    if not (run / CONFIG).is_file() or not (run / CHECKPOINT).is_file():
-        raise FileNotFoundError(f"{run} is not a dgclab run folder (needs {CONFIG} and {CHECKPOINT})")
-    state = load_checkpoint(run / CHECKPOINT)
-    payload = {"format": MODEL_FORMAT, "config": json.loads((run / CONFIG).read_text()),
+    run, path = _run_folder(run), Path(path)
+    config = read_config(run / CONFIG)
+    state = read_checkpoint(run / CHECKPOINT)
+    load_weights(model_of(config), state["model"], run / CHECKPOINT)  # they fit the config
+    payload = {"format": MODEL_FORMAT, "config": config.to_dict(),
                "model": state["model"], "epoch": int(state["epoch"]),
                "metrics": state["history"][-1] if state["history"] else {}}
     with atomic_open(path, "wb") as f:
@@ -69,12 +65,23 @@ def load_model(path, device: str = "cpu"):
         ``TrainConfig`` and the last ``metrics.csv`` row as a dict.
     """
     payload = load_checkpoint(path, map_location=device)
-    if payload.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path} is not a {MODEL_FORMAT} file (format={payload.get('format')!r})")
-    config = TrainConfig.from_dict(payload["config"])
-    info = dataset_info(config.dataset, config.data_root)
-    model = build_model(config.model, in_channels=info.in_channels, num_classes=info.num_classes,
-                        width=config.width, conv=config.conv, heads=config.heads,
-                        pruning_rate=config.pruning_rate)
-    model.load_state_dict(payload["model"])
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{path} is not a {MODEL_FORMAT} file (found {found!r})")
+    for key, kind in (("config", dict), ("model", dict), ("metrics", dict)):
+        if not isinstance(payload.get(key), kind):
+            raise ValueError(f"{path}: its {key!r} entry is missing or not a {kind.__name__}")
+    try:
+        config = TrainConfig.from_dict(payload["config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: its config: {err}") from None
+    model = model_of(config)
+    load_weights(model, payload["model"], path)
     return model.to(device).eval(), config, dict(payload["metrics"])
+
+
+def _run_folder(run) -> Path:
+    run = Path(run)
+    if not (run / CONFIG).is_file() or not (run / CHECKPOINT).is_file():
+        raise FileNotFoundError(f"{run} is not a dgclab run folder (needs {CONFIG} and {CHECKPOINT})")
+    return run

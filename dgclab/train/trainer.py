@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import os
 import time
@@ -49,23 +48,25 @@ from tqdm.auto import tqdm
 from ..analysis import count_macs, filter_sparsity, head_overlap, realized_macs
 from ..data import load_dataset
 from ..layers import dgc_layers, saliency_loss, set_pruning_progress
-from ..models.registry import build_model
-from ..record import Recorder
-from .._atomic import atomic_write_text
-from .checkpoint import atomic_torch_save, load_checkpoint, rng_state, set_rng_state
+from ..record import Recorder, load_recording
+from .._atomic import atomic_write_text, remove_stale_temporaries
+from .checkpoint import atomic_torch_save, rng_state, set_rng_state
 from .config import TrainConfig
+from .run_folder import (
+    CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, METRICS, RECORDING, config_changes, load_weights,
+    model_of, read_checkpoint, read_config,
+)
 
-__all__ = ["Trainer", "fit", "METRIC_COLUMNS", "build_optimizer"]
+__all__ = ["Trainer", "TrainingDiverged", "fit", "METRIC_COLUMNS", "build_optimizer"]
 
 METRIC_COLUMNS = [
     "epoch", "step", "lr", "train_loss", "train_acc", "lasso", "test_loss", "test_acc", "k_frac",
     "dead_filters", "head_overlap", "paper_macs", "realized_macs", "epoch_seconds",
 ]
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.csv"
-RECORDING = "test_recording.npz"
-CONFIG = "config.json"
-FORMAT = "dgclab-checkpoint/1"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became NaN or infinite; the run stopped before saving them."""
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -127,17 +128,19 @@ class Trainer:
             raise ValueError("sync_bn=True needs CUDA: PyTorch's SyncBatchNorm runs only on GPUs "
                              f"(device is {self.device})")
 
-        if self.out is not None and self.is_main:
-            self._check_out_dir(resume)
+        # What resume continues: the checkpoint, checked against this config before any data
+        # is loaded (every process reads it; the main one also checks the folder).
+        resumed = None
+        if self.out is not None:
+            resumed = self._resume_state(resume)
+            if self.is_main:
+                self._prepare_out_dir()
 
         torch.manual_seed(config.seed)
         self.train_set, self.test_set, self.info = load_dataset(
             config.dataset, config.data_root, config.subset, config.seed,
             download=config.download, augment=config.augment)
-        self.model = model if model is not None else build_model(
-            config.model, in_channels=self.info.in_channels, num_classes=self.info.num_classes,
-            width=config.width, conv=config.conv, heads=config.heads,
-            pruning_rate=config.pruning_rate)
+        self.model = model if model is not None else model_of(config)
         self.model.to(self.device)
         self.input_size = (1, self.info.in_channels, self.info.image_size, self.info.image_size)
         self.optimizer = build_optimizer(self.model, config)
@@ -146,8 +149,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=self.total_steps, eta_min=0.0)
 
-        if resume and self.out is not None and (self.out / CHECKPOINT).is_file():
-            self._load(self.out / CHECKPOINT)
+        if resumed is not None:
+            self._load(resumed, self.out / CHECKPOINT)
         self.net = self._wrap(self.model)
         if self.out is not None and self.is_main:
             atomic_write_text(self.out / CONFIG, config.to_json())
@@ -188,23 +191,63 @@ class Trainer:
 
     # ---- the run folder ----------------------------------------------------------------------
 
-    def _check_out_dir(self, resume: bool) -> None:
-        if (self.out / CHECKPOINT).is_file() and not resume:
-            raise ValueError(f"{self.out} already holds a run ({CHECKPOINT}); pass resume=True "
+    def _resume_state(self, resume: bool) -> dict | None:
+        """The checkpoint to continue from (None: start afresh), after checking that the folder
+        holds this run.
+
+        The checkpoint's own config is the run's: a resume with other values (a new ``lr`` or
+        ``epochs`` would keep the old optimizer and schedule while the files claimed the new
+        ones) is refused with every differing field named. So is a folder whose history has
+        no checkpoint to continue it from.
+        """
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"the run folder {out} is a file, not a folder")
+        checkpoint = out / CHECKPOINT
+        if not checkpoint.is_file():
+            # Outputs of finished epochs without the checkpoint they came from: a fresh start
+            # would silently write a new history over them.
+            left = [name for name in (METRICS, RECORDING)
+                    if (out / name).is_file() and (name != METRICS or self._has_rows(out / name))]
+            if left:
+                raise ValueError(f"{out} holds {' and '.join(left)} but no {CHECKPOINT}: its "
+                                 "history cannot be continued; move them away or choose another "
+                                 "folder")
+            if resume and (out / CONFIG).is_file():  # killed in its first epoch
+                self._refuse_changes(read_config(out / CONFIG).to_dict(), out / CONFIG)
+            return None
+        if not resume:
+            raise ValueError(f"{out} already holds a run ({CHECKPOINT}); pass resume=True "
                              "(--resume) to continue it, or choose another folder")
-        if resume and (self.out / CONFIG).is_file():
-            saved = json.loads((self.out / CONFIG).read_text())
-            now = self.config.to_dict()
-            changed = {k: (saved.get(k), now[k]) for k in now
-                       if k not in ("device", "workers") and saved.get(k) != now[k]}
-            if changed:
-                raise ValueError(f"cannot resume {self.out} with a different config: "
-                                 + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items()))
-        self.out.mkdir(parents=True, exist_ok=True)
+        state = read_checkpoint(checkpoint)
+        self._refuse_changes(state["config"], checkpoint)
+        return state
+
+    def _refuse_changes(self, saved: dict, source: Path) -> None:
+        changes = config_changes(saved, self.config)
+        if changes:
+            raise ValueError(f"cannot resume {self.out} with another config than {source}'s: "
+                             + ", ".join(f"{k} was {a!r}, now {b!r}"
+                                         for k, (a, b) in changes.items()))
+
+    @staticmethod
+    def _has_rows(metrics: Path) -> bool:
+        with open(metrics, encoding="utf-8", errors="replace") as f:
+            return sum(1 for line in f if line.strip()) > 1  # more than the header
+
+    def _prepare_out_dir(self) -> None:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            # temporary files of atomic writes that a kill interrupted (never a finished file)
+            remove_stale_temporaries(self.out)
+        except OSError as err:
+            raise ValueError(f"cannot use {self.out} as a run folder: {err.strerror or err}") from None
+        if not os.access(self.out, os.W_OK):
+            raise ValueError(f"cannot use {self.out} as a run folder: it is not writable")
 
     def _save(self) -> None:
         state = {
-            "format": FORMAT,
+            "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch,
             "config": self.config.to_dict(),
             "model": self.model.state_dict(),
@@ -215,16 +258,43 @@ class Trainer:
         }
         atomic_torch_save(state, self.out / CHECKPOINT)
 
-    def _load(self, path: Path) -> None:
-        state = load_checkpoint(path, map_location=self.device)
-        if state.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a {FORMAT} checkpoint (format={state.get('format')!r})")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+    def _load(self, state: dict, path: Path) -> None:
+        """Continue from ``state`` (``read_checkpoint(path)``, already checked)."""
+        load_weights(self.model, state["model"], path)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as err:
+            raise ValueError(f"{path}: its optimizer, scheduler or RNG state cannot be restored "
+                             f"({type(err).__name__}: {err})") from None
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
+
+    def _save_recording(self) -> None:
+        if self.recording is not None:
+            self.recording.attrs["epoch"] = self.epoch  # which checkpoint it belongs to
+            self.recording.save(self.out / RECORDING)
+
+    def _record_checkpoint_epoch(self) -> None:
+        """Make the folder's recording the one of its checkpoint's epoch.
+
+        A kill between an epoch's checkpoint and its recording leaves the previous epoch's
+        recording (or none) beside the new checkpoint; so does a recording written before
+        recordings said their epoch. The checkpoint's epoch is evaluated and recorded again,
+        without touching the RNG streams the rest of the run draws from.
+        """
+        if (self.out is None or not self.is_main or self.epoch == 0 or not self.config.record
+                or not dgc_layers(self.model)):
+            return
+        try:
+            current = load_recording(self.out / RECORDING).attrs.get("epoch") == self.epoch
+        except (FileNotFoundError, ValueError):
+            current = False
+        if not current:
+            with torch.random.fork_rng(devices=[]):  # a DataLoader draws its base seed
+                self.evaluate(record=True)
+            self._save_recording()
 
     def _write_metrics(self) -> None:
         frame = pd.DataFrame(self.history, columns=METRIC_COLUMNS)
@@ -262,6 +332,7 @@ class Trainer:
     def fit(self) -> pd.DataFrame:
         """Train the remaining epochs; return the history (one row per epoch) as a DataFrame."""
         cfg = self.config
+        self._record_checkpoint_epoch()
         self._call("on_train_begin")
         epochs = tqdm(range(self.epoch, cfg.epochs), desc="epochs", initial=self.epoch,
                       total=cfg.epochs, disable=not (self.progress and self.is_main))
@@ -277,8 +348,7 @@ class Trainer:
             if self.out is not None and self.is_main:
                 self._save()  # checkpoint first: metrics.csv is rebuilt from its history
                 self._write_metrics()
-                if self.recording is not None:
-                    self.recording.save(self.out / RECORDING)
+                self._save_recording()
             if self.distributed:
                 dist.barrier()
             epochs.set_postfix(test_acc=f"{row.get('test_acc', float('nan')):.4f}")
@@ -304,6 +374,13 @@ class Trainer:
             ce = F.cross_entropy(logits, y)
             lasso = saliency_loss(self.model).to(ce.device)
             loss = ce + cfg.lasso_lambda * lasso
+            ce_value, lasso_value = ce.item(), lasso.item()
+            finite = math.isfinite(ce_value) and math.isfinite(lasso_value)
+            if self.distributed:  # every process stops together, or none does
+                finite = self._all_sum(float(not finite))[0] == 0
+            if not finite:
+                raise self._diverged(epoch, f"step {step + 1}: the loss is {ce_value} and the "
+                                     f"lasso {lasso_value}, before the optimizer step")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -311,17 +388,29 @@ class Trainer:
 
             n = y.numel()
             hits = (logits.argmax(1) == y).sum().item()
-            loss_sum += ce.item() * n
-            lasso_sum += lasso.item() * n
+            loss_sum += ce_value * n
+            lasso_sum += lasso_value * n
             correct += hits
             seen += n
-            logs = {"loss": ce.item(), "acc": hits / n, "lasso": lasso.item(),
+            logs = {"loss": ce_value, "acc": hits / n, "lasso": lasso_value,
                     "lr": self.scheduler.get_last_lr()[0], "k_frac": self.k_frac()}
             batches.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['acc']:.3f}")
             self._call("on_step_end", step + 1, epoch + 1, logs)
         loss_sum, lasso_sum, correct, seen = self._all_sum(loss_sum, lasso_sum, correct, seen)
+        bad = [name for name, p in self.model.state_dict().items()
+               if p.is_floating_point() and not torch.isfinite(p).all()]
+        if bad:  # the last step's update, whose loss was still finite
+            raise self._diverged(epoch, f"its last optimizer step made {len(bad)} tensors "
+                                 f"non-finite ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
         return {"lr": self.scheduler.get_last_lr()[0], "train_loss": loss_sum / seen,
                 "train_acc": correct / seen, "lasso": lasso_sum / seen, "k_frac": self.k_frac()}
+
+    def _diverged(self, epoch: int, what: str) -> TrainingDiverged:
+        lr = self.scheduler.get_last_lr()[0]
+        kept = (f"{self.out / CHECKPOINT} still holds epoch {self.epoch}, the last finished one"
+                if self.out is not None and self.epoch > 0 else "nothing was saved")
+        return TrainingDiverged(f"training diverged in epoch {epoch + 1}, {what} (lr {lr:g}); "
+                                f"{kept}. A smaller --lr is the usual cure.")
 
     @torch.no_grad()
     def evaluate(self, record: bool | None = None) -> dict:
