@@ -2,7 +2,9 @@
 
 ``run_sparsity_study`` is the implicit filter-level sparsity study of Mehta, Kim, Theobalt
 (CVPR 2019, arXiv 1811.12495) on dgclab's own grid, extended to a DGC network (SPEC §7); it is
-``python -m dgclab study sparsity`` on the command line.
+``python -m dgclab study sparsity`` on the command line. ``run_pilot`` is that study's pilot
+(one arm trained until its filters die, to set the study's budget); ``python -m
+dgclab.study.pilot`` on the command line.
 """
 
 from . import plots, sparsity
@@ -30,4 +32,18 @@ from .sparsity import (
     write_figures,
 )
 
-__all__ = [*sparsity.__all__, *plots.__all__]
+# The pilot is imported on first use (PEP 562), so that ``python -m dgclab.study.pilot`` runs the
+# module once, as __main__, rather than after a first import through this package.
+_PILOT_NAMES = ("PILOT_ARM", "PILOT_COLUMNS", "PILOT_MAX_EPOCHS", "PILOT_MAX_MINUTES",
+                "PILOT_PATIENCE", "PILOT_WIDTHS", "run_pilot", "stop_reason")
+
+__all__ = [*sparsity.__all__, *plots.__all__, *_PILOT_NAMES]
+
+
+def __getattr__(name: str):
+    if name in _PILOT_NAMES or name == "pilot":
+        import importlib
+
+        pilot = importlib.import_module(f"{__name__}.pilot")
+        return pilot if name == "pilot" else getattr(pilot, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
