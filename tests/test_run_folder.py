@@ -304,3 +304,13 @@ def test_cli_refuses_words_where_choices_or_numbers_belong(flag, value, capsys, 
         main(["train", "--out", str(tmp_path / "never"), flag, value])
     assert exit_.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_two_runs_of_one_seed_differ_only_in_their_timings(tmp_path):
+    """The README's determinism note: same seed, same machine and threads, same metrics.csv but
+    for ``epoch_seconds``."""
+    for name in ("a", "b"):
+        Trainer(tiny(), tmp_path / name, progress=False).fit()
+    a, b = (pd.read_csv(tmp_path / name / "metrics.csv") for name in ("a", "b"))
+    pd.testing.assert_frame_equal(a.drop(columns="epoch_seconds"),
+                                  b.drop(columns="epoch_seconds"), check_exact=True)
