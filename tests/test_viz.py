@@ -26,7 +26,7 @@ from dgclab.viz import (  # noqa: E402
     plot_schedule_curve,
     plot_selection_heatmap,
 )
-from dgclab.viz.plots import KEPT  # noqa: E402
+from dgclab.viz.style import KEPT  # noqa: E402
 
 N_PER_CLASS, CLASSES = 10, 3
 

@@ -5,39 +5,52 @@
 ``python -m dgclab study sparsity`` on the command line. ``run_pilot`` is that study's pilot
 (one arm trained until its filters die, to set the study's budget); ``python -m
 dgclab.study.pilot`` on the command line.
+
+One concept per module: ``grid`` (the arms, budgets and dead-filter rules), ``sparsity`` (the
+runner: train and measure every arm), ``dgc_selection`` (do DGC heads select dead channels?),
+``folder`` (the study folder's files, read and written), ``summary`` (per-arm summary, the
+orderings against Mehta et al., the printed report), ``plots`` (the figures), ``pilot``.
 """
 
-from . import plots, sparsity
+from .dgc_selection import selection_by_status
+from .folder import StudyResult, load_study, publish_study, refresh_study, write_figures
+from .grid import BUDGETS, GRID, STUDY_DATASETS, Arm, select_arms
 from .plots import (
     plot_dead_fraction,
     plot_dead_over_training,
     plot_dgc_selection,
     plot_gamma_distribution,
 )
-from .sparsity import (
-    BUDGETS,
-    GRID,
-    STUDY_DATASETS,
-    Arm,
-    StudyResult,
-    format_report,
-    load_study,
-    orderings,
-    publish_study,
-    refresh_study,
-    run_sparsity_study,
-    select_arms,
-    selection_by_status,
-    summarize,
-    write_figures,
-)
+from .sparsity import run_sparsity_study
+from .summary import format_report, orderings, summarize
 
 # The pilot is imported on first use (PEP 562), so that ``python -m dgclab.study.pilot`` runs the
 # module once, as __main__, rather than after a first import through this package.
 _PILOT_NAMES = ("PILOT_ARM", "PILOT_COLUMNS", "PILOT_MAX_EPOCHS", "PILOT_MAX_MINUTES",
                 "PILOT_PATIENCE", "PILOT_WIDTHS", "run_pilot", "stop_reason")
 
-__all__ = [*sparsity.__all__, *plots.__all__, *_PILOT_NAMES]
+__all__ = [
+    "Arm",
+    "BUDGETS",
+    "GRID",
+    "STUDY_DATASETS",
+    "StudyResult",
+    "format_report",
+    "load_study",
+    "orderings",
+    "plot_dead_fraction",
+    "plot_dead_over_training",
+    "plot_dgc_selection",
+    "plot_gamma_distribution",
+    "publish_study",
+    "refresh_study",
+    "run_sparsity_study",
+    "select_arms",
+    "selection_by_status",
+    "summarize",
+    "write_figures",
+    *_PILOT_NAMES,
+]
 
 
 def __getattr__(name: str):

@@ -81,7 +81,7 @@ from ..analysis import filter_sparsity
 from ..data import dataset_info, load_dataset
 from ..models.basicnet import BASICNET_WIDTHS, basicnet
 from ..train import Trainer
-from .sparsity import ACTIVATION_THRESHOLD, ANALYSIS_BATCH, GAMMA_THRESHOLD, GRID, STUDY_DATASETS
+from .grid import ACTIVATION_THRESHOLD, ANALYSIS_BATCH, GAMMA_THRESHOLD, GRID, STUDY_DATASETS
 
 __all__ = [
     "PILOT_ARM",

@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from ..viz.plots import PALETTE  # one palette for every dgclab figure
+from ..viz.style import PALETTE  # one palette for every dgclab figure
 
 __all__ = ["plot_dead_fraction", "plot_dead_over_training", "plot_dgc_selection",
            "plot_gamma_distribution"]

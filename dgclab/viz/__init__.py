@@ -1,6 +1,12 @@
 """Visualisation: static plots of runs and of DGC channel selections (``plot_x(data, ax=None)
 -> Figure``, pure functions that a test or a widget can call), attributions beside selections
-(Captum), notebook explorers (ipywidgets) and a live view of training."""
+(Captum), notebook explorers (ipywidgets) and a live view of training.
+
+One concept per module: ``history`` (a run over epochs), ``cost`` (MACs), ``selection`` (what
+the DGC heads select), ``attribution``, ``widgets``, ``live``; ``style`` holds the palette,
+the figure helpers and the conventions every plot follows, ``inputs`` the checks of what a plot
+reads.
+"""
 
 from .attribution import (
     image_attributions,
@@ -8,17 +14,13 @@ from .attribution import (
     plot_image_explanation,
     top_channel_maps,
 )
+from .cost import plot_accuracy_vs_macs, plot_macs
+from .history import plot_dead_filters, plot_k_schedule, plot_learning_curves, plot_schedule_curve
 from .live import LiveTrainingView, RecordingSnapshots, plot_training_state
-from .plots import (
-    plot_accuracy_vs_macs,
+from .selection import (
     plot_channel_usage,
-    plot_dead_filters,
     plot_head_overlap,
-    plot_k_schedule,
-    plot_learning_curves,
-    plot_macs,
     plot_saliency_bars,
-    plot_schedule_curve,
     plot_selection_heatmap,
 )
 from .widgets import (

@@ -33,7 +33,8 @@ from matplotlib.figure import Figure
 
 from ..layers import DGCConv2d, dgc_layers
 from ..record import paused
-from .plots import _class_name, plot_saliency_bars
+from .selection import plot_saliency_bars
+from .style import class_name
 
 __all__ = [
     "image_attributions",
@@ -255,9 +256,9 @@ def plot_image_explanation(
     gray = picture if picture.ndim == 2 else picture.mean(-1)
 
     prediction, tgt = attributions["prediction"], attributions["target"]
-    truth = "" if label is None else f"label {_class_name(int(label), classes)}, "
+    truth = "" if label is None else f"label {class_name(int(label), classes)}, "
     img_ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, interpolation="nearest")
-    img_ax.set_title(f"input\n{truth}predicted {_class_name(prediction, classes)}", fontsize=9)
+    img_ax.set_title(f"input\n{truth}predicted {class_name(prediction, classes)}", fontsize=9)
 
     cam = attributions["gradcam"].numpy()
     cam_ax.imshow(gray, cmap="gray", interpolation="nearest")
@@ -266,7 +267,7 @@ def plot_image_explanation(
                   interpolation="bilinear")
     note = "" if peak > 0 else " (0 everywhere)"
     cam_ax.set_title(f"Grad-CAM at {attributions['gradcam_layer']}{note}\n"
-                     f"for class {_class_name(tgt, classes)}", fontsize=9)
+                     f"for class {class_name(tgt, classes)}", fontsize=9)
 
     ig = attributions["integrated_gradients"].sum(0).numpy()  # (H, W), summed over channels
     bound = max(float(np.abs(ig).max()), 1e-12)

@@ -24,7 +24,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .plots import PALETTE, TEST, TRAIN, _panels, _style
+from .style import PALETTE, TEST, TRAIN, panel_grid, style_axes
 from .widgets import _in_kernel, figure_png
 
 __all__ = ["LiveTrainingView", "RecordingSnapshots", "plot_training_state"]
@@ -71,11 +71,11 @@ def plot_training_state(
     tracked = _tracker_frame(tracker)
     if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth <= 0:
         raise ValueError(f"smooth must be a positive int, got smooth={smooth!r}")
-    fig, axes = _panels(ax, 2, 2, (10.5, 6.5), sharex=True)
+    fig, axes = panel_grid(ax, 2, 2, (10.5, 6.5), sharex=True)
     loss_ax, k_ax, dead_ax, overlap_ax = axes.flat
     for a, label in zip(axes.flat, ("loss", "k", "dead", "overlap")):
         a.set_label(label)
-        _style(a)
+        style_axes(a)
     for a in axes[1]:
         a.set_xlabel("training step")
 

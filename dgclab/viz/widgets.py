@@ -46,13 +46,9 @@ from matplotlib.figure import Figure
 
 from ..record import load_recording
 from .attribution import _dgc_layers, image_attributions, plot_image_explanation
-from .plots import (
-    _class_name,
-    _check_recording,
-    plot_channel_usage,
-    plot_head_overlap,
-    plot_selection_heatmap,
-)
+from .inputs import check_recording
+from .selection import plot_channel_usage, plot_head_overlap, plot_selection_heatmap
+from .style import class_name
 
 __all__ = [
     "Explorer",
@@ -202,7 +198,7 @@ class ImageExplorer(Explorer):
         present = sorted(int(c) for c in np.unique(self.labels))
         image = widgets.IntSlider(0, min=0, max=len(self.labels) - 1, description="image",
                                   continuous_update=False)
-        cls = widgets.Dropdown(options=[("any", ALL)] + [(_class_name(c, classes), c)
+        cls = widgets.Dropdown(options=[("any", ALL)] + [(class_name(c, classes), c)
                                                          for c in present],
                                value=ALL, description="class")
         layer = widgets.Dropdown(options=layers, value=layers[-1], description="layer")
@@ -225,8 +221,8 @@ class ImageExplorer(Explorer):
         position = min(image, len(pool) - 1)  # defensive: the slider's range follows the class
         index = self.index = int(pool[position])
         x, label = self.dataset[index]
-        name = _class_name(int(label), self.classes)
-        where = "" if cls == ALL else f" labelled {_class_name(cls, self.classes)!r}"
+        name = class_name(int(label), self.classes)
+        where = "" if cls == ALL else f" labelled {class_name(cls, self.classes)!r}"
         self.status.value = (f"image {position + 1} of {len(pool)}{where}: dataset index "
                              f"{index}, label {name}")
         return plot_image_explanation(
@@ -327,7 +323,7 @@ class EpochExplorer(Explorer):
             if os.path.isdir(path):
                 path = os.path.join(path, "test_recording.npz")
             rec = self.snapshots[epoch] = load_recording(path)
-        _check_recording(rec)
+        check_recording(rec)
         return rec
 
     def draw(self, epoch, layer: str, head: int) -> Figure:
@@ -380,7 +376,7 @@ class DiversityExplorer(Explorer):
     """
 
     def __init__(self, recording, classes=None, height: str = "520px") -> None:
-        _check_recording(recording)
+        check_recording(recording)
         layers = recording.layer_names
         if not layers:
             raise ValueError("the recording holds no DGC layer")
