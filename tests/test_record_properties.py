@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import json
-import math
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +30,7 @@ from dgclab.layers.dgc import final_inactive_channels
 from dgclab.record import (
     LAYER_INFO_KEYS, Recorder, Recording, check_layer_info, load_recording, save_recording,
 )
+from test_record import assert_same_recording as assert_same
 
 # Bounded for CI: well under 30 s for the whole file on one core. No example database (it would
 # be written into the working tree).
@@ -99,26 +98,6 @@ def assert_sound(rec: Recording, folder: Path) -> None:
     again = folder / "again.npz"
     save_recording(rec, again)
     assert_same(rec, load_recording(again))
-
-
-def assert_same(a: Recording, b: Recording) -> None:
-    """Equal bit for bit (NaN payloads of the float arrays included)."""
-    assert a.layer_names == b.layer_names
-    assert len(a) == len(b)
-    assert torch.equal(a.labels, b.labels) and torch.equal(a.ids, b.ids)
-    for name in a.layer_names:
-        assert a.layer_info(name) == b.layer_info(name)
-        np.testing.assert_array_equal(a.packed_selections(name), b.packed_selections(name))
-        assert torch.equal(a.selections(name), b.selections(name))
-        assert (name in a._saliencies) == (name in b._saliencies)
-        if name in a._saliencies:
-            sa, sb = a.saliencies(name), b.saliencies(name)
-            assert sa.dtype == sb.dtype == torch.float16
-            assert torch.equal(sa.view(torch.int16), sb.view(torch.int16))
-        assert (name in a._activation_max) == (name in b._activation_max)
-        if name in a._activation_max:
-            ma, mb = a.activation_max(name), b.activation_max(name)
-            assert torch.equal(ma.view(torch.int32), mb.view(torch.int32))
 
 
 def _loads_cleanly_or_names_the_file(path: Path, folder: Path, must_fail: bool) -> None:

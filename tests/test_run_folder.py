@@ -17,24 +17,8 @@ from hypothesis import strategies as st
 from dgclab.__main__ import main
 from dgclab.record import Recording, load_recording
 from dgclab.report import write_report
-from dgclab.train import Trainer, TrainConfig, TrainingDiverged, load_checkpoint
-
-TINY = dict(model="resnet8", width=8, dataset="synthetic", subset=64, epochs=2, batch_size=64,
-            eval_batch_size=128, lr=0.05)
-
-
-def tiny(**kw) -> TrainConfig:
-    return TrainConfig(**(TINY | kw))
-
-
-class StopAfter:
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_end(self, trainer, epoch, row):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
-
+from dgclab.train import Trainer, TrainingDiverged, load_checkpoint
+from test_train import StopAfter, tiny
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
@@ -82,7 +66,7 @@ def test_resume_with_an_edited_config_json_still_compares_the_checkpoint(run):
 
 def test_cli_resume_with_another_width_names_the_key(run, capsys):
     code, err = cli(capsys, "train", "--model", "resnet8", "--width", "16", "--dataset",
-                    "synthetic", "--subset", "64", "--epochs", "1", "--lr", "0.05",
+                    "synthetic", "--subset", "128", "--epochs", "1", "--lr", "0.05",
                     "--out", run, "--resume", "--no-progress", "--no-report")
     assert code == 2
     assert "width was 8, now 16" in one_line_error(err)
@@ -180,7 +164,7 @@ class Poison:
 
 def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path):
     run = tmp_path / "run"
-    with pytest.raises(TrainingDiverged, match=r"epoch 2, step 2: the loss is nan.*"
+    with pytest.raises(TrainingDiverged, match=r"epoch 2, step 3: the loss is nan.*"
                                                r"still holds epoch 1"):
         Trainer(tiny(epochs=3), run, callbacks=[Poison()], progress=False).fit()
     state = load_checkpoint(run / "checkpoint.pt")

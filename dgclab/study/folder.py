@@ -38,7 +38,7 @@ __all__ = [
     "refresh_study",
     "write_figures",
     "publish_study",
-    "pin_study",
+    "pin_settings",
     "run_finished",
     "replace_rows",
     "write_table",
@@ -182,21 +182,25 @@ def publish_study(result: StudyResult, dest: str | os.PathLike) -> list[Path]:
     return written
 
 
-def pin_study(out: Path, settings: dict) -> None:
-    """Write out/study.json, or check that the folder's study has the same settings."""
-    path = out / STUDY_JSON
+def pin_settings(path: Path, settings: dict, what: str) -> None:
+    """Write ``settings`` to ``path`` (JSON), or check that the file there holds the same.
+
+    A study or pilot folder is resumed run by run; this refuses to resume it with other
+    settings, naming each one that differs (``what``: "study", "pilot", in the message).
+    """
+    out = path.parent
     if path.is_file():
         saved = json.loads(path.read_text())
         changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
         if changed:
             raise ValueError(
-                f"{out} holds a study with other settings ("
+                f"{out} holds a {what} with other settings ("
                 + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
                 + "); choose another out folder"
             )
         return
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True))
+    atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
 def run_finished(out: Path, arm: Arm, seed: int, epochs: int) -> bool:

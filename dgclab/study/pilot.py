@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -81,6 +80,7 @@ from ..analysis import filter_sparsity
 from ..data import dataset_info, load_dataset
 from ..models.basicnet import BASICNET_WIDTHS, basicnet
 from ..train import Trainer
+from .folder import pin_settings
 from .grid import ACTIVATION_THRESHOLD, ANALYSIS_BATCH, GAMMA_THRESHOLD, GRID, STUDY_DATASETS
 
 __all__ = [
@@ -234,8 +234,9 @@ def run_pilot(
     info = dataset_info(dataset, data_root)
     torch.manual_seed(seed)
     model = basicnet(info.in_channels, info.num_classes, widths=widths)  # checks the widths
-    _pin(out, {"arm": arm.name, "dataset": dataset, "subset": subset, "widths": list(widths),
-               "max_epochs": max_epochs, "activation_images": activation_images, "seed": seed})
+    settings = {"arm": arm.name, "dataset": dataset, "subset": subset, "widths": list(widths),
+                "max_epochs": max_epochs, "activation_images": activation_images, "seed": seed}
+    pin_settings(out / PILOT_JSON, settings, "pilot")
 
     logger = _PilotLog(out, max_epochs, max_minutes, patience, progress, say)
     trainer = Trainer(config, out, resume=True, callbacks=[logger, *callbacks],
@@ -380,23 +381,6 @@ class _PilotLog:
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _pin(out: Path, settings: dict) -> None:
-    """Write out/pilot.json, or check that the folder's pilot has the same settings."""
-    path = out / PILOT_JSON
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
-        if changed:
-            raise ValueError(
-                f"{out} holds a pilot with other settings ("
-                + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
-                + "); choose another out folder"
-            )
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
 def _short_names(layers: list[str]) -> dict[str, str]:

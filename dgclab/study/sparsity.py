@@ -50,8 +50,9 @@ from .folder import (
     SELECTION_CSV,
     SPARSITY_COLUMNS,
     SPARSITY_CSV,
+    STUDY_JSON,
     StudyResult,
-    pin_study,
+    pin_settings,
     refresh_study,
     replace_rows,
     run_finished,
@@ -130,7 +131,8 @@ def run_sparsity_study(
     epochs = epochs or default_epochs
 
     out = Path(out)
-    pin_study(out, {"dataset": dataset, "subset": subset, "epochs": epochs})
+    pin_settings(out / STUDY_JSON, {"dataset": dataset, "subset": subset, "epochs": epochs},
+                 "study")
     jobs = [(arm, seed) for arm in chosen for seed in range(seeds)]
     say(f"sparsity study in {out}: {len(jobs)} runs ({len(chosen)} arms x {seeds} seeds), "
         f"{dataset}, {'full training set' if subset is None else f'{subset} images'}, "
