@@ -120,13 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .data import DATASETS
     from .models.registry import MODEL_NAMES
-    from .train.config import CONVS, OPTIMIZERS, TrainConfig
+    from .layers import CONV_KINDS
+    from .train.config import OPTIMIZERS, TrainConfig
 
     d = TrainConfig()
     train = sub.add_parser("train", help="train a model; writes a run folder (see --out)")
     train.add_argument("--model", default=d.model, choices=MODEL_NAMES)
     train.add_argument("--width", type=int, default=d.width, help="resnet base width")
-    train.add_argument("--conv", default=d.conv, choices=CONVS)
+    train.add_argument("--conv", default=d.conv, choices=tuple(CONV_KINDS))
     train.add_argument("--heads", type=int, default=d.heads)
     train.add_argument("--pruning-rate", type=float, default=d.pruning_rate)
     train.add_argument("--dataset", default=d.dataset, choices=DATASETS)

@@ -25,6 +25,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ._atomic import atomic_write_text
+from .layers import CONV_KINDS
 from .record import load_recording
 from .viz import (
     plot_channel_usage,
@@ -171,7 +172,7 @@ def _render(run: Path, config: dict, history: pd.DataFrame, recording) -> str:
                  "The fraction of its input channels each DGC head drops, k / C_in (mean over "
                  "DGC layers), at the end of each epoch. k is 0 for the first 1/12 of the "
                  "iterations, grows linearly and reaches round(ξ · C_in) at 3/4 of training."))
-    if conv == "dgc" and "k_frac" in history.columns:
+    if _has_schedule(conv) and "k_frac" in history.columns:
         add(_img(plot_k_schedule(history, pruning_rate=_number(config.get("pruning_rate"))),
                  "k schedule"))
     else:
@@ -233,8 +234,8 @@ def _render(run: Path, config: dict, history: pd.DataFrame, recording) -> str:
                  "value, realized exceeds the paper's figure."))
     if {"paper_macs", "realized_macs"} <= set(history.columns):
         add(_img(plot_macs(history, recording), "MACs"))
-        if recording is None and conv != "dgc":
-            add(_p("Without DGC layers every image costs the same: realized = paper."))
+        if recording is None and not _dynamic(conv):
+            add(_p("Without dynamic layers (DGC) every image costs the same: realized = paper."))
         elif recording is None:
             add(_p(why_not + " The per-image distribution needs it."))
     else:
@@ -275,12 +276,12 @@ def _config_rows(config: dict) -> list[tuple[str, str]]:
         dataset += f" (subset of {config['subset']} images)"
     heads = config.get("heads")
     rate = config.get("pruning_rate")
-    if conv == "dense":
-        heads_text, rate_text = "n/a (dense conv)", "n/a (dense conv)"
-    elif conv == "group":
-        heads_text, rate_text = f"{heads} (static groups)", "n/a (static groups)"
+    spec = CONV_KINDS.get(conv)
+    if spec is None or spec.groups_option is None:
+        heads_text = f"n/a ({conv} conv)"
     else:
-        heads_text, rate_text = str(heads), f"ξ = {rate}"
+        heads_text = str(heads) if _dynamic(conv) else f"{heads} (static groups)"
+    rate_text = f"ξ = {rate}" if _has_schedule(conv) else f"n/a ({conv} conv)"
     return [
         ("model", f"{config.get('model', '?')} (width {config.get('width', '?')})"),
         ("conv", str(conv)),
@@ -329,9 +330,9 @@ def _why_no_recording(config: dict, recording) -> str:
     if recording is not None:
         return ""
     conv = config.get("conv", "dgc")
-    if conv != "dgc":
-        return (f"Not available: the model has no DGC layers (conv = {conv!r}), so there are no "
-                f"channel selections to record.")
+    if not _dynamic(conv):
+        return (f"Not available: the model has no dynamic layers (conv = {conv!r}), so there "
+                f"are no per-image channel selections to record.")
     if config.get("record") is False:
         return ("Not available: the run did not record the test set's selections "
                 "(record = False).")
@@ -409,3 +410,13 @@ def _macs(value: float | None) -> str:
     return f"{value:.0f}"
 
 
+def _dynamic(conv: str) -> bool:
+    """Whether a conv kind's layers choose their channels per image (what a recording holds)."""
+    spec = CONV_KINDS.get(conv)
+    return spec is not None and spec.grouping and spec.layer_type.dynamic
+
+
+def _has_schedule(conv: str) -> bool:
+    """Whether a conv kind has DGC's pruning rate, whose k schedule the history logs."""
+    spec = CONV_KINDS.get(conv)
+    return spec is not None and "pruning_rate" in spec.options

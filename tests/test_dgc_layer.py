@@ -22,7 +22,7 @@ from dgclab.layers import (
     set_pruning_progress,
 )
 from dgclab.layers import cpu_kernel
-from dgclab.layers import dgc as dgc_module
+from dgclab.layers import dgc_gather
 from dgclab.layers.dgc import interleave_heads, select_top_channels
 
 
@@ -196,7 +196,7 @@ def test_mask_conv_of_an_empty_batch(gate_on):
 
 def test_gather_in_chunks_agrees(monkeypatch):
     """Batches larger than one chunk are written into the interleaved output piecewise."""
-    monkeypatch.setattr(dgc_module, "GATHER_CHUNK_BYTES", 1)  # one sample per chunk
+    monkeypatch.setattr(dgc_gather, "GATHER_CHUNK_BYTES", 1)  # one sample per chunk
     for ksize in (1, 3):
         layer = make_layer(16, 16, ksize, padding=ksize // 2, k=10, squeeze_rate=2)
         assert_executions_agree(layer, torch.randn(5, 16, 7, 7), train=True)
@@ -205,9 +205,9 @@ def test_gather_in_chunks_agrees(monkeypatch):
 def test_inference_scratch_buffers_are_reused_safely(monkeypatch):
     """Without autograd on CPU the gather reuses scratch buffers across chunks, calls, shapes
     and dtypes; no output may alias them."""
-    monkeypatch.setattr(dgc_module, "GATHER_CHUNK_SAMPLES", 2)  # three chunks for 5 samples
+    monkeypatch.setattr(dgc_gather, "GATHER_CHUNK_SAMPLES", 2)  # three chunks for 5 samples
     with cpu_kernel.use(False):  # the PyTorch path (the kernel has no scratch buffers)
-        dgc_module.release_scratch()
+        dgc_gather.release_scratch()
         for dtype in (torch.float32, torch.float64):
             for ksize, cin, hw in ((3, 16, 7), (1, 16, 5), (3, 32, 4)):
                 layer = make_layer(cin, cin, ksize, padding=ksize // 2, k=cin // 2, squeeze_rate=2)
@@ -222,9 +222,10 @@ def test_inference_scratch_buffers_are_reused_safely(monkeypatch):
                     layer(torch.randn_like(x))  # overwrites the scratch buffers
                 torch.testing.assert_close(first, ref, rtol=1e-4, atol=1e-5)
                 assert torch.equal(first, kept)
-        assert {key[1] for key in dgc_module._scratch.buffers} == {torch.float32, torch.float64}
-        dgc_module.release_scratch()
-        assert not dgc_module._scratch.buffers
+        dtypes = {key[1] for key in dgc_gather.gather_scratch.buffers}
+        assert dtypes == {torch.float32, torch.float64}
+        dgc_gather.release_scratch()
+        assert not dgc_gather.gather_scratch.buffers
 
 
 def test_ties_drop_together():

@@ -301,7 +301,8 @@ def test_convert_torchvision_resnet18_to_dgc():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
     # Converting again touches nothing new: DGC layers are not entered.
     again = convert(model)
-    assert again.converted == [] and again.skipped["layer1.0.conv1"] == "already a DGCConv2d"
+    assert again.converted == []
+    assert again.skipped["layer1.0.conv1"] == "already a DGCConv2d (4 groups)"
 
 
 def test_convert_to_group():

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 import dgclab
 from dgclab.layers import DGCConv2d, set_pruning_progress
-from dgclab.layers.pruning import dgc_layers
+from dgclab.layers import dgc_layers
 from dgclab.models import resnet_cifar
 from dgclab.record import (
     LAYER_INFO_KEYS, Recorder, Recording, load_recording, paused, save_recording,
@@ -375,7 +375,7 @@ def test_reentry_continues_and_nesting_is_refused():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="no DGCConv2d"):
+    with pytest.raises(ValueError, match="no dynamic grouping layer"):
         Recorder(nn.Conv2d(1, 1, 1))
     with pytest.raises(TypeError, match="model must be a Module, got str"):
         Recorder("resnet8")

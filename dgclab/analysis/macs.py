@@ -26,12 +26,15 @@ Three conventions for the DGC conv term:
 
 ``count_macs`` takes the conv and linear MACs from ``torch.utils.flop_counter.FlopCounterMode``
 (FLOPs = 2 x MACs per module) and adds what it skips (linear bias, ReLU, pooling) from forward
-hooks; DGC layers are counted by the formula above only, never by the ops they happen to run.
+hooks (``HOOK_COSTS``); every layer of the layer protocol (``dgclab.layers.GroupingConv``: DGC,
+the group conv, the rest of the family) is counted by its own formula
+(``mac_terms_from_info``) only, never by the ops it happens to run.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from typing import Literal, Sequence
 
 import pandas as pd
@@ -40,68 +43,63 @@ import torch.nn as nn
 from torch.nn.modules.utils import _pair
 from torch.utils.flop_counter import FlopCounterMode
 
+from dgclab.checks import check_choice
+from dgclab.layers import CONVENTIONS, GroupingConv, conv_channel_macs, conv_kind, conv_output_hw
 from dgclab.layers.dgc import DGCConv2d
+from dgclab.modes import eval_mode
 from dgclab.record import paused
 
 __all__ = [
     "count_macs",
     "dgc_layer_macs",
     "dgc_layer_mac_terms",
+    "info_macs",
     "conv_output_hw",
+    "HOOK_COSTS",
 ]
 
 Convention = Literal["paper", "dense"]
-CONVENTIONS = ("paper", "dense")
 DGC_CONVENTIONS = ("paper", "dense", "realized")
+DGC_TERMS = ("relu", "pool", "saliency", "conv")
 
 # Modules whose MACs come from FlopCounterMode (conv and matmul work). Conv bias is not counted
 # (CondenseNet convention); linear bias is added from the hooks.
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LINEAR_TYPES = (nn.Linear,)
-# Modules counted from their input/output shapes in forward hooks.
-RELU_TYPES = (nn.ReLU,)
-WINDOW_POOL_TYPES = (nn.MaxPool2d, nn.AvgPool2d)  # output elements x kernel area
-ADAPTIVE_POOL_TYPES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)  # input elements
 ZERO_COST_TYPES = (nn.modules.batchnorm._BatchNorm,)  # listed with 0 MACs in the per-layer table
 
-DGC_TERMS = ("relu", "pool", "saliency", "conv")
+
+def _window_pool(module, x, output) -> int:
+    kh, kw = _pair(module.kernel_size)
+    return output.numel() * kh * kw
+
+
+# What forward hooks add per call, for the whole batch: (module types, cost(module, x, output)).
+# Matmul work is FlopCounterMode's; these are the parts it does not see.
+HOOK_COSTS: tuple[tuple[tuple[type, ...], Callable[[nn.Module, torch.Tensor, torch.Tensor], int]],
+                  ...] = (
+    (LINEAR_TYPES, lambda m, x, out: out.numel() if m.bias is not None else 0),  # the bias
+    ((nn.ReLU,), lambda m, x, out: x.numel()),
+    ((nn.MaxPool2d, nn.AvgPool2d), _window_pool),  # output elements x kernel area
+    # input elements: exact when the output size divides the input (always for a global pool)
+    ((nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d), lambda m, x, out: x.numel()),
+    (ZERO_COST_TYPES, lambda m, x, out: 0),
+)
+_HOOKED = tuple(t for types, _ in HOOK_COSTS for t in types)
 
 
 # --------------------------------------------------------------------------------------------
-# Pure functions
+# One layer
 # --------------------------------------------------------------------------------------------
-
-
-def conv_output_hw(
-    input_hw: Sequence[int], kernel_size, stride=1, padding=0, dilation=1
-) -> tuple[int, int]:
-    """(H', W') of a 2-D conv or pool, with the ``nn.Conv2d`` formula.
-
-    ``H' = floor((H + 2 * padding - dilation * (kernel - 1) - 1) / stride) + 1``, per side.
-
-    Example:
-        >>> conv_output_hw((16, 16), 3, stride=1, padding=1)
-        (16, 16)
-    """
-    h, w = _check_hw(input_hw)
-    kernel_size, stride = _pair(kernel_size), _pair(stride)
-    padding, dilation = _pair(padding), _pair(dilation)
-    out = tuple(
-        (size + 2 * p - d * (k - 1) - 1) // s + 1
-        for size, k, s, p, d in zip((h, w), kernel_size, stride, padding, dilation)
-    )
-    if min(out) <= 0:
-        raise ValueError(
-            f"input_hw={tuple(input_hw)} is too small for kernel_size={kernel_size}, "
-            f"stride={stride}, padding={padding}, dilation={dilation}"
-        )
-    return out  # type: ignore[return-value]
 
 
 def dgc_layer_mac_terms(
     layer: DGCConv2d, input_hw: Sequence[int], convention: Convention = "paper"
 ) -> dict[str, int]:
     """The paper's MAC formula for one DGC layer and one image, term by term (SPEC §1.5).
+
+    The layer's own formula, ``layer.mac_terms(input_hw, convention)``
+    (``DGCConv2d.mac_terms_from_info``).
 
     Args:
         layer: the DGC layer (its channels, kernel, stride, padding, dilation, heads, hidden
@@ -119,20 +117,8 @@ def dgc_layer_mac_terms(
         >>> sum(dgc_layer_mac_terms(layer, (16, 16)).values())
         9512480
     """
-    _check_convention(convention, CONVENTIONS)
-    h, w = _check_hw(input_hw)
-    c, hidden, heads = layer.in_channels, layer.hidden, layer.heads
-    # fc1 (no bias) + fc2 weight + fc2 bias, then three C_in-wide elementwise steps
-    # (the paper's ReLU, gate and threshold terms): C_in*h + h + h*C_in + 3*C_in.
-    saliency = c * hidden + hidden + hidden * c + 3 * c
-    dense_conv = c * _dense_head_conv_per_channel(layer, (h, w))  # one head, all channels
-    keep = 1.0 - layer.pruning_rate if convention == "paper" else 1.0
-    return {
-        "relu": c * h * w,
-        "pool": c * h * w,
-        "saliency": heads * saliency,
-        "conv": round(heads * dense_conv * keep),
-    }
+    _check_dgc(layer)
+    return layer.mac_terms(input_hw, convention)
 
 
 def dgc_layer_macs(
@@ -170,14 +156,15 @@ def dgc_layer_macs(
         >>> dgc_layer_macs(layer, (16, 16), "realized", torch.tensor([32, 32, 32, 32]))
         9512480
     """
-    _check_convention(convention, DGC_CONVENTIONS)
+    _check_dgc(layer)
+    check_choice("convention", convention, DGC_CONVENTIONS)
     if convention != "realized":
         if kept_channels is not None:
             raise ValueError(
                 f"kept_channels is only used with convention='realized', got "
                 f"convention={convention!r}"
             )
-        return sum(dgc_layer_mac_terms(layer, input_hw, convention).values())
+        return layer.macs(input_hw, convention)
 
     if kept_channels is None:
         if layer.last_selection is None:
@@ -202,11 +189,27 @@ def dgc_layer_macs(
             f"kept_channels must lie in [0, in_channels={layer.in_channels}], got "
             f"min={int(kept.min())}, max={int(kept.max())}"
         )
-    terms = dgc_layer_mac_terms(layer, input_hw, "paper")
-    fixed = terms["relu"] + terms["pool"] + terms["saliency"]
-    per_channel = _dense_head_conv_per_channel(layer, _check_hw(input_hw))
-    macs = fixed + kept.long().sum(dim=-1) * per_channel  # () or (N,)
+    macs = info_macs(layer.layer_info(input_hw), kept.long())  # () or (N,)
     return int(macs) if macs.dim() == 0 else macs
+
+
+def info_macs(info: Mapping, kept_channels: torch.Tensor | None = None):
+    """MACs of one image in a grouping layer described by a ``layer_info`` (with ``input_hw``).
+
+    The layer's own formula (``mac_terms_from_info`` of its kind's class) at the paper
+    convention; with ``kept_channels`` (..., G) ints, the channels each group really read, the
+    conv term counts those instead (the "realized" count; the other terms, the cost of choosing
+    them, stay).
+
+    Returns:
+        An int, or with ``kept_channels`` a LongTensor of its leading shape.
+    """
+    layer_type = conv_kind(info["kind"]).layer_type
+    terms = layer_type.mac_terms_from_info(info, "paper")
+    if kept_channels is None:
+        return int(sum(terms.values()))
+    fixed = sum(v for key, v in terms.items() if key != "conv")
+    return fixed + kept_channels.sum(dim=-1) * conv_channel_macs(info)
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,19 +226,20 @@ def count_macs(
     """MACs per image of ``model``, counted as the DGC paper counts them (SPEC §1.5).
 
     Runs one forward of zeros of shape ``input_size`` under ``torch.no_grad()``, on the model's
-    device and dtype, with the model temporarily in eval mode (every module's mode and every DGC
-    layer's ``last_*`` attributes are restored afterwards) and inside ``dgclab.record.paused()``
-    (a live ``Recorder`` of the model does not record it). Counts are for the whole batch
-    divided by the batch size, i.e. per image.
+    device and dtype, with the model temporarily in eval mode (every module's mode and every
+    grouping layer's ``last_*`` attributes are restored afterwards) and inside
+    ``dgclab.record.paused()`` (a live ``Recorder`` of the model does not record it). Counts
+    are for the whole batch divided by the batch size, i.e. per image.
 
     What is counted: convs and linear layers from ``FlopCounterMode`` (FLOPs / 2), plus linear
-    bias, ReLU and pooling from forward hooks (a module called twice counts twice); matmuls and
-    convs run outside any module appear as a ``"(functional)"`` row. DGC layers are counted by
-    ``dgc_layer_mac_terms`` only; nothing inside them is counted again. BatchNorm is 0; other
-    modules (dropout, flatten, other activations) are not counted.
+    bias, ReLU and pooling from forward hooks (``HOOK_COSTS``; a module called twice counts
+    twice); matmuls and convs run outside any module appear as a ``"(functional)"`` row.
+    Layers of the layer protocol (DGC, the group conv, ...) are counted by their own formula
+    only; nothing inside them is counted again. BatchNorm is 0; other modules (dropout,
+    flatten, other activations) are not counted.
 
     Args:
-        model: any module; DGC layers inside it use the formula.
+        model: any module.
         input_size: (B, C, H, W), four positive ints.
         convention: ``"paper"`` (DGC conv term x ``(1 - xi)``) or ``"dense"`` (the DGC conv term
             of the mask execution, no factor).
@@ -243,94 +247,92 @@ def count_macs(
 
     Returns:
         The total as an int, or with ``per_layer`` a DataFrame with one row per counted module
-        (``named_modules`` order): ``layer`` (module name), ``type`` (class name), ``calls``,
-        ``macs`` (int, per image; the column sums to the total) and, for DGC layers, the parts
-        ``dgc_relu``, ``dgc_pool``, ``dgc_saliency``, ``dgc_conv`` (NA elsewhere).
+        (``named_modules`` order): ``layer`` (module name), ``type`` (class name), ``kind`` (a
+        grouping layer's kind, NA elsewhere), ``calls``, ``macs`` (int, per image; the column
+        sums to the total) and the grouping layers' terms as ``<kind>_<term>`` columns
+        (``dgc_relu``, ``dgc_pool``, ``dgc_saliency``, ``dgc_conv`` always; NA elsewhere).
 
     Example:
         >>> count_macs(nn.Conv2d(128, 128, 3, padding=1, bias=False), (1, 128, 16, 16))
         37748736
     """
     size = _check_input_size(input_size)
-    _check_convention(convention, CONVENTIONS)
-    batch = size[0]
-
+    check_choice("convention", convention, CONVENTIONS)
     modules = dict(model.named_modules())
-    dgc_names = [n for n, m in modules.items() if isinstance(m, DGCConv2d)]
-    counted = {}  # name -> module whose MACs this function reports, in named_modules order
-    for name, module in modules.items():
-        if any(_is_inside(name, d) for d in dgc_names):
-            continue  # the DGC formula covers it
-        if isinstance(
-            module,
-            (DGCConv2d,)
-            + CONV_TYPES
-            + LINEAR_TYPES
-            + RELU_TYPES
-            + WINDOW_POOL_TYPES
-            + ADAPTIVE_POOL_TYPES
-            + ZERO_COST_TYPES,
-        ):
-            counted[name] = module
-    # Modules that own FlopCounterMode counts; whatever the outermost ones leave of the global
-    # count ran outside any of them (functional convs and matmuls).
-    flop_modules = [
-        n for n, m in counted.items() if isinstance(m, (DGCConv2d,) + CONV_TYPES + LINEAR_TYPES)
-    ]
-    flop_owners = [n for n in flop_modules if not any(_is_inside(n, o) for o in flop_modules)]
+    grouping = [n for n, m in modules.items() if isinstance(m, GroupingConv)]
+    counted = {  # name -> module whose MACs this function reports, in named_modules order
+        name: module for name, module in modules.items()
+        if not any(_is_inside(name, g) for g in grouping)  # its layer's formula covers it
+        and isinstance(module, (GroupingConv,) + CONV_TYPES + LINEAR_TYPES + _HOOKED)
+    }
+    calls, hook_macs, terms, flops = _probe(model, size, counted, convention)
+    rows = _rows(model, size[0], counted, calls, hook_macs, terms, flops)
+    if not per_layer:
+        return int(sum(row["macs"] for row in rows))
+    term_columns = [f"dgc_{t}" for t in DGC_TERMS]
+    base = ["layer", "type", "kind", "calls", "macs"]
+    term_columns += sorted({c for row in rows for c in row} - set(base) - set(term_columns))
+    table = pd.DataFrame(rows, columns=base + term_columns)
+    table["calls"] = table["calls"].astype("int64")
+    table["macs"] = table["macs"].astype("int64")
+    for column in term_columns:
+        table[column] = table[column].astype("Int64")  # NA outside the kind's layers
+    return table
 
-    # Per module: calls and the hook-counted MACs for the whole batch (a DGC layer records its
-    # formula terms per image).
+
+def _probe(model: nn.Module, size: tuple, counted: dict[str, nn.Module], convention: str):
+    """One forward of zeros with a hook on every counted module.
+
+    Returns:
+        ``calls`` (name -> calls), ``hook_macs`` (name -> ``HOOK_COSTS`` MACs of the whole
+        batch), ``terms`` (grouping layer name -> its formula's terms per image, summed over
+        calls) and ``flops`` (FlopCounterMode's FLOPs per module path, "Global" the total).
+    """
     calls: dict[str, int] = defaultdict(int)
     hook_macs: dict[str, int] = defaultdict(int)
-    dgc_terms: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(DGC_TERMS, 0))
+    terms: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
-    def make_hook(name: str, module: nn.Module):
+    def make_hook(name: str):
         def hook(mod, inputs, output):
             x = inputs[0]
             calls[name] += 1
-            if isinstance(mod, DGCConv2d):
-                terms = dgc_layer_mac_terms(mod, x.shape[-2:], convention)
-                for key, value in terms.items():
-                    dgc_terms[name][key] += value
-            elif isinstance(mod, LINEAR_TYPES):
-                hook_macs[name] += output.numel() if mod.bias is not None else 0
-            elif isinstance(mod, RELU_TYPES):
-                hook_macs[name] += x.numel()
-            elif isinstance(mod, WINDOW_POOL_TYPES):
-                kh, kw = _pair(mod.kernel_size)
-                hook_macs[name] += output.numel() * kh * kw
-            elif isinstance(mod, ADAPTIVE_POOL_TYPES):
-                # Exact when the output size divides the input size (always for a global pool).
-                hook_macs[name] += x.numel()
+            if isinstance(mod, GroupingConv):
+                for key, value in mod.mac_terms(x.shape[-2:], convention).items():
+                    terms[name][key] += value
+                return
+            for types, cost in HOOK_COSTS:
+                if isinstance(mod, types):
+                    hook_macs[name] += cost(mod, x, output)
+                    return
 
         return hook
 
+    layers = [m for m in counted.values() if isinstance(m, GroupingConv)]
+    saved = [(m, dict(vars(m))) for m in layers]  # last_selection and the like
     device, dtype = _device_and_dtype(model)
     x = torch.zeros(size, device=device, dtype=dtype)
-    modes = {m: m.training for m in model.modules()}
-    dgc_state = {
-        n: (modules[n].last_lasso, modules[n].last_saliency, modules[n].last_selection)
-        for n in dgc_names
-    }
     handles = []
     try:
-        handles = [m.register_forward_hook(make_hook(n, m)) for n, m in counted.items()]
-        model.eval()
-        with torch.no_grad(), paused(), FlopCounterMode(display=False) as flop_counter:
+        handles = [m.register_forward_hook(make_hook(n)) for n, m in counted.items()]
+        with eval_mode(model), torch.no_grad(), paused(), FlopCounterMode(display=False) as fc:
             model(x)
     finally:
         for handle in handles:
             handle.remove()
-        for module, training in modes.items():
-            module.training = training
-        for n, (lasso, saliency, selection) in dgc_state.items():
-            layer = modules[n]
-            layer.last_lasso, layer.last_saliency, layer.last_selection = lasso, saliency, selection
+        for layer, attributes in saved:  # what the probe forward set, put back
+            for key in [k for k in vars(layer) if k.startswith("last_")]:
+                setattr(layer, key, attributes.get(key))
+    flops = {k: sum(v.values()) for k, v in fc.get_flop_counts().items()}
+    return calls, hook_macs, terms, flops
 
-    # FlopCounterMode keys every module by its class-name-rooted path: "ResNet.layer1.0.conv1".
-    flops = {k: sum(v.values()) for k, v in flop_counter.get_flop_counts().items()}
-    root = type(model).__name__
+
+def _rows(model, batch, counted, calls, hook_macs, terms, flops) -> list[dict]:
+    """Per module MACs per image: the formula for grouping layers, FLOPs + hooks for the rest.
+
+    Whatever the outermost FLOP-owning modules leave of FlopCounterMode's global count ran
+    outside any of them: a ``"(functional)"`` row.
+    """
+    root = type(model).__name__  # FlopCounterMode keys modules "ResNet.layer1.0.conv1"
 
     def module_flops(name: str) -> int:
         return flops.get(f"{root}.{name}" if name else root, 0)
@@ -339,37 +341,25 @@ def count_macs(
     for name, module in counted.items():
         if not calls[name]:
             continue
-        row = {"layer": name, "type": type(module).__name__, "calls": calls[name]}
-        if isinstance(module, DGCConv2d):
-            terms = dgc_terms[name]
-            row["macs"] = sum(terms.values())
-            row.update({f"dgc_{key}": value for key, value in terms.items()})
+        row = {"layer": name, "type": type(module).__name__, "kind": None, "calls": calls[name]}
+        if isinstance(module, GroupingConv):
+            row["kind"] = module.kind
+            row["macs"] = sum(terms[name].values())
+            row.update({f"{module.kind}_{key}": v for key, v in terms[name].items()})
         else:
             macs = hook_macs[name]
             if isinstance(module, CONV_TYPES + LINEAR_TYPES):
                 macs += module_flops(name) // 2  # FLOPs = 2 x MACs
             row["macs"] = macs // batch
         rows.append(row)
-    functional = flops.get("Global", 0) - sum(module_flops(n) for n in flop_owners)
+    owners = [n for n, m in counted.items()
+              if isinstance(m, (GroupingConv,) + CONV_TYPES + LINEAR_TYPES)]
+    owners = [n for n in owners if not any(_is_inside(n, o) for o in owners)]
+    functional = flops.get("Global", 0) - sum(module_flops(n) for n in owners)
     if functional > 0:
-        rows.append(
-            {
-                "layer": "(functional)",
-                "type": "functional",
-                "calls": 1,
-                "macs": functional // 2 // batch,
-            }
-        )
-
-    if not per_layer:
-        return int(sum(row["macs"] for row in rows))
-    columns = ["layer", "type", "calls", "macs"] + [f"dgc_{key}" for key in DGC_TERMS]
-    table = pd.DataFrame(rows, columns=columns)
-    table["calls"] = table["calls"].astype("int64")
-    table["macs"] = table["macs"].astype("int64")
-    for key in DGC_TERMS:
-        table[f"dgc_{key}"] = table[f"dgc_{key}"].astype("Int64")  # NA outside DGC layers
-    return table
+        rows.append({"layer": "(functional)", "type": "functional", "kind": None, "calls": 1,
+                     "macs": functional // 2 // batch})
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,13 +367,9 @@ def count_macs(
 # --------------------------------------------------------------------------------------------
 
 
-def _dense_head_conv_per_channel(layer: DGCConv2d, input_hw: tuple[int, int]) -> int:
-    """MACs of one head's conv per kept input channel: (C_out/heads) * kh*kw * H'*W'."""
-    kh, kw = layer.kernel_size
-    ho, wo = conv_output_hw(
-        input_hw, layer.kernel_size, layer.stride, layer.padding, layer.dilation
-    )
-    return layer.out_channels // layer.heads * kh * kw * ho * wo
+def _check_dgc(layer) -> None:
+    if not isinstance(layer, DGCConv2d):
+        raise TypeError(f"layer must be a DGCConv2d, got {type(layer).__name__}")
 
 
 def _is_inside(name: str, parent: str) -> bool:
@@ -411,17 +397,3 @@ def _check_input_size(input_size) -> tuple[int, int, int, int]:
             f"input_size must be four positive ints (B, C, H, W), got input_size={input_size!r}"
         )
     return size  # type: ignore[return-value]
-
-
-def _check_hw(input_hw) -> tuple[int, int]:
-    hw = None
-    if isinstance(input_hw, (tuple, list, torch.Size)):
-        hw = tuple(int(s) for s in input_hw)
-    if hw is None or len(hw) != 2 or min(hw) <= 0:
-        raise ValueError(f"input_hw must be two positive ints (H, W), got input_hw={input_hw!r}")
-    return hw  # type: ignore[return-value]
-
-
-def _check_convention(convention, allowed: tuple[str, ...]) -> None:
-    if convention not in allowed:
-        raise ValueError(f"convention must be one of {allowed}, got convention={convention!r}")

@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dgclab.modes import eval_mode
 from dgclab.record import paused
 
 from .macs import count_macs
@@ -303,29 +304,22 @@ def pruning_effect(
         the fraction of images whose predicted class is the same.
     """
     device = _device(model)
-    modes = [(m, m.training) for m in list(model.modules()) + list(pruned.modules())]
-    model.eval()
-    pruned.eval()
     images = correct = correct_pruned = same = 0
     max_change, sum_change, entries = 0.0, 0.0, 0
-    try:
-        with paused():
-            for i, (x, y, *_) in enumerate(loader):
-                if max_batches is not None and i >= max_batches:
-                    break
-                x, y = x.to(device), y.to(device)
-                a, b = model(x), pruned(x)  # (B, classes)
-                diff = (a - b).abs()
-                max_change = max(max_change, float(diff.max()))
-                sum_change += float(diff.double().sum())
-                entries += diff.numel()
-                correct += int((a.argmax(1) == y).sum())
-                correct_pruned += int((b.argmax(1) == y).sum())
-                same += int((a.argmax(1) == b.argmax(1)).sum())
-                images += len(y)
-    finally:
-        for m, training in modes:
-            m.training = training
+    with eval_mode(model, pruned), paused():
+        for i, (x, y, *_) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            x, y = x.to(device), y.to(device)
+            a, b = model(x), pruned(x)  # (B, classes)
+            diff = (a - b).abs()
+            max_change = max(max_change, float(diff.max()))
+            sum_change += float(diff.double().sum())
+            entries += diff.numel()
+            correct += int((a.argmax(1) == y).sum())
+            correct_pruned += int((b.argmax(1) == y).sum())
+            same += int((a.argmax(1) == b.argmax(1)).sum())
+            images += len(y)
     if not images:
         raise ValueError("the loader yielded no batch")
     return {
@@ -604,12 +598,5 @@ def _device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def _max_logit_change(model: nn.Module, pruned: nn.Module, x: torch.Tensor) -> float:
-    modes = [(m, m.training) for m in list(model.modules()) + list(pruned.modules())]
-    try:
-        model.eval()
-        pruned.eval()
-        with paused():
-            return float((model(x) - pruned(x)).abs().max())
-    finally:
-        for m, training in modes:
-            m.training = training
+    with eval_mode(model, pruned), paused():
+        return float((model(x) - pruned(x)).abs().max())

@@ -21,15 +21,15 @@ Conventions:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import hypergeom
-from torch.nn.modules.utils import _pair
 
-from .macs import dgc_layer_macs
+from dgclab.layers import conv_kind
+
+from .macs import info_macs
 
 __all__ = [
     "jaccard_similarity",
@@ -323,12 +323,12 @@ def realized_macs(
 ) -> pd.DataFrame:
     """MACs each recorded image really cost in the DGC layers, beside the paper's count.
 
-    For every DGC layer the recording's ``layer_info`` (channels, kernel, stride, padding,
-    dilation, heads, hidden width, pruning rate, k and input size) feeds ``dgc_layer_macs``
-    (SPEC §1.5): ``realized`` counts, per image, the channels each head actually kept;
-    ``paper`` uses the target keep ratio ``1 - xi`` (the same for every image); ``k_based``
-    counts ``C_in - k`` channels per head with the k in force when recorded (what the gather
-    execution convolves). Realized <= k_based always; realized <= paper once k has reached its
+    For every recorded layer the recording's ``layer_info`` feeds the layer kind's own MAC
+    formula (``info_macs``; for DGC, SPEC §1.5): ``realized`` counts, per image, the channels
+    each head actually kept; ``paper`` uses the target keep ratio ``1 - xi`` (the same for
+    every image); ``k_based`` counts ``C_in - k`` channels per head with the k in force when
+    recorded (what the gather execution convolves; the kind's ``computed_channels_from_info``).
+    Realized <= k_based always; realized <= paper once k has reached its
     final value (during the warm-up, k < round(xi * C_in), so an image can cost more than the
     paper's figure).
 
@@ -355,13 +355,11 @@ def realized_macs(
         info = recording.layer_info(name)
         if info.get("input_hw") is None:
             raise ValueError(f"layer_info of {name!r} has no input_hw; realized MACs need it")
-        layer = _layer_from_info(info)
-        hw = tuple(info["input_hw"])
-        kept = recording.selections(name).sum(-1)  # (N, heads)
-        realized.append(dgc_layer_macs(layer, hw, "realized", kept).numpy().astype(np.int64))
-        keep_k = torch.full((layer.heads,), layer.in_channels - int(info["inactive_channels"]))
-        k_based.append(dgc_layer_macs(layer, hw, "realized", keep_k))
-        paper.append(dgc_layer_macs(layer, hw, "paper"))
+        kept = recording.selections(name).sum(-1).long()  # (N, heads)
+        realized.append(info_macs(info, kept).numpy().astype(np.int64))
+        computed = conv_kind(info["kind"]).layer_type.computed_channels_from_info(info)
+        k_based.append(int(info_macs(info, torch.full((info["heads"],), computed))))
+        paper.append(info_macs(info))
 
     if per_layer:
         lcount = len(names)
@@ -404,22 +402,6 @@ def _layers(recording, layers: Sequence[str] | None) -> list[str]:
     if missing:
         raise ValueError(f"no DGC layers {missing} in this recording; layers: {names}")
     return list(layers)
-
-
-def _layer_from_info(info: dict) -> SimpleNamespace:
-    """An object with the attributes ``dgc_layer_macs`` reads, built from a ``layer_info``."""
-    return SimpleNamespace(
-        in_channels=int(info["in_channels"]),
-        out_channels=int(info["out_channels"]),
-        kernel_size=tuple(int(v) for v in _pair(info["kernel_size"])),
-        stride=tuple(int(v) for v in _pair(info["stride"])),
-        padding=tuple(int(v) for v in _pair(info["padding"])),
-        dilation=tuple(int(v) for v in _pair(info["dilation"])),
-        heads=int(info["heads"]),
-        hidden=int(info["hidden"]),
-        pruning_rate=float(info["pruning_rate"]),
-        last_selection=None,
-    )
 
 
 def _mean_chance(a: np.ndarray, b: np.ndarray, c: int) -> float:

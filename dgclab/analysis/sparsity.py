@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,7 @@ from tqdm.auto import tqdm
 
 from dgclab.checks import check_float, check_int, check_type
 from dgclab.layers.dgc import DGCConv2d
+from dgclab.modes import eval_mode
 from dgclab.record import paused
 
 __all__ = ["bn_relu_pairs", "dead_by_gamma", "filter_sparsity"]
@@ -397,26 +399,19 @@ def _activation_stats(
     return out
 
 
-class _measuring:
+@contextmanager
+def _measuring(model: nn.Module) -> Iterator[None]:
     """Context: eval mode, then every module's mode and DGC layers' ``last_*`` restored."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self):
-        self.modes = {m: m.training for m in self.model.modules()}
-        self.dgc = {
-            m: (m.last_lasso, m.last_saliency, m.last_selection)
-            for m in self.model.modules()
-            if isinstance(m, DGCConv2d)
-        }
-        self.model.eval()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for module, training in self.modes.items():
-            module.training = training
-        for m, (lasso, saliency, selection) in self.dgc.items():
+    dgc = {
+        m: (m.last_lasso, m.last_saliency, m.last_selection)
+        for m in model.modules()
+        if isinstance(m, DGCConv2d)
+    }
+    try:
+        with eval_mode(model):
+            yield
+    finally:
+        for m, (lasso, saliency, selection) in dgc.items():
             m.last_lasso, m.last_saliency, m.last_selection = lasso, saliency, selection
 
 

@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 
 from dgclab.checks import check_float, check_int
-from dgclab.layers.pruning import dgc_layers
+from dgclab.layers import dgc_layers
 
 from .selection import head_jaccard
 from .sparsity import _check_reiterable, _first_inputs, bn_relu_pairs, filter_sparsity

@@ -34,12 +34,12 @@ import torch
 
 from .._atomic import atomic_write_bytes, atomic_write_text
 from ..data import dataset_info
-from ..layers import set_pruning_progress
+from ..layers import CONV_KINDS, set_progress
 from ..models.registry import build_model
 from ..train import Trainer, TrainConfig
 from .timing import interleaved_medians
 
-CONVS = ("dense", "group", "dgc")
+DEFAULT_CONVS = ("dense", "group", "dgc")  # the paper's comparison; any kind of CONV_KINDS runs
 
 
 def _config(conv: str, seed: int, args) -> TrainConfig:
@@ -112,7 +112,7 @@ def summarize(args) -> pd.DataFrame:
                 model = build_model(f"resnet{args.depth}", in_channels=info.in_channels,
                                     num_classes=info.num_classes, width=args.width, conv=conv,
                                     heads=4, pruning_rate=0.75)
-                set_pruning_progress(model, 1.0)
+                set_progress(model, 1.0)  # every layer at its end of training (DGC: final k)
                 models[conv] = model.eval()
     size = (1, 1, 28, 28)
     if not rows:
@@ -174,8 +174,8 @@ def main(argv=None) -> int:
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--configs", default=",".join(CONVS), help="comma-separated subset of "
-                        f"{','.join(CONVS)}")
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONVS),
+                        help=f"comma-separated conv kinds, of {','.join(CONV_KINDS)}")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training and latency")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--summary-only", action="store_true")
@@ -183,9 +183,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.configs = [c for c in args.configs.split(",") if c]
     args.out, args.results = Path(args.out).expanduser(), Path(args.results)
-    bad = [c for c in args.configs if c not in CONVS]
+    bad = [c for c in args.configs if c not in CONV_KINDS]
     if bad or args.seeds <= 0 or args.epochs <= 0:
-        parser.error(f"configs must come from {CONVS} (got {bad}), seeds and epochs positive")
+        parser.error(f"configs must come from {tuple(CONV_KINDS)} (got {bad}), seeds and epochs "
+                     f"positive")
     torch.set_num_threads(args.threads)
     if not args.summary_only:
         train_all(args)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ..analysis.macs import conv_output_hw
 from ..layers import DGCConv2d, cpu_kernel
 from ..layers import dgc as dgc_module
+from ..layers import dgc_gather
 from .memory import PeakTensorMemory
 from .timing import interleaved_medians
 
@@ -82,13 +83,14 @@ def _variants(dgc: DGCConv2d, x: torch.Tensor):
 
     def gather_conv(chunk_bytes, chunk_samples, kernel=False):
         def run():
-            old = dgc_module.GATHER_CHUNK_BYTES, dgc_module.GATHER_CHUNK_SAMPLES
-            dgc_module.GATHER_CHUNK_BYTES, dgc_module.GATHER_CHUNK_SAMPLES = chunk_bytes, chunk_samples
+            old = dgc_gather.GATHER_CHUNK_BYTES, dgc_gather.GATHER_CHUNK_SAMPLES
+            dgc_gather.GATHER_CHUNK_BYTES = chunk_bytes
+            dgc_gather.GATHER_CHUNK_SAMPLES = chunk_samples
             try:
                 with cpu_kernel.use(kernel):
                     return dgc_module.dgc_gather_conv(xn, gate, idx, weight, dgc.stride, dgc.padding)
             finally:
-                dgc_module.GATHER_CHUNK_BYTES, dgc_module.GATHER_CHUNK_SAMPLES = old
+                dgc_gather.GATHER_CHUNK_BYTES, dgc_gather.GATHER_CHUNK_SAMPLES = old
         return run
 
     def per_sample_loop():
@@ -113,13 +115,13 @@ def _variants(dgc: DGCConv2d, x: torch.Tensor):
         ho = (h + 2 * dgc.padding[0] - kh) // dgc.stride[0] + 1
         return dgc_module.interleave_heads(out.view(b, heads * co_h, ho, -1), heads)
 
-    chunked = gather_conv(dgc_module.GATHER_CHUNK_BYTES, dgc_module.GATHER_CHUNK_SAMPLES)
+    chunked = gather_conv(dgc_gather.GATHER_CHUNK_BYTES, dgc_gather.GATHER_CHUNK_SAMPLES)
     reference = chunked()
     variants = {}
     if x.device.type == "cpu" and x.dtype == torch.float32 and cpu_kernel.available():
         # the kernel on an already normalised input (the layer also folds the BN-ReLU into it)
         variants["C++ kernel"] = gather_conv(
-            dgc_module.GATHER_CHUNK_BYTES, dgc_module.GATHER_CHUNK_SAMPLES, kernel=True
+            dgc_gather.GATHER_CHUNK_BYTES, dgc_gather.GATHER_CHUNK_SAMPLES, kernel=True
         )
     variants |= {
         "PyTorch, chunked": chunked,

@@ -19,7 +19,7 @@ import copy
 
 import torch
 
-from ..layers import set_pruning_progress
+from ..layers import set_progress
 from ..models import resnet_cifar
 from ..record import Recorder
 from .timing import interleaved_medians
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     plain = resnet_cifar(20, width=16, conv="dgc", in_channels=1).eval()
-    set_pruning_progress(plain, 1.0)
+    set_progress(plain, 1.0)
     models = {name: copy.deepcopy(plain) for name in ("selections", "full", "exited")}
     x = torch.randn(args.batch, 1, 28, 28)
 

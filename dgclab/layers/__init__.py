@@ -1,18 +1,68 @@
-"""Layers: dynamic group convolution and its static baseline."""
+"""Layers: the channel-grouping convolutions, their protocol and their registry.
 
-from .dgc import DGCConv2d, dgc_gather_conv, dgc_mask_conv, interleave_heads, select_channels
+- ``base.py``: the layer protocol (``GroupingConv``) and the functions that walk a model by it.
+- ``registry.py``: ``CONV_KINDS``, ``make_conv``, ``register_conv``: every conv kind by name.
+- ``dgc.py`` (+ ``dgc_functional.py``, ``dgc_gather.py``, ``dgc_schedule.py``,
+  ``cpu_kernel.py``): dynamic group convolution (SPEC §1).
+- ``group.py``: the static group conv (SPEC §2).
+"""
+
+from .base import (
+    CONVENTIONS,
+    INFO_KEYS,
+    GroupingConv,
+    conv_channel_macs,
+    conv_output_hw,
+    grouping_layers,
+    regularization_loss,
+    set_progress,
+)
+from .dgc import (
+    DGCConv2d,
+    dgc_gather_conv,
+    dgc_layers,
+    dgc_mask_conv,
+    interleave_heads,
+    saliency_loss,
+    select_channels,
+    set_pruning_progress,
+)
+from .dgc_schedule import pruning_schedule
 from .group import GroupConv2d
-from .pruning import dgc_layers, pruning_schedule, saliency_loss, set_pruning_progress
+from .registry import (
+    CONV_KINDS,
+    ConvKind,
+    conv_kind,
+    kind_options,
+    make_conv,
+    register_conv,
+    unregister_conv,
+)
 
 __all__ = [
+    "CONVENTIONS",
+    "CONV_KINDS",
+    "ConvKind",
     "DGCConv2d",
     "GroupConv2d",
+    "GroupingConv",
+    "INFO_KEYS",
+    "conv_channel_macs",
+    "conv_kind",
+    "conv_output_hw",
     "dgc_gather_conv",
     "dgc_layers",
     "dgc_mask_conv",
+    "grouping_layers",
     "interleave_heads",
+    "kind_options",
+    "make_conv",
     "pruning_schedule",
+    "regularization_loss",
+    "register_conv",
     "saliency_loss",
     "select_channels",
+    "set_progress",
     "set_pruning_progress",
+    "unregister_conv",
 ]

@@ -7,7 +7,9 @@ class ``DynamicMultiHeadConv`` this layer reproduces key for key (SPEC §1.1).
 A DGC layer splits its output channels among ``heads`` groups of filters. For every image, each
 head's small saliency generator scores the input channels; the head keeps the ``C_in - k``
 most salient ones, scales them by their saliency and convolves only those. ``k`` (the number of
-inactive channels) grows during training along the official schedule (``pruning.py``).
+inactive channels) grows during training along the official schedule (``dgc_schedule.py``).
+A DGC layer is a dynamic layer of the layer protocol (``base.py``): ``last_selection`` says
+which channels each head read for each image of the last forward.
 
 Two executions compute the same numbers, NaN and Inf included:
 
@@ -20,22 +22,35 @@ Two executions compute the same numbers, NaN and Inf included:
   groups: the MACs really fall to ``(C_in - k) / C_in`` of dense. In CPU float32 inference a
   fused C++ kernel does the same per image and head, BN-ReLU included (``cpu_kernel.py``).
 
-The functional core (``select_channels``, ``dgc_mask_conv``, ``dgc_gather_conv``) sits next to
-the Module so that the maths can be tested without one.
+The functional core (``select_channels``, ``dgc_mask_conv``: ``dgc_functional.py``) and the
+gather execution (``dgc_gather_conv``: ``dgc_gather.py``) sit in modules of their own so that
+the maths can be tested without a Module; this one re-exports them.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.modules.utils import _pair
 
-from ..checks import check_bool, check_choice, check_float, check_int, check_pair
+from ..checks import check_bool, check_choice, check_float, check_int, check_pair, check_type
 from . import cpu_kernel
+from .base import GroupingConv, conv_channel_macs, grouping_layers
+
+# Everything below is re-exported: ``from dgclab.layers.dgc import X`` works as before the split.
+from .dgc_functional import (
+    check_inactive_channels,
+    dgc_mask_conv,
+    effective_squeeze_rate,
+    final_inactive_channels,
+    interleave_heads,
+    select_channels,
+    select_top_channels,
+)
+from .dgc_gather import dgc_gather_conv, release_scratch
+from .dgc_schedule import pruning_schedule
 
 __all__ = [
     "DGCConv2d",
@@ -49,11 +64,13 @@ __all__ = [
     "final_inactive_channels",
     "check_inactive_channels",
     "release_scratch",
+    "dgc_layers",
+    "set_pruning_progress",
+    "saliency_loss",
 ]
 
 Execution = Literal["auto", "mask", "gather"]
 EXECUTIONS = ("auto", "mask", "gather")
-GATE_ON = ("auto", "input", "weight")
 
 # "auto" gathers when a head keeps at most this fraction of its input channels. Measured with
 # `python -m dgclab.bench layer`: above it the per-sample weight gather costs more than the MACs
@@ -67,44 +84,6 @@ AUTO_GATHER_MAX_KEEP = 0.75
 # stage and won by 1.7x on the second).
 AUTO_GATHER_MAX_KEEP_AUTOGRAD = 0.25
 
-# The gather execution runs the batch in chunks: at most this many bytes of per-sample filter
-# columns, and at most this many samples, at once (see ``dgc_gather_conv``; measured with
-# ``python -m dgclab.bench layer --variants``).
-GATHER_CHUNK_BYTES = 8 * 2**20
-GATHER_CHUNK_SAMPLES = 16
-
-
-class _Scratch(threading.local):
-    """Per-thread scratch buffers for the gather execution's chunks, on CPU without autograd.
-
-    Each chunk gathers a few MB of inputs and filter columns. Allocated afresh on every call,
-    buffers of that size can go back and forth between glibc and the kernel (mmap, page faults,
-    trims); reusing them made the gather 10-20 % faster when timed by itself (min over
-    repeats; README, "Speed"). Reusing one buffer per (role, dtype)
-    avoids that; it holds at most ``GATHER_CHUNK_BYTES`` plus one chunk of gathered inputs per
-    thread. CUDA has its caching allocator and autograd must keep what it saves, so both
-    allocate as usual. ``release_scratch()`` frees the buffers.
-    """
-
-    def __init__(self) -> None:
-        self.buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
-
-    def take(self, role: str, numel: int, like: torch.Tensor) -> torch.Tensor:
-        """A 1-D tensor of ``numel`` elements, ``like``'s dtype, valid until the next take."""
-        key = (role, like.dtype)
-        buf = self.buffers.get(key)
-        if buf is None or buf.numel() < numel:
-            buf = self.buffers[key] = torch.empty(numel, dtype=like.dtype)
-        return buf[:numel]
-
-
-_scratch = _Scratch()
-
-
-def release_scratch() -> None:
-    """Free this thread's gather scratch buffers (they are made again when needed)."""
-    _scratch.buffers.clear()
-
 
 def _autocast(device_type: str) -> bool:
     """Whether autocast is on for ``device_type`` (inputs of another float dtype are fine then)."""
@@ -114,331 +93,6 @@ def _autocast(device_type: str) -> bool:
         if device_type == "cpu":
             return torch.is_autocast_cpu_enabled()
         return torch.is_autocast_enabled()
-
-
-def effective_squeeze_rate(in_channels: int, squeeze_rate: int) -> int:
-    """The official quirk: the squeeze rate is halved when ``in_channels < 80``."""
-    in_channels = check_int("in_channels", in_channels, min=1)
-    squeeze_rate = check_int("squeeze_rate", squeeze_rate, min=1)
-    return squeeze_rate // 2 if in_channels < 80 else squeeze_rate
-
-
-def final_inactive_channels(in_channels: int, pruning_rate: float) -> int:
-    """k at the end of the schedule, computed as the official code does (SPEC §1.2).
-
-    The official code stores the keep fraction ``gate_factor = 1 - pruning_rate`` and evaluates
-    ``round(C_in * (1 - gate_factor))`` with Python's (banker's) rounding; doing the same
-    arithmetic keeps ties identical.
-
-    Raises:
-        TypeError: ``in_channels`` is not an int or ``pruning_rate`` not a real number.
-        ValueError: ``in_channels < 1``, ``pruning_rate`` outside [0, 1), or a rate that drops
-            every channel (k = C_in: 0.9 of 4 channels rounds to 4).
-    """
-    in_channels = check_int("in_channels", in_channels, min=1)
-    pruning_rate = check_float("pruning_rate", pruning_rate, min=0, max=1, max_inclusive=False)
-    gate_factor = 1 - pruning_rate
-    k = round(in_channels * (1 - gate_factor))
-    if k >= in_channels:
-        raise ValueError(
-            f"pruning_rate={pruning_rate} would drop all {in_channels} input channels"
-        )
-    return k
-
-
-def check_inactive_channels(k, in_channels: int, name: str = "inactive_channels") -> int:
-    """k as an int, refused unless it is a whole number in [0, in_channels).
-
-    k = C_in would drop every channel (the layer would output zeros), and the official buffer
-    stores k as a float: 3.0 is 3, but 2.7 is refused rather than truncated to 2.
-
-    Args:
-        k: a number (read a buffer with ``.item()`` first).
-        in_channels: C_in of the layer.
-        name: what the messages call k (the setter's name, a state-dict key).
-
-    Raises:
-        TypeError: ``k`` is not a real number.
-        ValueError: NaN, Inf, a fraction, or outside [0, in_channels).
-    """
-    value = check_float(name, k, min=0, max=in_channels, max_inclusive=False)
-    if not value.is_integer():
-        raise ValueError(f"{name} must be a whole number in [0, {in_channels}), got {name}={k!r}")
-    return int(value)
-
-
-# --------------------------------------------------------------------------------------------
-# Functional core
-# --------------------------------------------------------------------------------------------
-
-
-def select_channels(saliency: torch.Tensor, inactive_channels: int) -> torch.Tensor:
-    """Which input channels each head keeps, per sample.
-
-    Everything less than or equal to the k-th smallest saliency is dropped, so ties at the
-    threshold drop together and fewer than ``C - k`` channels can survive (the ReLU makes many
-    saliencies exactly 0). This is the official rule, evaluated on a detached copy.
-
-    A NaN saliency sorts above every number (``kthvalue`` and ``topk`` agree on that) and is
-    never kept once k > 0 (``NaN > t`` is false); its gate ``g * keep`` stays NaN, so a NaN
-    spreads into the output in every execution rather than vanishing.
-
-    Args:
-        saliency: (B, heads, C) non-negative saliencies.
-        inactive_channels: k, a whole number with 0 <= k < C.
-
-    Returns:
-        (B, heads, C) bool, True where the channel is kept.
-    """
-    g = saliency.detach()
-    inactive_channels = check_inactive_channels(inactive_channels, g.shape[-1])
-    if inactive_channels == 0:
-        return torch.ones_like(g, dtype=torch.bool)
-    threshold = g.kthvalue(inactive_channels, dim=-1, keepdim=True).values  # (B, heads, 1)
-    return g > threshold
-
-
-def select_top_channels(
-    saliency: torch.Tensor, inactive_channels: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``select_channels`` plus the indices of the ``C - k`` most salient channels.
-
-    One ``topk`` gives the indices; the k-th smallest saliency is then the largest one outside
-    them, so the mask costs a scatter and a max instead of a second selection.
-
-    Returns:
-        keep_mask: (B, heads, C) bool, equal to ``select_channels(saliency, k)``.
-        keep_idx: (B, heads, C - k) int64, every kept channel plus, where ties dropped more
-            than k, some dropped ones (their gate is 0); NaN saliencies first.
-    """
-    g = saliency.detach()
-    inactive_channels = check_inactive_channels(inactive_channels, g.shape[-1])
-    keep_idx = g.topk(g.shape[-1] - inactive_channels, dim=-1, sorted=False).indices
-    if inactive_channels == 0:
-        return torch.ones_like(g, dtype=torch.bool), keep_idx
-    threshold = g.scatter(-1, keep_idx, float("-inf")).amax(dim=-1, keepdim=True)
-    return g > threshold, keep_idx
-
-
-def interleave_heads(out: torch.Tensor, heads: int) -> torch.Tensor:
-    """Head i's output channel j becomes channel ``j * heads + i`` (the official shuffle).
-
-    Args:
-        out: (B, heads * Co_h, H, W), heads stacked block-wise.
-
-    Returns:
-        (B, heads * Co_h, H, W), heads interleaved.
-    """
-    b, c, h, w = out.shape
-    heads = check_int("heads", heads, min=1)
-    if c % heads:
-        raise ValueError(f"heads must divide the channels, got heads={heads}, channels={c}")
-    return out.view(b, heads, c // heads, h, w).transpose(1, 2).reshape(b, c, h, w)
-
-
-def dgc_mask_conv(
-    x: torch.Tensor,
-    gate: torch.Tensor,
-    weight: torch.Tensor,
-    stride=1,
-    padding=0,
-    dilation=1,
-    gate_on: Literal["auto", "input", "weight"] = "auto",
-) -> torch.Tensor:
-    """Reference execution: each head convolves the whole input, dropped channels zeroed.
-
-    Two ways to apply the gate give the same numbers at the same (dense) MACs:
-
-    * ``"input"``, the paper's code: every head gets its own gated copy of the input, and one
-      conv with ``heads`` groups runs over ``heads`` x the activations.
-    * ``"weight"``: the gate scales filter columns instead, so every image gets its own filter
-      bank (``W_i * g_i`` for every head, rows already in the interleaved order) and one conv
-      with ``B`` groups runs over the input itself; no output shuffle.
-
-    ``"auto"`` picks the smaller of the two per-image copies: the weights
-    (``C_out * kh * kw`` per input channel) or the gated inputs (``heads * H * W``). Under
-    autograd on resnet8 w32 (1 thread, 2026-11-22, forward + backward, batch 128), gating the
-    weights took 73 vs 234 ms at 32 channels of 28x28 and 93 vs 110 ms at 64 of 14x14, and
-    gating the inputs 46 vs 335 ms at 128 of 7x7.
-
-    NaN and Inf follow the official formulation, the reference of every execution: a dropped
-    channel is multiplied by its gate 0 (``0 * Inf`` and ``0 * NaN`` are NaN), a NaN gate
-    spreads over its channel's pixels, and the zero padding is added after gating, so
-    outputs that see only padding are 0. Gating the filters multiplies the padding by the gate
-    instead: the same numbers for a finite gate, NaN for a NaN or Inf one. ``"auto"`` therefore
-    gates the filters only where there is no padding or every gate is finite; ``"weight"``
-    asked for explicitly is taken as it is.
-
-    Args:
-        x: (B, C, H, W) the layer's (already normalised) input.
-        gate: (B, heads, C) saliency where kept, 0 where dropped.
-        weight: (heads, Co_h, C, kh, kw) one filter bank per head.
-        gate_on: ``"input"``, ``"weight"`` or ``"auto"``.
-
-    Returns:
-        (B, heads * Co_h, H', W') with heads interleaved; (0, heads * Co_h, H', W') for an
-        empty batch.
-    """
-    b, c, h, w = x.shape
-    heads, co_h, _, kh, kw = weight.shape
-    check_choice("gate_on", gate_on, GATE_ON)
-    if gate_on == "auto":
-        smaller = co_h * heads * kh * kw <= heads * h * w
-        unpadded = padding == "valid" or _pair(padding) == (0, 0)
-        gate_on = "weight" if smaller and (unpadded or bool(gate.isfinite().all())) else "input"
-    if gate_on == "weight" and b == 0:
-        gate_on = "input"  # one filter bank per image: an empty batch has no group to run
-    if gate_on == "weight":
-        # Per image, filter (j, i) of the interleaved output is head i's filter j times g_i.
-        w_interleaved = weight.transpose(0, 1).contiguous()  # (Co_h, heads, C, kh, kw)
-        gate = gate.contiguous()  # so that the product below is laid out (B, Co_h, heads, ...)
-        w_images = w_interleaved.unsqueeze(0) * gate[:, None, :, :, None, None]
-        out = F.conv2d(
-            x.reshape(1, b * c, h, w),
-            w_images.reshape(b * co_h * heads, c, kh, kw),
-            None,
-            stride,
-            padding,
-            dilation,
-            groups=b,
-        )  # (1, B * C_out, H', W')
-        return out.view(b, co_h * heads, *out.shape[-2:])
-    x_heads = x.unsqueeze(1) * gate[..., None, None]  # (B, heads, C, H, W)
-    out = F.conv2d(
-        x_heads.reshape(b, heads * c, h, w),
-        weight.flatten(0, 1),  # (heads * Co_h, C, kh, kw)
-        None,
-        stride,
-        padding,
-        dilation,
-        groups=heads,
-    )  # (B, heads * Co_h, H', W')
-    return interleave_heads(out, heads)
-
-
-def dgc_gather_conv(
-    x: torch.Tensor,
-    gate: torch.Tensor,
-    keep_idx: torch.Tensor,
-    weight: torch.Tensor,
-    stride=1,
-    padding=0,
-    dilation=1,
-    *,
-    norm: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Fast execution: convolve only the kept channels of every (sample, head) pair.
-
-    ``keep_idx`` lists ``keep`` channels per (sample, head); channels it lists whose ``gate`` is
-    0 (ties dropped with the threshold) are multiplied by 0, as in the mask execution. The
-    channels it does not list are not read: the result equals ``dgc_mask_conv``'s (gating the
-    inputs) when each of them would add exactly 0 there, i.e. has a gate of 0 and a finite
-    input. Where a NaN or Inf breaks that (``0 * Inf`` is NaN), list every channel;
-    ``DGCConv2d`` does.
-
-    Every (sample, head) needs its own filter columns, so the gathered weights are
-    ``B * keep / C`` times the layer's weight; the batch is processed in chunks of at most
-    ``GATHER_CHUNK_SAMPLES`` samples and ``GATHER_CHUNK_BYTES`` of gathered weights (larger
-    chunks fall out of cache and, past glibc's 32 MB mmap threshold, page-fault on every call).
-    Under autograd the whole batch is one chunk (the backward keeps every chunk's gathers).
-
-    In CPU float32 inference the fused C++ kernel (``cpu_kernel.py``) does all of this per
-    image and head instead, applying ``norm`` as it copies the kept channels.
-
-    Args:
-        x: (B, C, H, W) the layer's input, already normalised unless ``norm`` is given.
-        gate: (B, heads, C) saliency where kept, 0 where dropped.
-        keep_idx: (B, heads, keep) int64 channel indices.
-        weight: (heads, Co_h, C, kh, kw).
-        norm: optional per-channel ``(scale, shift)``: ``x`` is first mapped to
-            ``relu(x * scale + shift)`` (a folded eval-mode BN-ReLU; NaN stays NaN).
-
-    Returns:
-        (B, heads * Co_h, H', W') with heads interleaved, equal to ``dgc_mask_conv``.
-    """
-    b, c, h, w = x.shape
-    heads, co_h, _, kh, kw = weight.shape
-    keep = keep_idx.shape[-1]
-    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
-    gate_kept = gate.gather(-1, keep_idx)  # (B, heads, keep)
-    scale, shift = norm if norm is not None else (None, None)
-    if cpu_kernel.applies(x):
-        return torch.ops.dgclab.gather_conv2d(
-            x, scale, shift, gate_kept, keep_idx, weight, stride, padding, dilation
-        )
-    if norm is not None:
-        x = F.relu(x * scale.view(1, c, 1, 1) + shift.view(1, c, 1, 1))
-    if b == 0:  # nothing to gather: the mask formulation gives the empty output, in the graph
-        return dgc_mask_conv(x, gate, weight, stride, padding, dilation, gate_on="input")
-    pointwise = (kh, kw) == (1, 1) and padding == (0, 0)
-    if pointwise:
-        # A 1x1 conv is a matmul per (sample, head): (Co_h x keep) @ (keep x H'W').
-        x = x[:, :, :: stride[0], :: stride[1]]
-        # Filter bank as rows (head * C + channel) -> Co_h weights.
-        w_rows = weight.view(heads, co_h, c).transpose(1, 2).reshape(heads * c, co_h)
-        w_offset = torch.arange(heads, device=x.device).view(1, heads, 1) * c
-    else:
-        # Filter bank as rows (head, out, channel) -> kh*kw taps, so that the gathered rows are
-        # already the (B*heads*Co_h, keep, kh, kw) weight of a grouped conv.
-        w_rows = weight.reshape(heads * co_h * c, kh * kw)
-        w_offset = (
-            torch.arange(heads, device=x.device).view(1, heads, 1, 1) * co_h * c
-            + torch.arange(co_h, device=x.device).view(1, 1, co_h, 1) * c
-        )
-
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, gate, weight)):
-        # Autograd keeps every chunk's gathered inputs and filter columns for the backward, so
-        # chunks save no memory; one chunk saves the per-chunk ops and their backward (CopySlices,
-        # index_add into zeros): 25 % off a training step of resnet8 w32 at k = 3/4 C.
-        chunk = b
-    else:
-        per_sample = heads * keep * co_h * kh * kw * weight.element_size()
-        chunk = max(1, min(b, GATHER_CHUNK_SAMPLES, GATHER_CHUNK_BYTES // per_sample))
-        chunk = -(-b // -(-b // chunk))  # balance: the same number of chunks, evened out
-    # Without autograd on CPU, gather into reused scratch buffers (see _Scratch).
-    scratch = not torch.is_grad_enabled() and x.device.type == "cpu"
-
-    def gather_rows(source: torch.Tensor, index: torch.Tensor, role: str) -> torch.Tensor:
-        if not scratch:
-            return source.index_select(0, index)
-        out = _scratch.take(role, index.numel() * source.shape[1], source)
-        return torch.index_select(source, 0, index, out=out.view(index.numel(), -1))
-
-    result = None  # (B, Co_h, heads, H', W'): the interleaved output, chunk by chunk
-    for s in range(0, b, chunk):
-        xs, idx, gs = x[s : s + chunk], keep_idx[s : s + chunk], gate_kept[s : s + chunk]
-        n, _, hs, ws = xs.shape
-        rows = (idx + torch.arange(n, device=x.device).view(n, 1, 1) * c).flatten()
-        x_kept = gather_rows(xs.reshape(n * c, hs * ws), rows, "x")  # (n*heads*keep, HW)
-        # gate the input, as the mask execution does
-        x_kept = x_kept.mul_(gs.reshape(-1, 1)) if scratch else x_kept * gs.reshape(-1, 1)
-        if pointwise:
-            w_kept = gather_rows(w_rows, (idx + w_offset).flatten(), "w")  # (n*heads*keep, Co_h)
-            out = torch.bmm(
-                w_kept.view(n * heads, keep, co_h).transpose(1, 2),  # (n*heads, Co_h, keep)
-                x_kept.view(n * heads, keep, hs * ws),
-            ).view(n, heads * co_h, hs, ws)
-        else:
-            w_idx = (idx.unsqueeze(2) + w_offset).flatten()  # (n*heads*Co_h*keep,)
-            w_kept = gather_rows(w_rows, w_idx, "w").view(n * heads * co_h, keep, kh, kw)
-            out = F.conv2d(
-                x_kept.view(1, n * heads * keep, hs, ws),
-                w_kept,
-                None,
-                stride,
-                padding,
-                dilation,
-                groups=n * heads,
-            )  # (1, n*heads*Co_h, H', W')
-            out = out.view(n, heads * co_h, *out.shape[-2:])  # heads block-wise
-        if n == b:
-            return interleave_heads(out, heads)
-        # Write each chunk straight into the interleaved output: one copy, no cat + shuffle.
-        ho, wo = out.shape[-2:]
-        if result is None:
-            result = out.new_empty(b, co_h, heads, ho, wo)
-        result[s : s + n] = out.view(n, heads, co_h, ho, wo).transpose(1, 2)
-    return result.view(b, co_h * heads, *result.shape[-2:])
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,7 +127,7 @@ class DGCHead(nn.Module):
         nn.init.constant_(self.fc2.bias, 1.0)  # every channel starts salient
 
 
-class DGCConv2d(nn.Module):
+class DGCConv2d(GroupingConv, nn.Module):
     """Dynamic group convolution, faithful to the official ``DynamicMultiHeadConv``.
 
     Forward for x of shape (B, C_in, H, W):
@@ -684,6 +338,71 @@ class DGCConv2d(nn.Module):
             f"k={k:g}/{self.in_channels}, execution={execution}"
         )
 
+    # ---- the layer protocol (base.py) ------------------------------------------------------
+
+    kind = "dgc"
+    dynamic = True
+    EXTRA_INFO_KEYS = ("hidden", "pruning_rate", "inactive_channels")
+
+    @property
+    def channel_groups(self) -> int:
+        return self.heads
+
+    def extra_info(self) -> dict:
+        return {"hidden": self.hidden, "pruning_rate": self.pruning_rate,
+                "inactive_channels": self.inactive_channels}
+
+    @classmethod
+    def check_info(cls, info: dict) -> dict:
+        """A positive hidden width, a pruning rate in [0, 1) that keeps a channel, 0 <= k < C_in."""
+        c = info["in_channels"]
+        out = dict(info)
+        out["hidden"] = check_int("hidden", info["hidden"], min=1)
+        rate = check_float("pruning_rate", info["pruning_rate"], min=0, max=1,
+                           max_inclusive=False)
+        if final_inactive_channels(c, rate) >= c:
+            raise ValueError(f"pruning_rate={rate} would drop all {c} input channels")
+        out["pruning_rate"] = rate
+        out["inactive_channels"] = check_int("inactive_channels", info["inactive_channels"],
+                                             min=0, max=c - 1)
+        return out
+
+    @classmethod
+    def mac_terms_from_info(cls, info, convention="paper") -> dict[str, int]:
+        """The paper's MAC formula for one image, term by term (SPEC §1.5).
+
+        With ``h`` the saliency MLP width, per image: ReLU ``C_in*H*W``, pool ``C_in*H*W``,
+        per head the saliency MLP ``C_in*h + h + h*C_in + 3*C_in`` (fc1, fc2 with its bias,
+        then the paper's ReLU, gate and threshold terms) and the head's conv over its kept
+        channels, ``C_in * (C_out/heads) * kh*kw * H'*W'`` times ``1 - xi`` (``"paper"``) or
+        not (``"dense"``: the mask execution). BN, the gating multiply and the top-k are not
+        counted, and the conv term uses the target keep ratio, not k. ``conv`` is rounded to
+        an int (exact whenever ``(1 - xi) * C_in`` is an integer).
+        """
+        c, hidden, heads = info["in_channels"], info["hidden"], info["heads"]
+        h, w = info["input_hw"]
+        keep = 1.0 - info["pruning_rate"] if convention == "paper" else 1.0
+        return {
+            "relu": c * h * w,
+            "pool": c * h * w,
+            "saliency": heads * (c * hidden + hidden + hidden * c + 3 * c),
+            "conv": round(heads * c * conv_channel_macs(info) * keep),
+        }
+
+    @classmethod
+    def computed_channels_from_info(cls, info) -> int:
+        return info["in_channels"] - info["inactive_channels"]  # what the gather convolves
+
+    def set_progress(self, progress: float) -> None:
+        """Set k from training progress p along the official schedule (``pruning_schedule``)."""
+        self.inactive_channels = pruning_schedule(progress, self.in_channels, self.pruning_rate)
+
+    def regularization(self) -> torch.Tensor:
+        """The lasso term of the last forward (``last_lasso``); ValueError before any."""
+        if self.last_lasso is None:
+            raise ValueError("a DGC layer's lasso term needs a forward first")
+        return self.last_lasso
+
     # ---- forward ----------------------------------------------------------------------------
 
     def saliency(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -804,3 +523,57 @@ class DGCConv2d(nn.Module):
         if norm.bias is not None:
             shift = shift + norm.bias
         return scale, shift
+
+
+# --------------------------------------------------------------------------------------------
+# Model-level helpers for DGC alone (the protocol's set_progress and regularization_loss drive
+# every grouping layer; these keep DGC's own names and return values)
+# --------------------------------------------------------------------------------------------
+
+
+def dgc_layers(model: nn.Module) -> list[tuple[str, DGCConv2d]]:
+    """(name, layer) for every DGC layer of ``model`` (the model itself included)."""
+    return [(n, m) for n, m in grouping_layers(model) if isinstance(m, DGCConv2d)]
+
+
+def set_pruning_progress(model: nn.Module, progress: float) -> dict[str, int]:
+    """Set k on every DGC layer of ``model`` from training progress p in [0, 1].
+
+    Works in any mode and on wrapped models (DistributedDataParallel, nn.Sequential, a single
+    layer). Returns the k now set, keyed by module name.
+
+    Raises:
+        TypeError: ``model`` is not a module or ``progress`` not a real number.
+        ValueError: ``progress`` outside [0, 1] (NaN included).
+    """
+    check_type("model", model, nn.Module)
+    progress = check_float("progress", progress, min=0, max=1)
+    ks = {}
+    for name, layer in dgc_layers(model):
+        layer.set_progress(progress)
+        ks[name] = layer.inactive_channels
+    return ks
+
+
+def saliency_loss(model: nn.Module) -> torch.Tensor:
+    """The unscaled lasso term of the last forward: sum over layers and heads of mean(g).
+
+    The trainer adds ``lambda * regularization_loss(model)`` to the loss (lambda = 1e-5 in the
+    paper), which for a model whose only grouping layers are DGC layers is this.
+
+    Returns:
+        A 0-d tensor (0 for a model without DGC layers).
+
+    Raises:
+        TypeError: ``model`` is not a module.
+        ValueError: a DGC layer has not run a forward yet.
+    """
+    layers = dgc_layers(model)
+    if not layers:
+        return torch.zeros(())
+    missing = [name or "<model>" for name, layer in layers if layer.last_lasso is None]
+    if missing:
+        raise ValueError(
+            f"saliency_loss needs a forward first; DGC layers without one: {missing[:5]}"
+        )
+    return torch.stack([layer.last_lasso for _, layer in layers]).sum()

@@ -3,7 +3,8 @@
 ``GroupConv2d`` is ``nn.Conv2d(groups=G)`` with an optional channel shuffle that interleaves the
 groups' outputs the way a DGC layer interleaves its heads (group i channel j -> j*G + i; the
 ShuffleNet shuffle, Zhang et al., arXiv 1707.01083), so a DGC layer and its static twin differ
-in one argument.
+in one argument. It implements the layer protocol (``base.py``) as a static layer: group g
+reads input channels ``[g * C_in / G, (g + 1) * C_in / G)``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..checks import check_bool, check_int, check_pair
+from .base import GroupingConv
 
 __all__ = ["GroupConv2d"]
 
 
-class GroupConv2d(nn.Conv2d):
+class GroupConv2d(GroupingConv, nn.Conv2d):
     """``nn.Conv2d`` with ``groups`` fixed groups, optionally followed by a channel shuffle.
 
     Args:
@@ -62,6 +64,18 @@ class GroupConv2d(nn.Conv2d):
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
         )
         self.shuffle = shuffle
+
+    kind = "group"
+    dynamic = False
+
+    @property
+    def channel_groups(self) -> int:
+        return self.groups
+
+    def connectivity(self) -> torch.Tensor:
+        """(groups, C_in) bool: group g reads the g-th contiguous block of C_in / groups."""
+        block = torch.arange(self.in_channels) // (self.in_channels // self.groups)  # (C_in,)
+        return block.unsqueeze(0) == torch.arange(self.groups).unsqueeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = super().forward(x)

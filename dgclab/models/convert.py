@@ -4,9 +4,10 @@ DGC: Su, Fang, Zhu, Pietikäinen, Liu, "Dynamic Group Convolution for Accelerati
 Convolutional Neural Networks", ECCV 2020, arXiv 2007.04242. Static group conv with a channel
 shuffle: Zhang, Zhou, Lin, Sun, "ShuffleNet", CVPR 2018, arXiv 1707.01083.
 
-``convert`` replaces, in place, every ``nn.Conv2d`` it can by a ``DGCConv2d`` or a
-``GroupConv2d(shuffle=True)`` with the same channels, kernel, stride, padding and dilation,
-and says why it left the others alone.
+``convert`` replaces, in place, every ``nn.Conv2d`` it can by a conv of a grouping kind of the
+conv registry (``dgclab.layers.CONV_KINDS``: ``DGCConv2d``, ``GroupConv2d(shuffle=True)`` or
+one registered later) with the same channels, kernel, stride, padding and dilation, and says
+why it left the others alone.
 
 The result is a new architecture to train from scratch, not the old network made faster:
 
@@ -21,16 +22,14 @@ The result is a new architecture to train from scratch, not the old network made
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch.nn as nn
 
-from ..layers import DGCConv2d, GroupConv2d
+from ..checks import check_float, check_int
+from ..layers import CONV_KINDS, GroupingConv, conv_kind, kind_options, make_conv
 
 __all__ = ["Conversion", "convert"]
-
-Target = Literal["dgc", "group"]
-TARGETS = ("dgc", "group")
 
 
 class Conversion(NamedTuple):
@@ -45,8 +44,8 @@ class Conversion(NamedTuple):
 
 
 def _convs(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module, str, nn.Module]]:
-    """(name, parent, attribute, conv) for every conv-like module, without entering DGC or
-    GroupConv2d layers (their inner convs are part of them).
+    """(name, parent, attribute, conv) for every conv-like module, without entering grouping
+    layers (DGC, GroupConv2d, ...: their inner convs are part of them).
 
     Walks ``_modules`` rather than ``named_children()``, which lists a module registered under
     two names only once: every attribute holding a conv must be rewired.
@@ -55,7 +54,7 @@ def _convs(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module
         if child is None:
             continue
         name = f"{prefix}.{attr}" if prefix else attr
-        if isinstance(child, (nn.Conv2d, DGCConv2d)):
+        if isinstance(child, (nn.Conv2d, GroupingConv)):
             yield name, module, attr, child
         else:
             yield from _convs(child, name)
@@ -63,10 +62,8 @@ def _convs(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module
 
 def _skip_reason(conv: nn.Conv2d, divisor: int, divisor_name: str) -> str | None:
     """Why ``conv`` cannot become a grouped or dynamic conv, or None if it can."""
-    if isinstance(conv, DGCConv2d):
-        return "already a DGCConv2d"
-    if isinstance(conv, GroupConv2d):
-        return f"already a GroupConv2d (groups={conv.groups})"
+    if isinstance(conv, GroupingConv):
+        return f"already a {type(conv).__name__} ({conv.channel_groups} groups)"
     if conv.groups != 1:
         return f"already grouped (groups={conv.groups})"
     if conv.bias is not None:
@@ -84,7 +81,7 @@ def _skip_reason(conv: nn.Conv2d, divisor: int, divisor_name: str) -> str | None
 
 def convert(
     model: nn.Module,
-    to: Target = "dgc",
+    to: str = "dgc",
     heads: int = 4,
     groups: int | None = None,
     pruning_rate: float = 0.75,
@@ -108,8 +105,9 @@ def convert(
     Args:
         model: any ``nn.Module`` holding ``nn.Conv2d`` layers (not a bare conv: it cannot be
             replaced in place).
-        to: ``"dgc"`` (``DGCConv2d``) or ``"group"`` (``GroupConv2d``, shuffle=True).
-        heads: DGC heads.
+        to: a grouping kind of ``CONV_KINDS``: ``"dgc"`` (``DGCConv2d``), ``"group"``
+            (``GroupConv2d``, shuffle=True) or one registered later.
+        heads: DGC heads (the number of groups of a kind other than ``"group"``).
         groups: groups of ``GroupConv2d``; defaults to ``heads``.
         pruning_rate, squeeze_rate: of every new DGC layer.
         skip: module names (as in ``model.named_modules()``) to leave alone.
@@ -124,26 +122,26 @@ def convert(
         >>> skipped
         {'conv1': 'in_channels=3 is not divisible by heads=4'}
     """
-    if to not in TARGETS:
-        raise ValueError(f"to must be one of {TARGETS}, got to={to!r}")
-    if isinstance(model, (nn.Conv2d, DGCConv2d)):
+    targets = tuple(name for name, spec in CONV_KINDS.items() if spec.grouping)
+    if to not in targets:
+        raise ValueError(f"to must be one of {targets}, got to={to!r}")
+    if isinstance(model, (nn.Conv2d, GroupingConv)):
         raise ValueError(
             f"convert replaces the convs inside a model, got a bare {type(model).__name__}; "
             "wrap it, e.g. nn.Sequential(conv)"
         )
-    groups = heads if groups is None else groups
-    for name, value in (("heads", heads), ("groups", groups)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
-    if not 0 <= pruning_rate < 1:
-        raise ValueError(f"pruning_rate must be in [0, 1), got pruning_rate={pruning_rate}")
-    if isinstance(squeeze_rate, bool) or not isinstance(squeeze_rate, int) or squeeze_rate <= 0:
-        raise ValueError(f"squeeze_rate must be a positive int, got squeeze_rate={squeeze_rate!r}")
+    heads = check_int("heads", heads, min=1)
+    groups = heads if groups is None else check_int("groups", groups, min=1)
+    check_float("pruning_rate", pruning_rate, min=0, max=1, max_inclusive=False)
+    check_int("squeeze_rate", squeeze_rate, min=1)
+    divisor_name = conv_kind(to).groups_option
+    count = groups if divisor_name == "groups" else heads
+    options = kind_options(to, count, pruning_rate, squeeze_rate)
+    divisor = options.get(divisor_name, 1)
     skip = {skip} if isinstance(skip, str) else set(skip)
     unknown = skip - {name for name, _ in model.named_modules()}
     if unknown:
         raise ValueError(f"skip names modules that model does not have: {sorted(unknown)}")
-    divisor, divisor_name = (heads, "heads") if to == "dgc" else (groups, "groups")
 
     converted: list[str] = []
     skipped: dict[str, str] = {}
@@ -156,7 +154,8 @@ def convert(
         reason = "listed in skip" if name in skip else _skip_reason(conv, divisor, divisor_name)
         if reason is None:
             try:
-                new = _replacement(conv, to, heads, groups, pruning_rate, squeeze_rate)
+                new = make_conv(to, conv.in_channels, conv.out_channels, conv.kernel_size,
+                                conv.stride, conv.padding, conv.dilation, **options)
             except ValueError as err:  # e.g. DGC's 0-wide saliency MLP
                 reason = str(err)
         if reason is not None:
@@ -168,21 +167,3 @@ def convert(
         converted.append(name)
     return Conversion(model, converted, skipped)
 
-
-def _replacement(
-    conv: nn.Conv2d, to: Target, heads: int, groups: int, pruning_rate: float, squeeze_rate: int
-) -> nn.Module:
-    """A freshly initialised DGC or group conv with ``conv``'s geometry."""
-    geometry = dict(
-        in_channels=conv.in_channels,
-        out_channels=conv.out_channels,
-        kernel_size=conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-    )
-    if to == "dgc":
-        return DGCConv2d(
-            **geometry, heads=heads, squeeze_rate=squeeze_rate, pruning_rate=pruning_rate
-        )
-    return GroupConv2d(**geometry, groups=groups, shuffle=True)

@@ -5,14 +5,18 @@ He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016, 
 channels (stride 2 at the start of stages 2 and 3), global average pool, linear; depth = 6n + 2.
 Shortcuts that change shape are a 1x1 conv + BN (option B of the paper).
 
-``conv`` picks the convolution of the blocks, so that the three variants differ in one
-argument and can be compared at equal depth and width:
+``conv`` picks the convolution of the blocks by its name in the conv registry
+(``dgclab.layers.CONV_KINDS``), so that the variants differ in one argument and can be compared
+at equal depth and width; every block conv and shortcut conv is ``make_conv(conv, ...)``:
 
 * ``"dense"``: ``nn.Conv2d``.
 * ``"group"``: ``GroupConv2d(groups=heads, shuffle=True)``, the static baseline (1/heads of
   the MACs and weights).
-* ``"dgc"``: the DyResNet block of Su et al., ECCV 2020, arXiv 2007.04242 (``DGCBasicBlock``):
-  every block conv and shortcut conv is a ``DGCConv2d`` with its own BN-ReLU pre-activation.
+* ``"dgc"``: the DyResNet block of Su et al., ECCV 2020, arXiv 2007.04242: every block conv and
+  shortcut conv is a ``DGCConv2d`` with its own BN-ReLU pre-activation, and the shortcut's BN
+  keeps the official name ``downsample.1.norm`` (``ShortcutNorm``), as for every kind that
+  registers itself ``preactivated``.
+* any kind registered later, with ``heads`` as its number of groups (``kind_options``).
 
 The stem stays a plain conv in all three. Init is torchvision's (kaiming fan_out, BN 1/0).
 Every ReLU is its own module, called once per forward, so forward hooks see each activation.
@@ -21,18 +25,14 @@ Every ReLU is its own module, called once per forward, so forward hooks see each
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 import torch.nn as nn
 
-from ..layers import GroupConv2d
-from .dyresnet import DGCBasicBlock, init_resnet_
+from ..layers import conv_kind, kind_options, make_conv
+from .dyresnet import ShortcutNorm, init_resnet_
 
 __all__ = ["ResNetCifar", "BasicBlock", "resnet_cifar", "resnet8", "resnet14", "resnet20"]
-
-ConvKind = Literal["dense", "group", "dgc"]
-CONV_KINDS = ("dense", "group", "dgc")
 
 # (in_channels, out_channels, kernel_size, stride, padding) -> conv module without bias
 ConvFactory = Callable[[int, int, int, int, int], nn.Module]
@@ -45,12 +45,16 @@ class BasicBlock(nn.Module):
         in_channels, out_channels: C_in, C_out.
         stride: of the first conv and of the shortcut.
         conv: builds the block's convs (the 3x3s and the 1x1 shortcut conv).
+        shortcut_norm: builds the shortcut conv's BN from its channel count (``ShortcutNorm``
+            for convs with their own pre-activation, whose official blocks name it
+            ``downsample.1.norm``).
 
     Shapes: (B, C_in, H, W) -> (B, C_out, H / stride, W / stride).
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, stride: int = 1, *, conv: ConvFactory
+        self, in_channels: int, out_channels: int, stride: int = 1, *, conv: ConvFactory,
+        shortcut_norm: Callable[[int], nn.Module] = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         self.conv1 = conv(in_channels, out_channels, 3, stride, 1)
@@ -61,7 +65,7 @@ class BasicBlock(nn.Module):
         self.downsample: nn.Module | None = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(
-                conv(in_channels, out_channels, 1, stride, 0), nn.BatchNorm2d(out_channels)
+                conv(in_channels, out_channels, 1, stride, 0), shortcut_norm(out_channels)
             )
         self.relu2 = nn.ReLU()
 
@@ -84,7 +88,7 @@ class ResNetCifar(nn.Module):
         depth: int,
         *,
         width: int = 16,
-        conv: ConvKind = "dense",
+        conv: str = "dense",
         in_channels: int = 3,
         num_classes: int = 10,
         heads: int = 4,
@@ -92,12 +96,11 @@ class ResNetCifar(nn.Module):
         squeeze_rate: int = 16,
     ) -> None:
         super().__init__()
+        spec = conv_kind(conv)  # ValueError listing the known kinds
         if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
             raise ValueError(
                 f"depth must be 6n + 2 with n >= 1 (8, 14, 20, ...), got depth={depth!r}"
             )
-        if conv not in CONV_KINDS:
-            raise ValueError(f"conv must be one of {CONV_KINDS}, got conv={conv!r}")
         if not isinstance(width, int) or width <= 0:
             raise ValueError(f"width must be a positive int, got width={width!r}")
         self.depth = depth
@@ -107,12 +110,18 @@ class ResNetCifar(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU()
+        options = kind_options(conv, heads, pruning_rate, squeeze_rate)
+
+        def factory(c_in: int, c_out: int, k: int, s: int, p: int) -> nn.Module:
+            return make_conv(conv, c_in, c_out, k, s, p, **options)
+
+        norm = ShortcutNorm if spec.preactivated else nn.BatchNorm2d
         channels = width
         for i, stage_width in enumerate((width, 2 * width, 4 * width), start=1):
             stride = 1 if i == 1 else 2
-            blocks = [self._block(channels, stage_width, stride, heads, pruning_rate, squeeze_rate)]
+            blocks = [BasicBlock(channels, stage_width, stride, conv=factory, shortcut_norm=norm)]
             blocks += [
-                self._block(stage_width, stage_width, 1, heads, pruning_rate, squeeze_rate)
+                BasicBlock(stage_width, stage_width, 1, conv=factory, shortcut_norm=norm)
                 for _ in range(n - 1)
             ]
             self.add_module(f"layer{i}", nn.Sequential(*blocks))
@@ -120,36 +129,6 @@ class ResNetCifar(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
         init_resnet_(self)
-
-    def _block(
-        self,
-        in_channels: int,
-        out_channels: int,
-        stride: int,
-        heads: int,
-        pruning_rate: float,
-        squeeze_rate: int,
-    ) -> nn.Module:
-        if self.conv == "dgc":
-            return DGCBasicBlock(
-                in_channels,
-                out_channels,
-                stride,
-                heads=heads,
-                pruning_rate=pruning_rate,
-                squeeze_rate=squeeze_rate,
-            )
-        if self.conv == "group":
-
-            def factory(c_in: int, c_out: int, k: int, s: int, p: int) -> nn.Module:
-                return GroupConv2d(c_in, c_out, k, s, p, groups=heads, shuffle=True)
-
-        else:
-
-            def factory(c_in: int, c_out: int, k: int, s: int, p: int) -> nn.Module:
-                return nn.Conv2d(c_in, c_out, k, s, p, bias=False)
-
-        return BasicBlock(in_channels, out_channels, stride, conv=factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))  # (B, width, H, W)
@@ -163,7 +142,7 @@ class ResNetCifar(nn.Module):
 def resnet_cifar(
     depth: int,
     width: int = 16,
-    conv: ConvKind = "dense",
+    conv: str = "dense",
     in_channels: int = 3,
     num_classes: int = 10,
     heads: int = 4,
@@ -176,12 +155,13 @@ def resnet_cifar(
         depth: 6n + 2 (8, 14, 20, 32, 44, 56, 110, ...); n BasicBlocks per stage.
         width: channels of the stem and the first stage (16 in the paper); stages 2 and 3
             have 2x and 4x. Must be divisible by ``heads`` for ``"group"`` and ``"dgc"``.
-        conv: ``"dense"``, ``"group"`` (``GroupConv2d``, groups=heads, shuffle) or ``"dgc"``
-            (``DGCConv2d`` blocks as in DyResNet).
+        conv: a kind of ``dgclab.layers.CONV_KINDS``: ``"dense"``, ``"group"``
+            (``GroupConv2d``, groups=heads, shuffle), ``"dgc"`` (``DGCConv2d`` blocks as in
+            DyResNet) or one registered later.
         in_channels: 3 for CIFAR, 1 for Fashion-MNIST.
         num_classes: outputs of ``fc``.
-        heads: DGC heads, or the number of groups for ``"group"``.
-        pruning_rate, squeeze_rate: of every DGC layer (``"dgc"`` only).
+        heads: DGC heads, or the number of groups of any other grouping kind.
+        pruning_rate, squeeze_rate: of every DGC layer (kinds that have these options).
 
     Returns:
         A ``ResNetCifar``; its forward maps (B, in_channels, H, W) to (B, num_classes).

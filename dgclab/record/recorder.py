@@ -1,7 +1,9 @@
 """Record which channels every DGC head kept, per sample, while a model runs.
 
 ``Recorder`` is a context manager over forward hooks (SPEC: issue #3). Inside ``with`` it reads
-each DGC layer's own decision, ``DGCConv2d.last_selection`` (it never recomputes saliencies),
+the own decision of each dynamic layer of the layer protocol (``dgclab.layers.GroupingConv``
+with ``dynamic = True``: DGC, and any dynamic kind registered later), ``last_selection`` (it
+never recomputes saliencies),
 bit-packs it along the channel axis and stores it; outside ``with`` the model carries no hook.
 A ``Recorder`` is a ``Recording``, so the analysis functions take a live recorder and a loaded
 file alike, during and after the run::
@@ -47,11 +49,10 @@ import torch
 import torch.nn as nn
 
 from ..checks import check_bool, check_int, check_type
-from ..layers import DGCConv2d
-from ..layers.pruning import dgc_layers
+from ..layers import GroupingConv, grouping_layers
 from .recording import Recording, int_vector
 
-__all__ = ["Recorder", "paused"]
+__all__ = ["Recorder", "paused", "recorded_layers"]
 
 # Column kinds per layer: bit-packed selections, float16 saliencies, float32 activation maxima.
 _SEL, _SAL, _ACT = "selections", "saliencies", "activation_max"
@@ -128,8 +129,10 @@ class Recorder(Recording):
         # Recording.__init__ is not called: the storage attributes it reads (_packed, _labels,
         # _ids, _saliencies, _activation_max) are properties over the growing arrays below.
         check_type("model", model, nn.Module)
-        if not dgc_layers(model):
-            raise ValueError(f"{type(model).__name__} has no DGCConv2d layer to record")
+        if not recorded_layers(model):
+            raise ValueError(
+                f"{type(model).__name__} has no dynamic grouping layer (DGCConv2d, ...) to record"
+            )
         if max_samples is not None:
             max_samples = check_int("max_samples", max_samples, min=1)
         self.model = model
@@ -141,7 +144,7 @@ class Recorder(Recording):
         self.samples_seen = 0  # every sample that passed through, kept or not
         self._rng = np.random.default_rng(seed)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._layers: dict[str, DGCConv2d] = {}  # hooked layers, named_modules order
+        self._layers: dict[str, GroupingConv] = {}  # hooked layers, named_modules order
         self._names: list[str] = []  # recorded layers, fixed by the first recorded forward
         self._info: dict[str, dict] = {}
         self._changed: set[str] = set()  # layers already warned about a changed k / input size
@@ -161,7 +164,7 @@ class Recorder(Recording):
     def __enter__(self) -> Recorder:
         if self._handles:
             raise RuntimeError("this Recorder is already recording; a with block cannot nest it")
-        self._layers = dict(dgc_layers(self.model))
+        self._layers = dict(recorded_layers(self.model))
         try:
             for name, layer in self._layers.items():
                 self._handles.append(layer.register_forward_hook(partial(self._record_layer, name)))
@@ -232,7 +235,7 @@ class Recorder(Recording):
         self._batch = {}
         self._batch_tags, self._tags = self._tags, None
 
-    def _record_layer(self, name: str, module: DGCConv2d, args, output: torch.Tensor) -> None:
+    def _record_layer(self, name: str, module: GroupingConv, args, output: torch.Tensor) -> None:
         if _PAUSED.get():
             return
         batch = self._batch
@@ -255,11 +258,7 @@ class Recorder(Recording):
         if self.activations:
             amax = output.detach().amax(dim=(-2, -1))  # (B, C_out)
             records[_ACT] = amax.to(torch.float32).cpu().numpy()
-        batch[name] = {
-            "records": records,
-            "input_hw": tuple(int(s) for s in args[0].shape[-2:]),
-            "k": module.inactive_channels,
-        }
+        batch[name] = {"records": records, "info": module.layer_info(args[0].shape[-2:])}
 
     def _end_batch(self, module: nn.Module, args, output) -> None:
         if _PAUSED.get():
@@ -380,20 +379,7 @@ class Recorder(Recording):
     def _note_layer(self, name: str, seen: dict) -> None:
         """Store the layer's info at its first forward; warn once if a later one differs."""
         if name not in self._info:
-            layer = self._layers[name]
-            self._info[name] = {
-                "in_channels": layer.in_channels,
-                "out_channels": layer.out_channels,
-                "kernel_size": tuple(layer.kernel_size),
-                "stride": tuple(layer.stride),
-                "padding": tuple(layer.padding),
-                "dilation": tuple(layer.dilation),
-                "heads": layer.heads,
-                "hidden": layer.hidden,
-                "pruning_rate": layer.pruning_rate,
-                "inactive_channels": seen["k"],
-                "input_hw": seen["input_hw"],
-            }
+            self._info[name] = seen["info"]
             for key, values in seen["records"].items():
                 # Allocated at the first forward, when the shapes are known; grown by _resize.
                 self._columns[(key, name)] = np.empty((0, *values.shape[1:]), values.dtype)
@@ -401,14 +387,14 @@ class Recorder(Recording):
                 self._columns.setdefault(key, np.empty(0, dtype=np.int64))
             return
         info = self._info[name]
-        if name not in self._changed and (
-            info["inactive_channels"] != seen["k"] or info["input_hw"] != seen["input_hw"]
-        ):
+        if name not in self._changed and info != seen["info"]:
             self._changed.add(name)
+            changed = {k: (info[k], v) for k, v in seen["info"].items() if info.get(k) != v}
+            now = ", ".join(f"{k}={new}" for k, (_, new) in changed.items())
+            before = ", ".join(f"{k}={old}" for k, (old, _) in changed.items())
             warnings.warn(
-                f"DGC layer {name!r} ran with k={seen['k']}, input {seen['input_hw']} after "
-                f"k={info['inactive_channels']}, input {info['input_hw']} earlier in this "
-                f"recording; layer_info keeps the first values",
+                f"DGC layer {name!r} ran with {now} after {before} earlier in this recording; "
+                f"layer_info keeps the first values",
                 stacklevel=4,
             )
 
@@ -488,3 +474,8 @@ class _LayerColumns(Mapping):
 
     def __len__(self) -> int:
         return len(self._recorder._names)
+
+
+def recorded_layers(model: nn.Module) -> list[tuple[str, GroupingConv]]:
+    """The layers a Recorder records: the dynamic grouping layers, in named_modules order."""
+    return [(n, m) for n, m in grouping_layers(model) if m.dynamic]

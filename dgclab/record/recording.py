@@ -15,17 +15,15 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from ..checks import check_float, check_int, check_pair, check_type
-from ..layers.dgc import final_inactive_channels
+from ..checks import check_int, check_pair, check_type
+from ..layers import INFO_KEYS, DGCConv2d, conv_kind, conv_output_hw
 
 __all__ = ["Recording", "LAYER_INFO_KEYS", "check_layer_info"]
 
-# What a recording keeps about each DGC layer: enough to count MACs and to label plots without
-# the model.
-LAYER_INFO_KEYS = (
-    "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "heads",
-    "hidden", "pruning_rate", "inactive_channels", "input_hw",
-)
+# What a recording keeps about a DGC layer: the keys of every grouping layer (``INFO_KEYS``:
+# kind, geometry, G as ``heads``, input size) and DGC's own (hidden width, pruning rate, k).
+# Enough to count MACs and to label plots without the model.
+LAYER_INFO_KEYS = INFO_KEYS + DGCConv2d.EXTRA_INFO_KEYS
 _PAIRS = {"kernel_size": 1, "stride": 1, "padding": 0, "dilation": 1, "input_hw": 1}  # key: min
 # Largest MAC count of one image in one layer: exact in float64, and 1024 such layers sum
 # within int64. The largest CNN layers count around 2**33.
@@ -35,67 +33,66 @@ _MAX_MACS = 2**53
 def check_layer_info(info: Mapping) -> dict:
     """A layer's info as a recording holds it, or the error saying which key is wrong.
 
-    The rules of ``DGCConv2d``'s constructor that the analyses rely on: positive channels,
-    heads and hidden width; heads divide the output channels (the MAC count gives each head
-    ``out_channels / heads`` outputs); kernel, stride, dilation >= 1 and padding >= 0 (an int or
-    a pair); a pruning rate in [0, 1) that keeps a channel; k in [0, in_channels); an input size
-    the kernel fits in; at most 2**53 MACs per image. Heads need not divide the input channels
-    (every head chooses among all of them; hand-made teaching examples use 3 heads on 4
-    channels). ``Recording`` and ``load_recording`` both check through it, so that a recording
-    that exists can be saved and loaded back.
+    Every grouping layer's info has ``INFO_KEYS`` (``dgclab.layers.INFO_KEYS``) and its kind's
+    own keys (``EXTRA_INFO_KEYS`` of the kind's class in ``dgclab.layers.CONV_KINDS``; for DGC,
+    ``LAYER_INFO_KEYS`` is the whole list). An info without ``kind`` is a DGC layer's: the
+    recordings written before kinds existed held DGC layers only.
+
+    Checked here for every kind: a registered grouping kind; positive channels and groups
+    (``heads``); groups divide the output channels (the MAC count gives each group
+    ``out_channels / heads`` outputs); kernel, stride, dilation >= 1 and padding >= 0 (an int
+    or a pair); an input size the kernel fits in; at most 2**53 MACs per image at the dense
+    convention. The kind's class checks its own keys (``check_info``; DGC: a positive hidden
+    width, a pruning rate in [0, 1) that keeps a channel, k in [0, in_channels)). Groups need
+    not divide the input channels (every DGC head chooses among all of them; hand-made teaching
+    examples use 3 heads on 4 channels). ``Recording`` and ``load_recording`` both check
+    through it, so that a recording that exists can be saved and loaded back.
 
     Args:
-        info: a mapping with exactly the keys of ``LAYER_INFO_KEYS``.
+        info: a mapping with exactly the keys of its kind.
 
     Returns:
-        A new dict in ``LAYER_INFO_KEYS`` order: ints as ``int``, pairs as tuples of two ints,
-        ``pruning_rate`` as ``float``.
+        A new dict in key order (``INFO_KEYS``, then the kind's): ints as ``int``, pairs as
+        tuples of two ints, floats as ``float``.
 
     Raises:
         TypeError: ``info`` is not a mapping, or a value has the wrong type.
-        ValueError: a missing or unknown key, or a value out of range; the message names the
-            key and the value.
+        ValueError: an unknown kind, a missing or unknown key, or a value out of range; the
+            message names the key and the value.
     """
     check_type("info", info, Mapping)
-    missing = [k for k in LAYER_INFO_KEYS if k not in info]
+    info = {"kind": "dgc"} | dict(info)
+    kind = check_type("kind", info["kind"], str)
+    spec = conv_kind(kind)
+    if not spec.grouping:
+        raise ValueError(f"kind={kind!r} is not a grouping layer; a recording holds those only")
+    keys = INFO_KEYS + spec.layer_type.EXTRA_INFO_KEYS
+    missing = [k for k in keys if k not in info]
     if missing:
         raise ValueError(f"info lacks {missing}")
-    unknown = [k for k in info if k not in LAYER_INFO_KEYS]
+    unknown = [k for k in info if k not in keys]
     if unknown:
-        raise ValueError(f"info has unknown keys {unknown}; it holds {LAYER_INFO_KEYS}")
+        raise ValueError(f"info has unknown keys {unknown}; a {kind!r} layer's holds {keys}")
     out = {key: check_int(key, info[key], min=1)
-           for key in ("in_channels", "out_channels", "heads", "hidden")}
+           for key in ("in_channels", "out_channels", "heads")}
     out |= {key: check_pair(key, info[key], min=low) for key, low in _PAIRS.items()}
-    c, heads = out["in_channels"], out["heads"]
-    if out["out_channels"] % heads:  # each head computes out_channels / heads outputs
+    heads = out["heads"]
+    if out["out_channels"] % heads:  # each group computes out_channels / heads outputs
         raise ValueError(f"heads must divide out_channels, got heads={heads}, "
                          f"out_channels={out['out_channels']}")
-    rate = check_float("pruning_rate", info["pruning_rate"], min=0, max=1, max_inclusive=False)
-    if final_inactive_channels(c, rate) >= c:
-        raise ValueError(f"pruning_rate={rate} would drop all {c} input channels")
-    out["pruning_rate"] = rate
-    out["inactive_channels"] = check_int("inactive_channels", info["inactive_channels"], min=0,
-                                         max=c - 1)
-    sides = zip(out["input_hw"], out["kernel_size"], out["stride"], out["padding"],
-                out["dilation"])
-    output = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in sides]  # nn.Conv2d
-    if min(output) <= 0:
-        raise ValueError(
-            f"input_hw={out['input_hw']} is too small for kernel_size={out['kernel_size']}, "
-            f"stride={out['stride']}, padding={out['padding']}, dilation={out['dilation']}"
-        )
+    conv_output_hw(out["input_hw"], out["kernel_size"], out["stride"], out["padding"],
+                   out["dilation"])  # ValueError if the kernel does not fit
+    out = spec.layer_type.check_info(info | out | {"kind": kind})
     # The analyses count MACs per image in int64 (and divide them in float64): the layer's
     # dense count (SPEC §1.5, no keep factor) must stay exact in both, summed over many layers.
-    (h, w), (kh, kw), hidden = out["input_hw"], out["kernel_size"], out["hidden"]
-    macs = (2 * c * h * w + heads * (2 * c * hidden + hidden + 3 * c)
-            + c * out["out_channels"] * kh * kw * output[0] * output[1])
+    macs = sum(spec.layer_type.mac_terms_from_info(out, "dense").values())
     if macs > _MAX_MACS:
         raise ValueError(
-            f"a layer with in_channels={c}, out_channels={out['out_channels']}, hidden={hidden}, "
+            f"a layer with in_channels={out['in_channels']}, out_channels={out['out_channels']}, "
             f"kernel_size={out['kernel_size']}, input_hw={out['input_hw']} costs {macs:.3g} MACs "
             f"per image, more than the 2**53 the analyses count exactly"
         )
-    return {key: out[key] for key in LAYER_INFO_KEYS}
+    return {key: out[key] for key in keys}
 
 
 def check_attrs(attrs: Mapping | None) -> dict:

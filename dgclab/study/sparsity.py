@@ -36,13 +36,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
-import torch
 from torch.utils.data import DataLoader
 
 from ..analysis import filter_sparsity, pruning_effect, remove_dead_filters
 from ..data import load_dataset
 from ..layers import dgc_layers
-from ..record import Recorder
+from ..record.loop import record
 from ..train import TrainConfig, Trainer
 from .dgc_selection import selection_by_status
 from .folder import (
@@ -182,7 +181,7 @@ def _run_arm(out: Path, arm: Arm, seed: int, config: TrainConfig, progress: bool
         }
         replace_rows(out / PRUNING_CSV, arm.name, seed, pd.DataFrame([row]))
     if dgc_layers(model):
-        recording = _record(model, train_loader, trainer.device)
+        recording = record(model, train_loader, device=trainer.device)
         recording.save(folder / "train_recording.npz")
         selection = selection_by_status(recording, filters)
         for key, value in reversed(ident.items()):
@@ -194,23 +193,6 @@ def _run_arm(out: Path, arm: Arm, seed: int, config: TrainConfig, progress: bool
         rows.insert(0, key, value)
     rows["test_acc"] = test_acc
     replace_rows(out / SPARSITY_CSV, arm.name, seed, rows[SPARSITY_COLUMNS])
-
-
-@torch.no_grad()
-def _record(model: torch.nn.Module, loader: DataLoader, device) -> Recorder:
-    """The heads' selections for every image of ``loader``, in eval mode (mode restored)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with Recorder(model) as recorder:
-            seen = 0
-            for x, y in loader:
-                recorder.tag(labels=y, ids=torch.arange(seen, seen + len(y)))
-                model(x.to(device))
-                seen += len(y)
-    finally:
-        model.train(was_training)
-    return recorder
 
 
 def _per_layer(filters: pd.DataFrame) -> pd.DataFrame:

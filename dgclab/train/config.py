@@ -7,12 +7,12 @@ from dataclasses import asdict, dataclass, fields
 
 from ..checks import check_bool, check_choice, check_float, check_int, check_type
 from ..data import DATASETS
+from ..layers import CONV_KINDS
 from ..models.registry import MODEL_NAMES
 
 __all__ = ["TrainConfig", "OPTIMIZERS"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-CONVS = ("dense", "group", "dgc")
 
 
 @dataclass
@@ -20,8 +20,8 @@ class TrainConfig:
     # --- the network
     model: str = "resnet20"  # a name of dgclab.models.registry.MODEL_NAMES
     width: int = 16  # resnet base width (stages: w, 2w, 4w)
-    conv: str = "dgc"  # "dense" | "group" (static groups=heads) | "dgc"
-    heads: int = 4  # DGC heads, or the number of static groups
+    conv: str = "dgc"  # a kind of dgclab.layers.CONV_KINDS: "dense", "group" (static), "dgc", ...
+    heads: int = 4  # DGC heads, or the number of groups of another grouping kind
     pruning_rate: float = 0.75  # xi: the fraction of input channels each DGC head drops at the end
     # --- the data
     dataset: str = "fashion-mnist"  # one of dgclab.data.DATASETS
@@ -49,7 +49,7 @@ class TrainConfig:
         """Raise TypeError (wrong type) or ValueError (bad value) naming the first bad field and
         its value; return self."""
         check_choice("model", self.model, MODEL_NAMES)
-        check_choice("conv", self.conv, CONVS)
+        check_choice("conv", self.conv, tuple(CONV_KINDS))  # kinds registered by now
         check_choice("dataset", self.dataset, DATASETS)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         for name in ("data_root", "device"):

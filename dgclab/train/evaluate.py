@@ -1,42 +1,74 @@
-"""Evaluate a finished (or interrupted) run folder: rebuild its model, load its checkpoint."""
+"""Read a finished (or interrupted) run folder back: its model, its test metrics, an export.
+
+``load_run`` rebuilds the model from the config (through the model and conv registries) and
+loads the checkpoint's weights; ``evaluate_run`` evaluates it (``dgclab.train.evaluate_model``); no
+``Trainer`` is involved. ``export_model`` writes the weights and config to one small file that
+``load_model`` (also ``dgclab.load_model``) reads back.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
 
 from .._atomic import atomic_open
+from ..data import load_dataset
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
+from .evaluation import evaluate_model, resolve_device
 from .run_folder import CHECKPOINT, CONFIG, load_weights, model_of, read_checkpoint, read_config
-from .trainer import Trainer
 
-__all__ = ["load_run", "evaluate_run", "export_model", "load_model"]
+__all__ = ["Run", "load_run", "evaluate_run", "export_model", "load_model"]
 
 MODEL_FORMAT = "dgclab-model/1"
 
 
-def load_run(run, device: str = "auto") -> Trainer:
-    """A Trainer rebuilt from ``run/config.json`` holding ``run/checkpoint.pt``'s weights.
+@dataclass
+class Run:
+    """A run folder read back: what ``load_run`` returns."""
 
-    Nothing in the run folder is written.
+    config: TrainConfig  # its config.json
+    model: nn.Module  # its architecture with the checkpoint's weights, in eval mode
+    epoch: int  # epochs the checkpoint has finished
+    history: list[dict]  # one metrics row per finished epoch
+
+
+def load_run(run, device: str = "auto") -> Run:
+    """The model of ``run/config.json`` holding ``run/checkpoint.pt``'s weights, and its history.
+
+    No trainer, optimizer or data is built, and nothing in the run folder is written.
+
+    Raises:
+        FileNotFoundError: not a run folder.
+        ValueError: a malformed config or checkpoint, weights that do not fit, a bad device.
     """
     run = _run_folder(run)
     config = read_config(run / CONFIG, device=device)
     state = read_checkpoint(run / CHECKPOINT)
-    trainer = Trainer(config, out=None, progress=False)
-    load_weights(trainer.model, state["model"], run / CHECKPOINT)
-    trainer.epoch = int(state["epoch"])
-    trainer.history = list(state["history"])
-    return trainer
+    model = model_of(config)
+    load_weights(model, state["model"], run / CHECKPOINT)
+    model = model.to(resolve_device(config.device)).eval()
+    return Run(config, model, int(state["epoch"]), list(state["history"]))
 
 
 def evaluate_run(run, device: str = "auto") -> dict:
-    """Test accuracy, paper and realized MACs per image of a run's latest checkpoint."""
-    trainer = load_run(run, device)
-    row = trainer.evaluate()
-    return row | {"images": len(trainer.test_set), "epoch": trainer.epoch}
+    """Test accuracy, paper and realized MACs per image of a run's latest checkpoint.
+
+    ``load_run``, then ``evaluate_model`` on the run's test set (its dataset, subset and seed).
+    """
+    loaded = load_run(run, device)
+    config = loaded.config
+    _, test_set, info = load_dataset(config.dataset, config.data_root, config.subset,
+                                     config.seed, download=config.download, augment=config.augment)
+    loader = DataLoader(test_set, config.eval_batch_size, shuffle=False,
+                        num_workers=config.workers)
+    input_size = (1, info.in_channels, info.image_size, info.image_size)
+    row, _ = evaluate_model(loaded.model, loader, input_size, record=config.record)
+    return row | {"images": len(test_set), "epoch": loaded.epoch}
 
 
 def export_model(run, path) -> Path:

@@ -1,10 +1,12 @@
 """The training loop used by the command line and the notebooks.
 
 One ``Trainer`` runs the paper's recipe (SPEC §1.2-1.3) on any dgclab model: SGD nesterov /
-Adam (coupled L2) / AdamW (decoupled), a per-iteration cosine learning rate, the DGC pruning
-schedule driven by training progress, and ``lambda * saliency_loss`` added to the loss from step
-0. After every epoch it evaluates on the test set inside a ``Recorder`` (which channels every
-head chose for every test image), appends a row of metrics, and writes the run folder:
+Adam (coupled L2) / AdamW (decoupled), a per-iteration cosine learning rate, every grouping
+layer's schedule driven by training progress (``dgclab.layers.set_progress``: DGC's pruning
+schedule) and ``lambda * regularization_loss`` (DGC's lasso) added to the loss from step 0. The
+trainer knows layers by the layer protocol only, never by class. After every epoch it evaluates
+on the test set (``dgclab.train.evaluate_model``, inside a ``Recorder``: which channels every head
+chose for every test image), appends a row of metrics, and writes the run folder:
 
 ====================  ======================================================================
 ``config.json``       the ``TrainConfig``
@@ -30,7 +32,6 @@ Distributed: started by ``torchrun``, each process trains on its share of every 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import os
@@ -45,13 +46,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from ..analysis import count_macs, filter_sparsity, head_overlap, realized_macs
 from ..data import load_dataset
-from ..layers import dgc_layers, saliency_loss, set_pruning_progress
-from ..record import Recorder, load_recording
+from ..layers import grouping_layers, regularization_loss, set_progress
+from ..record import load_recording, recorded_layers
 from .._atomic import atomic_write_text, remove_stale_temporaries
 from .checkpoint import atomic_torch_save, rng_state, set_rng_state
 from .config import TrainConfig
+from .evaluation import evaluate_model, resolve_device
 from .run_folder import (
     CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, METRICS, RECORDING, config_changes, load_weights,
     model_of, read_checkpoint, read_config,
@@ -78,18 +79,6 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"device={name!r} is not a device: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} asked for, but CUDA is not available here")
-    return device
 
 
 class Trainer:
@@ -120,7 +109,7 @@ class Trainer:
         self.recording = None
 
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.device = _resolve_device(config.device)
+        self.device = resolve_device(config.device)
         if self.world > 1:
             self._init_distributed()
         self.rank = dist.get_rank() if self.distributed else 0
@@ -285,7 +274,7 @@ class Trainer:
         without touching the RNG streams the rest of the run draws from.
         """
         if (self.out is None or not self.is_main or self.epoch == 0 or not self.config.record
-                or not dgc_layers(self.model)):
+                or not recorded_layers(self.model)):
             return
         try:
             current = load_recording(self.out / RECORDING).attrs.get("epoch") == self.epoch
@@ -323,8 +312,9 @@ class Trainer:
                 fn(self, *args)
 
     def k_frac(self) -> float:
-        """Mean over DGC layers of k / C_in (0 for a model without DGC layers)."""
-        layers = [layer for _, layer in dgc_layers(self.model)]
+        """Mean over the layers with a k (DGC) of k / C_in (0 for a model without any)."""
+        layers = [layer for _, layer in grouping_layers(self.model)
+                  if hasattr(layer, "inactive_channels")]
         if not layers:
             return 0.0
         return sum(layer.inactive_channels / layer.in_channels for layer in layers) / len(layers)
@@ -368,11 +358,11 @@ class Trainer:
                        total=self.steps_per_epoch, disable=not (self.progress and self.is_main))
         for batch, (x, y) in enumerate(batches):
             step = epoch * self.steps_per_epoch + batch
-            set_pruning_progress(self.model, step / self.total_steps)  # the official schedule
+            set_progress(self.model, step / self.total_steps)  # e.g. DGC's k schedule
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             logits = self.net(x)
             ce = F.cross_entropy(logits, y)
-            lasso = saliency_loss(self.model).to(ce.device)
+            lasso = regularization_loss(self.model).to(ce.device)  # e.g. DGC's lasso
             loss = ce + cfg.lasso_lambda * lasso
             ce_value, lasso_value = ce.item(), lasso.item()
             finite = math.isfinite(ce_value) and math.isfinite(lasso_value)
@@ -412,50 +402,19 @@ class Trainer:
         return TrainingDiverged(f"training diverged in epoch {epoch + 1}, {what} (lr {lr:g}); "
                                 f"{kept}. A smaller --lr is the usual cure.")
 
-    @torch.no_grad()
     def evaluate(self, record: bool | None = None) -> dict:
         """Test loss and accuracy; with recording, also head overlap and realized MACs.
 
-        Runs on the unwrapped model (rank 0 only in distributed runs). The recording of the
-        test set is kept as ``self.recording``.
+        ``dgclab.train.evaluate_model`` on the unwrapped model (rank 0 only in distributed runs). The
+        recording of the test set is kept as ``self.recording``.
         """
         record = self.config.record if record is None else record
-        model = self.model
-        was_training = model.training
-        model.eval()
         loader = DataLoader(self.test_set, self.config.eval_batch_size, shuffle=False,
                             num_workers=self.config.workers)
-        has_dgc = bool(dgc_layers(model))
-        recorder = Recorder(model) if (record and has_dgc) else None
-        loss_sum = correct = seen = 0.0
-        try:
-            with recorder if recorder is not None else contextlib.nullcontext():
-                for x, y in loader:
-                    x, y = x.to(self.device), y.to(self.device)
-                    if recorder is not None:
-                        recorder.tag(labels=y, ids=torch.arange(int(seen), int(seen) + len(y)))
-                    logits = model(x)
-                    loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-                    correct += (logits.argmax(1) == y).sum().item()
-                    seen += y.numel()
-        finally:
-            model.train(was_training)
-        macs = count_macs(model, self.input_size, "paper", per_layer=True)
-        row = {"test_loss": loss_sum / seen, "test_acc": correct / seen,
-               "paper_macs": int(macs["macs"].sum())}
-        sparsity = filter_sparsity(model, input_size=self.input_size)
-        row["dead_filters"] = int(sparsity["dead_gamma"].sum())
-        if recorder is not None:
-            self.recording = recorder
-            overlap = head_overlap(recorder)
-            row["head_overlap"] = float(overlap["jaccard"].mean()) if len(overlap) else float("nan")
-            # the whole network at the paper convention, with every DGC layer's paper count
-            # replaced by what each test image really used
-            outside_dgc = int(macs.loc[macs["type"] != "DGCConv2d", "macs"].sum())
-            row["realized_macs"] = float(outside_dgc + realized_macs(recorder)["realized"].mean())
-        else:
-            row["head_overlap"] = float("nan")
-            row["realized_macs"] = row["paper_macs"] if not has_dgc else float("nan")
+        row, recording = evaluate_model(self.model, loader, self.input_size, record=record,
+                                  device=self.device)
+        if recording is not None:
+            self.recording = recording
         return row
 
 

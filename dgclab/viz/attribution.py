@@ -32,6 +32,7 @@ from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
 from matplotlib.figure import Figure
 
 from ..layers import DGCConv2d, dgc_layers
+from ..modes import eval_mode
 from ..record import paused
 from .selection import plot_saliency_bars
 from .style import class_name
@@ -131,7 +132,7 @@ def image_selection(model: nn.Module, image: torch.Tensor) -> dict[str, dict[str
         bool}``, the layer's ``last_saliency[0]`` and ``last_selection[0]`` (CPU).
     """
     x = _batch_of_one(image, model)
-    layers = _dgc_layers(model)
+    layers = require_dgc_layers(model)
     with _eval(model), torch.no_grad():
         model(x)
     return {name: {"saliency": layer.last_saliency[0].detach().cpu(),
@@ -306,13 +307,8 @@ def plot_image_explanation(
 def _eval(model: nn.Module):
     """Eval mode for the forwards of this module, which no live ``Recorder`` records (they are
     probes of one image, not samples of the stream being recorded)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with paused():
-            yield
-    finally:
-        model.train(was_training)
+    with eval_mode(model), paused():
+        yield
 
 
 def _batch_of_one(image, model: nn.Module) -> torch.Tensor:
@@ -328,7 +324,8 @@ def _batch_of_one(image, model: nn.Module) -> torch.Tensor:
     return image.detach().to(device=device, dtype=torch.float32)  # (1, C, H, W)
 
 
-def _dgc_layers(model: nn.Module) -> list[tuple[str, DGCConv2d]]:
+def require_dgc_layers(model: nn.Module) -> list[tuple[str, DGCConv2d]]:
+    """``dgc_layers(model)``; ValueError naming the model's class if it has none."""
     layers = dgc_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no DGCConv2d layer")
@@ -336,7 +333,7 @@ def _dgc_layers(model: nn.Module) -> list[tuple[str, DGCConv2d]]:
 
 
 def _dgc_layer(model: nn.Module, layer) -> tuple[str, DGCConv2d]:
-    layers = _dgc_layers(model)
+    layers = require_dgc_layers(model)
     if layer is None:
         return layers[-1]
     for name, module in layers:

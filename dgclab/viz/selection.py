@@ -102,8 +102,7 @@ def plot_selection_heatmap(
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     info = recording.layer_info(layer)
     ax.set_title(f"{layer}, head {head}: channels kept per image\n"
-                 f"{len(rows)} of {n} images, k = {info['inactive_channels']} of {channels} "
-                 f"dropped when recorded", fontsize=10)
+                 f"{len(rows)} of {n} images, {dropped_text(info)} when recorded", fontsize=10)
     ax.legend(handles=[Patch(facecolor=KEPT, label="kept"),
                        Patch(facecolor=DROPPED, edgecolor="#999999", label="dropped")],
               loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
@@ -134,7 +133,7 @@ def plot_channel_usage(
         class with ``per_class``, for which the head kept the channel).
     """
     info = _layer_info(recording, layer)
-    heads, channels = int(info["heads"]), int(info["in_channels"])
+    heads = int(info["heads"])
     if head is not None:
         _check_head(head, heads, layer)
         if not per_class:
@@ -142,7 +141,7 @@ def plot_channel_usage(
     n = len(recording)
     if n == 0:
         raise ValueError("the recording holds no samples")
-    subtitle = f"{n} images, k = {info['inactive_channels']} of {channels} dropped"
+    subtitle = f"{n} images, {dropped_text(info)}"
     cmap = "viridis"
     if not per_class:
         usage = channel_usage(recording, [layer])
@@ -311,6 +310,13 @@ def plot_saliency_bars(
                             Patch(facecolor="#b8b8b8", label="dropped")],
                    loc="lower right", bbox_to_anchor=(1, 1), frameon=False, fontsize=8, ncols=2)
     return fig
+
+
+def dropped_text(info: dict) -> str:
+    """What a layer drops, for a title: DGC's "k = 12 of 16 dropped", else its kind."""
+    if "inactive_channels" in info:
+        return f"k = {info['inactive_channels']} of {info['in_channels']} dropped"
+    return f"{info.get('kind', 'dgc')} layer, {info['heads']} groups"
 
 
 def _layer_info(recording, layer: str) -> dict:

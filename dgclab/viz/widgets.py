@@ -45,7 +45,7 @@ from IPython.display import Image, display
 from matplotlib.figure import Figure
 
 from ..record import load_recording
-from .attribution import _dgc_layers, image_attributions, plot_image_explanation
+from .attribution import require_dgc_layers, image_attributions, plot_image_explanation
 from .inputs import check_recording
 from .selection import plot_channel_usage, plot_head_overlap, plot_selection_heatmap
 from .style import class_name
@@ -180,7 +180,7 @@ class ImageExplorer(Explorer):
                  height: str = "760px", cache: int = 16, **explain) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
-        names = [n for n, _ in _dgc_layers(model)]
+        names = [n for n, _ in require_dgc_layers(model)]
         layers = names if layers is None else list(layers)
         unknown = [n for n in layers if n not in names]
         if unknown or not layers:
@@ -247,7 +247,7 @@ class ImageExplorer(Explorer):
             slider.max = max(len(self.candidates(change["new"])) - 1, 0)
 
     def _heads(self, layer: str) -> int:
-        return dict(_dgc_layers(self.model))[layer].heads
+        return dict(require_dgc_layers(self.model))[layer].heads
 
 
 def image_explorer(model: nn.Module, dataset, classes=None, layers: Sequence[str] | None = None,
