@@ -5,6 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# helpers.py (shared by test modules in several folders) is no test module: without this its
+# asserts would fail with a bare AssertionError instead of pytest's explanation.
+pytest.register_assert_rewrite("helpers")
+
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:

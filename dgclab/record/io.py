@@ -5,13 +5,15 @@ anything that reads zip and ``.npy``:
 
 * ``metadata``: uint8, the UTF-8 bytes of a JSON object ``{"format": "dgclab.recording",
   "version": 1, "num_samples": N, "layers": [{"name", "info", "saliencies",
-  "activation_max"}, ...]}``; ``info`` holds the layer's ``LAYER_INFO_KEYS`` (pairs as lists of
-  two ints), the two booleans say which optional arrays the layer has; an optional ``"attrs"``
+  "activation_max"}, ...]}``; ``info`` holds the layer's kind and its keys
+  (``check_layer_info``; files written before kinds existed have no ``kind``: DGC), pairs as
+  lists of two ints; the two booleans say which optional arrays the layer has; an optional ``"attrs"``
   object of JSON scalars (``Recording.attrs``, e.g. the epoch a trainer recorded at). No other
   key.
 * ``labels``, ``ids``: int64 (N,).
 * ``selections_{i}``: uint8 (N, heads, ceil(C_in / 8)), layer i's selections bit-packed along
-  the channel axis (``numpy.packbits``, big bit order, zero padding).
+  the channel axis (``numpy.packbits``, big bit order, zero padding); for a static layer (a
+  kind whose layers are not dynamic) (heads, ceil(C_in / 8)), its connectivity, once.
 * ``saliencies_{i}``: float16 (N, heads, C_in) and ``activation_max_{i}``: float32 (N, C_out),
   where recorded.
 
@@ -31,7 +33,9 @@ import numpy as np
 
 from .._atomic import atomic_open
 from ..checks import check_type
-from .recording import Recording, check_attrs, check_layer_info, padding_bits_set
+from .recording import (
+    Recording, check_attrs, check_layer_info, is_static_info, padding_bits_set,
+)
 
 __all__ = ["save_recording", "load_recording", "FORMAT", "VERSION"]
 
@@ -62,7 +66,10 @@ def save_recording(recording: Recording, path) -> None:
         has_act = name in recording._activation_max
         layers.append({"name": name, "info": _info_to_json(recording.layer_info(name)),
                        "saliencies": has_sal, "activation_max": has_act})
-        arrays[f"selections_{i}"] = np.ascontiguousarray(recording.packed_selections(name))
+        # a static layer's connectivity is stored once: (heads, ceil(C_in / 8))
+        packed = (recording.packed_selections(name) if recording.is_dynamic(name)
+                  else np.packbits(recording.connectivity(name).numpy(), axis=-1))
+        arrays[f"selections_{i}"] = np.ascontiguousarray(packed)
         if has_sal:
             arrays[f"saliencies_{i}"] = recording.saliencies(name).numpy()
         if has_act:
@@ -132,7 +139,8 @@ def load_recording(path) -> Recording:
     for i, layer in enumerate(layers):
         name, layer_info = layer["name"], layer["info"]
         c, heads = layer_info["in_channels"], layer_info["heads"]
-        packed = checked(f"selections_{i}", (n, heads, (c + 7) // 8), "u", 1, np.uint8)
+        lead = () if is_static_info(layer_info) else (n,)  # a static layer: once
+        packed = checked(f"selections_{i}", (*lead, heads, (c + 7) // 8), "u", 1, np.uint8)
         if padding_bits_set(packed, c):
             fail(f"array 'selections_{i}' has bits set past channel {c} (padding must be 0)")
         selections[name] = packed

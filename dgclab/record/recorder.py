@@ -3,7 +3,8 @@
 ``Recorder`` is a context manager over forward hooks (SPEC: issue #3). Inside ``with`` it reads
 the own decision of each dynamic layer of the layer protocol (``dgclab.layers.GroupingConv``
 with ``dynamic = True``: DGC, and any dynamic kind registered later), ``last_selection`` (it
-never recomputes saliencies),
+never recomputes saliencies), and the ``connectivity()`` of each static one (a group conv) once,
+at its first recorded forward; it
 bit-packs it along the channel axis and stores it; outside ``with`` the model carries no hook.
 A ``Recorder`` is a ``Recording``, so the analysis functions take a live recorder and a loaded
 file alike, during and after the run::
@@ -89,6 +90,10 @@ def paused() -> Iterator[None]:
 class Recorder(Recording):
     """Context manager that records every DGC layer's channel selection for every sample.
 
+    Every layer of the layer protocol is recorded: a dynamic one (DGC) per sample, a static one
+    (a group conv) once, its ``connectivity()`` at its first recorded forward (``selections``
+    reads it for every sample; ``is_dynamic`` tells them apart).
+
     Args:
         model: the model whose forwards are recorded (a single ``DGCConv2d`` works too). Records
             are keyed by the layers' names in ``model.named_modules()`` (a ``DataParallel`` or
@@ -131,7 +136,8 @@ class Recorder(Recording):
         check_type("model", model, nn.Module)
         if not recorded_layers(model):
             raise ValueError(
-                f"{type(model).__name__} has no dynamic grouping layer (DGCConv2d, ...) to record"
+                f"{type(model).__name__} has no grouping layer (DGCConv2d, GroupConv2d, ...) to "
+                f"record"
             )
         if max_samples is not None:
             max_samples = check_int("max_samples", max_samples, min=1)
@@ -147,6 +153,7 @@ class Recorder(Recording):
         self._layers: dict[str, GroupingConv] = {}  # hooked layers, named_modules order
         self._names: list[str] = []  # recorded layers, fixed by the first recorded forward
         self._info: dict[str, dict] = {}
+        self._static: dict[str, np.ndarray] = {}  # static layer -> packed (heads, bytes)
         self._changed: set[str] = set()  # layers already warned about a changed k / input size
         # (capacity, ...) arrays; rows [0, _rows) hold data. Keys: "labels", "ids", (kind,
         # layer name) and, for a reservoir, "seen" (each kept sample's position in the stream).
@@ -251,14 +258,20 @@ class Recorder(Recording):
                 f"sample and layer (a layer called twice, or nn.DataParallel over several GPUs, "
                 f"cannot be recorded)"
             )
-        # The layer's own decision, detached: (B, heads, C_in) bool -> (B, heads, ceil(C_in/8)).
-        records = {_SEL: np.packbits(module.last_selection.detach().cpu().numpy(), axis=-1)}
-        if self.saliency:
-            records[_SAL] = module.last_saliency.detach().to(torch.float16).cpu().numpy()
+        seen = {"records": {}, "info": module.layer_info(args[0].shape[-2:]), "n": len(args[0])}
+        records = seen["records"]
+        if module.dynamic:
+            # The layer's own decision, detached: (B, heads, C_in) bool -> (B, heads, C_in/8).
+            records[_SEL] = np.packbits(module.last_selection.detach().cpu().numpy(), axis=-1)
+            saliency = getattr(module, "last_saliency", None)  # DGC's g
+            if self.saliency and saliency is not None:
+                records[_SAL] = saliency.detach().to(torch.float16).cpu().numpy()
+        elif name not in self._static:  # a static layer: its connectivity, once
+            seen["connectivity"] = np.packbits(module.connectivity().cpu().numpy(), axis=-1)
         if self.activations:
             amax = output.detach().amax(dim=(-2, -1))  # (B, C_out)
             records[_ACT] = amax.to(torch.float32).cpu().numpy()
-        batch[name] = {"records": records, "info": module.layer_info(args[0].shape[-2:])}
+        batch[name] = seen
 
     def _end_batch(self, module: nn.Module, args, output) -> None:
         if _PAUSED.get():
@@ -290,7 +303,7 @@ class Recorder(Recording):
                 f"this forward ran other DGC layers than the first recorded one (missing "
                 f"{missing}, new {new}); every layer must see every recorded sample"
             )
-        sizes = {n: batch[n]["records"][_SEL].shape[0] for n in ran}
+        sizes = {n: batch[n]["n"] for n in ran}
         b = next(iter(sizes.values()))
         if any(s != b for s in sizes.values()):
             raise RuntimeError(f"DGC layers saw different batch sizes in one forward: {sizes}")
@@ -380,6 +393,8 @@ class Recorder(Recording):
         """Store the layer's info at its first forward; warn once if a later one differs."""
         if name not in self._info:
             self._info[name] = seen["info"]
+            if "connectivity" in seen:
+                self._static[name] = seen["connectivity"]
             for key, values in seen["records"].items():
                 # Allocated at the first forward, when the shapes are known; grown by _resize.
                 self._columns[(key, name)] = np.empty((0, *values.shape[1:]), values.dtype)
@@ -424,15 +439,15 @@ class Recorder(Recording):
 
     @property
     def _packed(self) -> Mapping[str, np.ndarray]:
-        return _LayerColumns(self, _SEL)
+        return _LayerColumns(self, _SEL, self._names)
 
     @property
     def _saliencies(self) -> Mapping[str, np.ndarray]:
-        return _LayerColumns(self, _SAL) if self.saliency else {}
+        return _LayerColumns(self, _SAL, self._names_with(_SAL)) if self.saliency else {}
 
     @property
     def _activation_max(self) -> Mapping[str, np.ndarray]:
-        return _LayerColumns(self, _ACT) if self.activations else {}
+        return _LayerColumns(self, _ACT, self._names) if self.activations else {}
 
     @property
     def _labels(self) -> np.ndarray:
@@ -442,40 +457,51 @@ class Recorder(Recording):
     def _ids(self) -> np.ndarray:
         return self._column("ids")
 
+    def _names_with(self, kind: str) -> list[str]:
+        """The recorded layers that have a column of ``kind`` (saliencies: DGC layers)."""
+        return [n for n in self._names if (kind, n) in self._columns]
+
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays this recorder holds (inside ``with``, with room for more rows)."""
-        return sum(col.nbytes for col in self._columns.values())
+        columns = sum(col.nbytes for col in self._columns.values())
+        return columns + sum(a.nbytes for a in self._static.values())
 
     def __repr__(self) -> str:
         state = "recording" if self.recording else "stopped"
         kept = f"{len(self)} samples"
         if self.max_samples is not None:
             kept += f" of {self.samples_seen} seen (max_samples={self.max_samples})"
-        return f"Recorder({kept}, {len(self._names)} DGC layers, {state})"
+        return f"Recorder({kept}, {len(self._names)} layers, {state})"
 
 
 class _LayerColumns(Mapping):
-    """Layer name -> one kind of a recorder's records, read on access (no copy up front)."""
+    """Layer name -> one kind of a recorder's records, read on access (no copy up front).
 
-    def __init__(self, recorder: Recorder, kind: str) -> None:
-        self._recorder, self._kind = recorder, kind
+    A static layer's selections are its packed connectivity, (heads, bytes), stored once.
+    """
+
+    def __init__(self, recorder: Recorder, kind: str, names: list[str]) -> None:
+        self._recorder, self._kind, self._names = recorder, kind, names
 
     def __getitem__(self, name: str) -> np.ndarray:
-        if name not in self._recorder._names:
+        if name not in self._names:
             raise KeyError(name)
+        if self._kind == _SEL and name in self._recorder._static:
+            return self._recorder._static[name]
         return self._recorder._column((self._kind, name))
 
     def __contains__(self, name) -> bool:
-        return name in self._recorder._names
+        return name in self._names
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._recorder._names))
+        return iter(list(self._names))
 
     def __len__(self) -> int:
-        return len(self._recorder._names)
+        return len(self._names)
 
 
 def recorded_layers(model: nn.Module) -> list[tuple[str, GroupingConv]]:
-    """The layers a Recorder records: the dynamic grouping layers, in named_modules order."""
-    return [(n, m) for n, m in grouping_layers(model) if m.dynamic]
+    """The layers a Recorder records: every grouping layer (dynamic ones per sample, static
+    ones once), in named_modules order."""
+    return grouping_layers(model)

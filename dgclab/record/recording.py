@@ -4,6 +4,10 @@
 analysis functions (``dgclab.analysis``) accept either. Selections are stored bit-packed along
 the channel axis (``numpy.packbits``), so 70,000 images through every DGC layer of a ResNet-20
 take tens of MB, not GB.
+
+Static layers of the layer protocol (a group conv: every image reads the same channels) are
+stored once, as their (groups, C_in) connectivity, and read back like the dynamic ones: their
+``selections`` are that connectivity for every sample, so every analysis takes both.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 from ..checks import check_int, check_pair, check_type
 from ..layers import INFO_KEYS, DGCConv2d, conv_kind, conv_output_hw
 
-__all__ = ["Recording", "LAYER_INFO_KEYS", "check_layer_info"]
+__all__ = ["Recording", "LAYER_INFO_KEYS", "check_layer_info", "is_static_info"]
 
 # What a recording keeps about a DGC layer: the keys of every grouping layer (``INFO_KEYS``:
 # kind, geometry, G as ``heads``, input size) and DGC's own (hidden width, pruning rate, k).
@@ -119,7 +123,9 @@ class Recording:
     Args:
         selections: layer name -> bool tensor (N, heads, C_in), or a packed uint8 array
             (N, heads, ceil(C_in / 8)) from ``numpy.packbits(..., axis=-1)`` together with
-            ``layer_info[name]["in_channels"]``.
+            ``layer_info[name]["in_channels"]``. For a static layer (its kind's layers are not
+            ``dynamic``) its connectivity instead: (heads, C_in) bool, or packed (heads,
+            ceil(C_in / 8)), the same for every sample.
         layer_info: layer name -> dict with the keys of ``LAYER_INFO_KEYS`` (``input_hw`` is the
             (H, W) of the layer's input; ``inactive_channels`` is k when recorded).
         labels: (N,) int labels, -1 where unknown. Default: all -1.
@@ -167,15 +173,19 @@ class Recording:
                 self._info[name] = check_layer_info(layer_info[name])
             except (TypeError, ValueError) as e:
                 raise type(e)(f"layer_info[{name!r}]: {e}") from None
-        self._packed: dict[str, np.ndarray] = {}
+        self._packed: dict[str, np.ndarray] = {}  # (N, heads, bytes); static: (heads, bytes)
         sizes = set()
         for name, sel in selections.items():
             packed = _pack(sel, self._info[name], name)
             self._packed[name] = packed
-            sizes.add(packed.shape[0])
+            if packed.ndim == 3:
+                sizes.add(packed.shape[0])
         if len(sizes) > 1:
             raise ValueError(f"every layer must hold the same samples, got sample counts {sizes}")
-        n = sizes.pop() if sizes else 0
+        if sizes:
+            n = sizes.pop()
+        else:  # static layers only: the samples are those tagged
+            n = next((len(v) for v in (ids, labels) if v is not None), 0)
         self._labels = _vector(labels, n, -1, "labels")
         self._ids = _vector(ids, n, None, "ids")
         self._saliencies = self._optional(saliencies, "saliencies", np.float16, n,
@@ -226,16 +236,41 @@ class Recording:
         return dict(self._info[name])
 
     def selections(self, name: str) -> torch.Tensor:
-        """(N, heads, C_in) bool: True where that head kept that channel for that sample."""
+        """(N, heads, C_in) bool: True where that head kept that channel for that sample.
+
+        For a static layer, its ``connectivity`` for every sample (an expanded view).
+        """
         self._check_layer(name)
         c = self._info[name]["in_channels"]
-        bits = np.unpackbits(self._packed[name], axis=-1, count=c)
-        return torch.from_numpy(bits.astype(bool))
+        packed = self._packed[name]
+        bits = torch.from_numpy(np.unpackbits(packed, axis=-1, count=c).astype(bool))
+        return bits if packed.ndim == 3 else bits.expand(len(self), *bits.shape)
 
     def packed_selections(self, name: str) -> np.ndarray:
-        """(N, heads, ceil(C_in / 8)) uint8, the stored bit-packed form."""
+        """(N, heads, ceil(C_in / 8)) uint8, the bit-packed form (a read-only broadcast for a
+        static layer, which stores one row of heads)."""
         self._check_layer(name)
-        return self._packed[name]
+        packed = self._packed[name]
+        return packed if packed.ndim == 3 else np.broadcast_to(packed, (len(self), *packed.shape))
+
+    def is_dynamic(self, name: str) -> bool:
+        """Whether the layer chose its channels per sample (False: a static layer)."""
+        self._check_layer(name)
+        return self._packed[name].ndim == 3
+
+    def connectivity(self, name: str) -> torch.Tensor:
+        """(heads, C_in) bool: the channels each group of a static layer reads, for every sample.
+
+        Raises:
+            ValueError: a dynamic layer (its choice is per sample: ``selections``).
+        """
+        self._check_layer(name)
+        packed = self._packed[name]
+        if packed.ndim == 3:
+            raise ValueError(f"{name!r} is a dynamic layer: its channels change per sample "
+                             f"(see selections)")
+        c = self._info[name]["in_channels"]
+        return torch.from_numpy(np.unpackbits(packed, axis=-1, count=c).astype(bool))
 
     def saliencies(self, name: str) -> torch.Tensor:
         """(N, heads, C_in) float16 saliencies, if they were recorded."""
@@ -265,8 +300,8 @@ class Recording:
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays this recording holds."""
-        arrays = [self._labels, self._ids, *self._packed.values(), *self._saliencies.values(),
-                  *self._activation_max.values()]
+        arrays = [self._labels, self._ids, *(self._packed[n] for n in self._packed),
+                  *self._saliencies.values(), *self._activation_max.values()]
         return sum(a.nbytes for a in arrays)
 
     def save(self, path) -> None:
@@ -283,24 +318,34 @@ class Recording:
             raise ValueError(f"no DGC layer {name!r} in this recording; layers: {self.layer_names}")
 
     def __repr__(self) -> str:
-        return f"Recording({len(self)} samples, {len(self._packed)} DGC layers)"
+        return f"Recording({len(self)} samples, {len(self._packed)} layers)"
+
+
+def is_static_info(info: Mapping) -> bool:
+    """Whether a (checked) layer info describes a static layer, stored once per recording."""
+    return not conv_kind(info["kind"]).layer_type.dynamic
 
 
 def _pack(sel, info: dict, name: str) -> np.ndarray:
-    """(N, heads, ceil(C_in / 8)) uint8 from bool (N, heads, C_in) or already packed."""
+    """(N, heads, ceil(C_in / 8)) uint8 from bool (N, heads, C_in) or already packed; a static
+    layer's (heads, ceil(C_in / 8)) from its (heads, C_in) connectivity."""
     c, heads = info["in_channels"], info["heads"]
     arr = sel.detach().cpu().numpy() if isinstance(sel, torch.Tensor) else np.asarray(sel)
-    if arr.dtype == np.bool_ and arr.ndim == 3 and arr.shape[1:] == (heads, c):
+    lead = () if is_static_info(info) else ("N",)
+    ndim = len(lead) + 2
+    if arr.dtype == np.bool_ and arr.ndim == ndim and arr.shape[-2:] == (heads, c):
         return np.packbits(arr, axis=-1)
-    if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[1:] == (heads, (c + 7) // 8):
+    if arr.dtype == np.uint8 and arr.ndim == ndim and arr.shape[-2:] == (heads, (c + 7) // 8):
         if padding_bits_set(arr, c):
             raise ValueError(
                 f"selections[{name!r}] has bits set past channel {c} (padding must be 0)"
             )
         return np.ascontiguousarray(arr)
+    shape = ", ".join([*lead, f"heads={heads}"])
     raise ValueError(
-        f"selections[{name!r}] must be bool (N, heads={heads}, in_channels={c}) or packed uint8 "
-        f"(N, {heads}, {(c + 7) // 8}), got dtype {arr.dtype}, shape {arr.shape}"
+        f"selections[{name!r}] must be bool ({shape}, in_channels={c}) or packed uint8 "
+        f"({shape}, {(c + 7) // 8}), got dtype {arr.dtype}, shape {arr.shape}"
+        + (" (a static layer: its connectivity, once)" if not lead else "")
     )
 
 

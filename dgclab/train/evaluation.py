@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from ..analysis import count_macs, filter_sparsity, head_overlap, realized_macs
 from ..checks import check_bool, check_type
 from ..modes import eval_mode
-from ..record import Recorder, recorded_layers
+from ..layers import grouping_layers
+from ..record import Recorder
 
 __all__ = ["evaluate_model", "resolve_device"]
 
@@ -56,7 +57,8 @@ def evaluate_model(
         batches: (x, y) pairs, e.g. a ``DataLoader`` over the test set, in a fixed order (the
             recording's ids are positions in it).
         input_size: (1, C, H, W) of one image, for ``count_macs`` and ``filter_sparsity``.
-        record: record the selections of the model's dynamic layers (if it has any).
+        record: record the selections of the model's grouping layers if it has a dynamic one
+            (DGC); a model whose layers are all static costs the same for every image.
         device: where the batches go; default the model's parameters' device.
 
     Returns:
@@ -76,7 +78,7 @@ def evaluate_model(
     record = check_bool("record", record)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    dynamic = bool(recorded_layers(model))
+    dynamic = any(layer.dynamic for _, layer in grouping_layers(model))
     recorder = Recorder(model) if (record and dynamic) else None
     loss_sum = correct = seen = 0.0
     with eval_mode(model), recorder if recorder is not None else contextlib.nullcontext():

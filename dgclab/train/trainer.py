@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from ..data import load_dataset
 from ..layers import grouping_layers, regularization_loss, set_progress
-from ..record import load_recording, recorded_layers
+from ..record import load_recording
 from .._atomic import atomic_write_text, remove_stale_temporaries
 from .checkpoint import atomic_torch_save, rng_state, set_rng_state
 from .config import TrainConfig
@@ -274,7 +274,7 @@ class Trainer:
         without touching the RNG streams the rest of the run draws from.
         """
         if (self.out is None or not self.is_main or self.epoch == 0 or not self.config.record
-                or not recorded_layers(self.model)):
+                or not any(layer.dynamic for _, layer in grouping_layers(self.model))):
             return
         try:
             current = load_recording(self.out / RECORDING).attrs.get("epoch") == self.epoch

@@ -21,7 +21,7 @@ from dgclab.models import convert, resnet_cifar
 from dgclab.record import Recorder
 from dgclab.report import write_report
 from dgclab.train import Trainer
-from test_train import tiny
+from helpers import tiny
 
 
 class TopHalfConv(GroupingConv, nn.Module):
@@ -167,14 +167,23 @@ def test_protocol_functions_drive_dgc_as_its_own_helpers_do():
     assert torch.equal(regularization_loss(model), saliency_loss(model))
     assert regularization_loss(nn.Conv2d(1, 1, 1)).item() == 0
     # grouping_layers never lists a layer's insides
-    assert all("." not in n.removeprefix(p) for n, _ in grouping_layers(model)
-               for p in [n.rsplit(".", 1)[0] + "."])
+
+    class Outer(GroupingConv, nn.Module):
+        kind = "outer"
+
+        def __init__(self):
+            super().__init__()
+            self.inner = GroupConv2d(4, 4, 1, groups=2)
+
+    outer = Outer()
+    net = nn.Sequential(outer, GroupConv2d(4, 4, 1))
+    assert [(n, type(m).__name__) for n, m in grouping_layers(net)] == [
+        ("0", "Outer"), ("1", "GroupConv2d")]
 
 
-def test_recorder_takes_no_static_layer_and_convert_takes_any_grouping_kind(tophalf):
-    static = resnet_cifar(8, width=8, conv="group", in_channels=1)
-    with pytest.raises(ValueError, match="no dynamic grouping layer"):
-        Recorder(static)
+def test_recorder_wants_a_grouping_layer_and_convert_takes_any_grouping_kind(tophalf):
+    with pytest.raises(ValueError, match="no grouping layer"):
+        Recorder(resnet_cifar(8, width=8, conv="dense", in_channels=1))
     model, converted, skipped = convert(nn.Sequential(nn.Conv2d(4, 8, 3, bias=False),
                                                       nn.Conv2d(8, 6, 1, bias=False)),
                                         to="tophalf", heads=2)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from test_record import assert_no_hooks, assert_same_recording
 from torch.utils.data import DataLoader, TensorDataset
 
 from dgclab.layers import set_pruning_progress
 from dgclab.models import resnet_cifar
 from dgclab.record import Recorder
 from dgclab.record.loop import record
+
+from helpers import assert_no_hooks, assert_same_recording
 
 
 def tiny_model() -> nn.Module:

@@ -25,49 +25,7 @@ from dgclab.layers import cpu_kernel
 from dgclab.layers import dgc_gather
 from dgclab.layers.dgc import interleave_heads, select_top_channels
 
-
-def make_layer(cin, cout, ksize, *, heads=4, k=None, seed=0, **kw) -> DGCConv2d:
-    torch.manual_seed(seed)
-    layer = DGCConv2d(cin, cout, ksize, heads=heads, squeeze_rate=kw.pop("squeeze_rate", 4), **kw)
-    # Non-trivial BN statistics so that eval mode is not an identity.
-    with torch.no_grad():
-        layer.norm.running_mean.uniform_(-0.2, 0.2)
-        layer.norm.running_var.uniform_(0.5, 1.5)
-        layer.norm.weight.uniform_(0.5, 1.5)
-        layer.norm.bias.uniform_(-0.2, 0.2)
-    if k is not None:
-        layer.inactive_channels = k
-    return layer
-
-
-def run(layer: DGCConv2d, x: torch.Tensor, execution: str):
-    """Forward + backward of a fixed random projection; returns output, grads and lasso."""
-    layer.execution = execution
-    layer.zero_grad(set_to_none=True)
-    x = x.clone().requires_grad_(True)
-    out = layer(x)
-    proj = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
-    proj = proj.to(out.device)
-    ((out * proj).sum() + layer.last_lasso).backward()
-    grads = {
-        n: (p.grad if p.grad is not None else torch.zeros_like(p)).clone()
-        for n, p in layer.named_parameters()
-    }
-    return out.detach(), x.grad.clone(), grads, layer.last_lasso.detach(), layer.last_selection
-
-
-def assert_executions_agree(layer, x, train: bool):
-    layer.train(train)
-    state = {k: v.clone() for k, v in layer.state_dict().items()}
-    ref = run(layer, x, "mask")
-    layer.load_state_dict(state)  # train-mode BN moved its running stats: start again
-    got = run(layer, x, "gather")
-    torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(got[1], ref[1], rtol=1e-4, atol=1e-5)
-    for name in ref[2]:
-        torch.testing.assert_close(got[2][name], ref[2][name], rtol=1e-4, atol=1e-5, msg=name)
-    torch.testing.assert_close(got[3], ref[3])
-    assert torch.equal(got[4], ref[4])
+from helpers import LAYER_SHAPES, assert_executions_agree, fixed_saliency, make_layer
 
 
 # ---- the official fixture -----------------------------------------------------------------
@@ -92,17 +50,6 @@ def test_reproduces_official_layer(fixtures_dir, execution):
 
 
 # ---- mask and gather agree -----------------------------------------------------------------
-
-
-LAYER_SHAPES = [  # (cin, cout, ksize, stride, padding, dilation, heads)
-    (16, 16, 1, 1, 0, 1, 4),  # 1x1 -> batched matmul
-    (16, 32, 1, 2, 0, 1, 4),  # strided 1x1
-    (16, 16, 3, 1, 1, 1, 4),  # 3x3 -> grouped conv over batch*heads
-    (16, 8, 3, 2, 1, 1, 2),  # strided 3x3
-    (16, 16, 3, 1, 2, 2, 4),  # dilated 3x3
-    (8, 8, 1, 1, 1, 1, 1),  # padded 1x1 takes the conv path; one head
-    (16, 16, (3, 1), 1, (1, 0), 1, 8),  # rectangular kernel, eight heads
-]
 
 
 @pytest.mark.parametrize("train", [True, False])
@@ -272,14 +219,6 @@ def test_selection_refuses_k_outside_its_range(k):
 
 
 # ---- oracles a plain F.conv2d can give -----------------------------------------------------
-
-
-def fixed_saliency(layer: DGCConv2d, saliency: torch.Tensor) -> None:
-    """Make head i's saliency the constant vector saliency[i] (fc2 weight 0, bias = saliency)."""
-    with torch.no_grad():
-        for i, head in enumerate(layer.heads_list):
-            head.fc2.weight.zero_()
-            head.fc2.bias.copy_(saliency[i])
 
 
 @pytest.mark.parametrize("execution", ["mask", "gather"])

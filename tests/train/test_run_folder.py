@@ -18,7 +18,7 @@ from dgclab.__main__ import main
 from dgclab.record import Recording, load_recording
 from dgclab.report import write_report
 from dgclab.train import Trainer, TrainingDiverged, load_checkpoint
-from test_train import StopAfter, tiny
+from helpers import StopAfter, tiny
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:

@@ -23,6 +23,8 @@ from dgclab.record import (
     LAYER_INFO_KEYS, Recorder, Recording, load_recording, paused, save_recording,
 )
 
+from helpers import assert_no_hooks, assert_same_recording
+
 
 # ---- helpers ---------------------------------------------------------------------------------
 
@@ -70,33 +72,6 @@ class Oracle:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
-
-
-def assert_no_hooks(model: nn.Module) -> None:
-    for name, module in model.named_modules():
-        for attr in ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
-                     "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called"):
-            assert not getattr(module, attr), (name, attr)
-
-
-def assert_same_recording(a: Recording, b: Recording) -> None:
-    """Equal bit for bit (NaN payloads of the float arrays included)."""
-    assert a.layer_names == b.layer_names
-    assert len(a) == len(b)
-    assert torch.equal(a.labels, b.labels) and torch.equal(a.ids, b.ids)
-    for name in a.layer_names:
-        assert a.layer_info(name) == b.layer_info(name)
-        np.testing.assert_array_equal(a.packed_selections(name), b.packed_selections(name))
-        assert torch.equal(a.selections(name), b.selections(name))
-        assert (name in a._saliencies) == (name in b._saliencies)
-        if name in a._saliencies:
-            sa, sb = a.saliencies(name), b.saliencies(name)
-            assert sa.dtype == sb.dtype == torch.float16
-            assert torch.equal(sa.view(torch.int16), sb.view(torch.int16))
-        assert (name in a._activation_max) == (name in b._activation_max)
-        if name in a._activation_max:
-            ma, mb = a.activation_max(name), b.activation_max(name)
-            assert torch.equal(ma.view(torch.int32), mb.view(torch.int32))
 
 
 # ---- what is recorded ------------------------------------------------------------------------
@@ -375,7 +350,7 @@ def test_reentry_continues_and_nesting_is_refused():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="no dynamic grouping layer"):
+    with pytest.raises(ValueError, match="no grouping layer"):
         Recorder(nn.Conv2d(1, 1, 1))
     with pytest.raises(TypeError, match="model must be a Module, got str"):
         Recorder("resnet8")
@@ -662,3 +637,22 @@ def test_a_reservoir_hands_out_copies_that_later_forwards_do_not_change():
             model(torch.randn(8, 12, 1, 1))
     np.testing.assert_array_equal(before, kept)
     assert rec.ids.max() >= 8  # later samples did replace some
+
+
+def test_a_file_written_before_layer_kinds_loads_as_dgc(tmp_path):
+    """Recordings of the code before the layer protocol have no "kind" in a layer's info."""
+    model = resnet_cifar(8, width=8, conv="dgc", in_channels=1).eval()
+    set_pruning_progress(model, 1.0)
+    with Recorder(model) as rec:
+        model(torch.randn(3, 1, 12, 12))
+    rec.save(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz") as f:
+        arrays = dict(f)
+    meta = json.loads(arrays["metadata"].tobytes())
+    for layer in meta["layers"]:
+        assert layer["info"].pop("kind") == "dgc"
+    arrays["metadata"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with open(tmp_path / "old.npz", "wb") as f:
+        np.savez_compressed(f, **arrays)
+    old = load_recording(tmp_path / "old.npz")
+    assert_same_recording(old, rec)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = "03_channel_saliency_per_image.ipynb"
 CHROMIUM = "/usr/bin/chromium"
 # Flags for a closed network and a root user (see the environment notes in the README).

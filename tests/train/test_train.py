@@ -20,24 +20,9 @@ from dgclab.data import load_dataset, read_cifar
 from dgclab.record import load_recording
 from dgclab.train import METRIC_COLUMNS, Trainer, TrainConfig, load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(model="resnet8", width=8, dataset="synthetic", subset=128, epochs=2, batch_size=64,
-            eval_batch_size=128, lr=0.05)
+from helpers import TINY, StopAfter, tiny
 
-
-def tiny(**kw) -> TrainConfig:
-    return TrainConfig(**(TINY | kw))
-
-
-class StopAfter:
-    """A callback that interrupts training after an epoch, as a kill would."""
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_end(self, trainer, epoch, row):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Steps:

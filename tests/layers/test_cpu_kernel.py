@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from dgclab.layers import DGCConv2d, cpu_kernel, dgc_gather_conv, dgc_mask_conv
 from dgclab.layers.dgc import select_top_channels
 
-from test_dgc_layer import LAYER_SHAPES, fixed_saliency, make_layer
+from helpers import (
+    LAYER_SHAPES, assert_three_ways_agree, fixed_saliency, forward_three_ways, make_layer,
+)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("c++") is None and shutil.which("g++") is None,
@@ -25,32 +27,6 @@ def kernel():
     """The kernel must build wherever a compiler is present (CI included)."""
     assert cpu_kernel.load(), f"the CPU kernel did not build: {cpu_kernel.build_error()!r}"
     return torch.ops.dgclab
-
-
-def forward_three_ways(layer: DGCConv2d, x: torch.Tensor):
-    """(kernel, PyTorch gather, mask) outputs and selections of one eval forward."""
-    results = []
-    for execution, use_kernel in (("gather", True), ("gather", False), ("mask", False)):
-        layer.execution = execution
-        with torch.no_grad(), cpu_kernel.use(use_kernel):
-            out = layer(x)
-        results.append((out, layer.last_selection, layer.last_lasso))
-    return results
-
-
-def assert_three_ways_agree(layer: DGCConv2d, x: torch.Tensor, msg: str = "") -> torch.Tensor:
-    """Kernel, PyTorch gather and mask give the same selection, lasso and output, NaN and Inf
-    included (NaN exactly where the mask execution has NaN). Returns the mask's output."""
-    (fused, sel, lasso), (gather, sel_g, lasso_g), (mask, sel_m, lasso_m) = (
-        forward_three_ways(layer, x)
-    )
-    assert torch.equal(sel, sel_g) and torch.equal(sel, sel_m), msg
-    for got, name in ((fused, "kernel"), (gather, "gather")):
-        torch.testing.assert_close(got, mask, rtol=1e-4, atol=1e-5, equal_nan=True,
-                                   msg=lambda m: f"{name} vs mask {msg}: {m}")
-    for got in (lasso, lasso_g):
-        torch.testing.assert_close(got, lasso_m, rtol=1e-5, atol=1e-6, equal_nan=True)
-    return mask
 
 
 @pytest.mark.parametrize("cin,cout,ksize,stride,padding,dilation,heads", LAYER_SHAPES)

@@ -20,8 +20,7 @@ from hypothesis import strategies as st
 from dgclab.layers import DGCConv2d, select_channels
 from dgclab.layers.dgc import EXECUTIONS, select_top_channels
 
-from test_cpu_kernel import assert_three_ways_agree
-from test_dgc_layer import assert_executions_agree, make_layer, run
+from helpers import assert_executions_agree, assert_three_ways_agree, make_layer, run
 
 # Bounded for CI: about 15 s for the whole file on one core, most of it imports. No example
 # database (it would be written into the working tree).
