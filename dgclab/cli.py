@@ -87,9 +87,20 @@ def _cmd_study_sparsity(args: argparse.Namespace) -> int:
     if args.report_only:
         result = refresh_study(args.out)
     else:
+        budget = {"full": args.full, "epochs": args.epochs, "basicnet": args.basicnet}
+        if args.budget == "pilot":
+            from .study import PILOT_BUDGET
+
+            clash = [f"--{k}" for k, v in budget.items()
+                     if v not in (None, False, "basicnet") and v != PILOT_BUDGET[k]]
+            if args.subset is not None or clash:
+                raise ValueError(f"--budget pilot sets --full, --epochs and --basicnet itself; "
+                                 f"drop {clash + (['--subset'] if args.subset else [])}")
+            budget = dict(PILOT_BUDGET)
         result = run_sparsity_study(
-            args.out, args.dataset, args.subset, args.epochs, seeds=args.seeds, arms=args.arms,
-            full=args.full, data_root=args.data_root, device=args.device,
+            args.out, args.dataset, args.subset, budget["epochs"], seeds=args.seeds,
+            arms=args.arms, full=budget["full"], basicnet=budget["basicnet"],
+            data_root=args.data_root, device=args.device,
             download=not args.no_download, progress=not args.no_progress,
         )
     print()
@@ -193,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
                     f"arm: {budgets})")
     sp.add_argument("--epochs", type=int, default=None, help="default per dataset (see --subset)")
     sp.add_argument("--full", action="store_true", help="train on the whole training set")
+    sp.add_argument("--basicnet", default="basicnet", choices=("basicnet", "basicnet-half"),
+                    help="the network of the BasicNet arms (basicnet-half: the pilot's)")
+    sp.add_argument("--budget", default=None, choices=("pilot",),
+                    help="pilot: the budget the pilot set (data/sparsity-fmnist/PILOT.md): "
+                    "--full --epochs 30 --basicnet basicnet-half")
     sp.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 of every arm (default 1)")
     sp.add_argument("--arms", default=None,
                     help="comma-separated arm names or shell patterns ('dgc-*'); default all")

@@ -21,9 +21,12 @@ import torch.nn as nn
 
 from .dyresnet import init_resnet_
 
-__all__ = ["BasicNet", "basicnet", "BASICNET_WIDTHS", "BASICNET_POOL_AFTER"]
+__all__ = ["BasicNet", "basicnet", "BASICNET_WIDTHS", "BASICNET_HALF_WIDTHS", "BASICNET_POOL_AFTER"]
 
 BASICNET_WIDTHS = (32, 64, 64, 128, 128, 256, 256)  # SPEC §7
+# Half the widths (464 BN-ReLU filters, a quarter of the MACs): the sparsity pilot's net, and the
+# model ``basicnet-half`` of the study's pilot budget (data/sparsity-fmnist/PILOT.md).
+BASICNET_HALF_WIDTHS = tuple(w // 2 for w in BASICNET_WIDTHS)
 BASICNET_POOL_AFTER = (2, 4, 6)  # 2x2/2 max pool after these layers (1-based)
 
 

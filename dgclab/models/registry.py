@@ -6,7 +6,7 @@ import math
 
 import torch.nn as nn
 
-from .basicnet import basicnet
+from .basicnet import BASICNET_HALF_WIDTHS, basicnet
 from .dydensenet import dydensenet74, dydensenet86
 from .dyresnet import dyresnet18
 from .resnet_cifar import resnet_cifar
@@ -14,7 +14,7 @@ from .resnet_cifar import resnet_cifar
 __all__ = ["MODEL_NAMES", "build_model"]
 
 MODEL_NAMES = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56",
-               "dydensenet86", "dydensenet74", "dyresnet18", "basicnet")
+               "dydensenet86", "dydensenet74", "dyresnet18", "basicnet", "basicnet-half")
 
 
 def _replace_stem(model: nn.Module, attr_path: str, in_channels: int) -> None:
@@ -36,12 +36,16 @@ def build_model(name: str, *, in_channels: int, num_classes: int, width: int = 1
     ``resnetN`` is ``resnet_cifar(N, width, conv, ...)``; ``dydensenet86`` / ``dydensenet74`` /
     ``dyresnet18`` are the paper's DGC networks (``width`` and ``conv`` do not apply; a stem for
     ``in_channels != 3`` is swapped in). ``basicnet`` is the plain net of the sparsity study
-    (SPEC §7; ``width``, ``conv``, ``heads`` and ``pruning_rate`` do not apply).
+    (SPEC §7; ``width``, ``conv``, ``heads`` and ``pruning_rate`` do not apply), and
+    ``basicnet-half`` the same at half the widths (``BASICNET_HALF_WIDTHS``).
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"model must be one of {MODEL_NAMES}, got {name!r}")
     if name == "basicnet":
         return basicnet(in_channels=in_channels, num_classes=num_classes)
+    if name == "basicnet-half":
+        return basicnet(in_channels=in_channels, num_classes=num_classes,
+                        widths=BASICNET_HALF_WIDTHS)
     if name.startswith("resnet"):
         return resnet_cifar(int(name[len("resnet"):]), width=width, conv=conv,
                             in_channels=in_channels, num_classes=num_classes, heads=heads,

@@ -14,7 +14,7 @@ orderings against Mehta et al., the printed report), ``plots`` (the figures), ``
 
 from .dgc_selection import selection_by_status
 from .folder import StudyResult, load_study, publish_study, refresh_study, write_figures
-from .grid import BUDGETS, GRID, STUDY_DATASETS, Arm, select_arms
+from .grid import BUDGETS, GRID, PILOT_BUDGET, STUDY_DATASETS, Arm, select_arms
 from .plots import (
     plot_dead_fraction,
     plot_dead_over_training,
@@ -33,6 +33,7 @@ __all__ = [
     "Arm",
     "BUDGETS",
     "GRID",
+    "PILOT_BUDGET",
     "STUDY_DATASETS",
     "StudyResult",
     "format_report",

@@ -63,6 +63,8 @@ __all__ = [
     "GAMMA_THRESHOLD",
     "ACTIVATION_THRESHOLD",
     "ANALYSIS_BATCH",
+    "BASICNET_MODELS",
+    "PILOT_BUDGET",
     "select_arms",
 ]
 
@@ -73,9 +75,15 @@ GAMMA_THRESHOLD = 1e-3  # the authors' pruning rule (SPEC §7)
 ACTIVATION_THRESHOLD = 1e-12  # dead: max ReLU output over the training set below this
 ANALYSIS_BATCH = 256  # images per batch when measuring a trained arm
 
+# The pilot budget (data/sparsity-fmnist/PILOT.md): the whole Fashion-MNIST training set, the
+# pilot's 30-epoch cosine, and the BasicNet arms at half width (the pilot's net).
+PILOT_BUDGET = {"full": True, "epochs": 30, "basicnet": "basicnet-half"}
+BASICNET_MODELS = ("basicnet", "basicnet-half")  # what the BasicNet arms may train
+
 # model label -> TrainConfig fields
 MODELS = {
     "basicnet": dict(model="basicnet", conv="dense"),  # conv: for config.json only
+    "basicnet-half": dict(model="basicnet-half", conv="dense"),  # BasicNet at half the widths
     "resnet8-dgc": dict(model="resnet8", width=16, conv="dgc", heads=4, pruning_rate=0.75),
 }
 

@@ -78,7 +78,7 @@ from torch.utils.data import DataLoader, Subset
 from .._atomic import atomic_write_text
 from ..analysis import filter_sparsity
 from ..data import dataset_info, load_dataset
-from ..models.basicnet import BASICNET_WIDTHS, basicnet
+from ..models.basicnet import BASICNET_HALF_WIDTHS, basicnet
 from ..train import Trainer
 from .folder import pin_settings
 from .grid import ACTIVATION_THRESHOLD, ANALYSIS_BATCH, GAMMA_THRESHOLD, GRID, STUDY_DATASETS
@@ -96,7 +96,7 @@ __all__ = [
 ]
 
 PILOT_ARM = "basicnet-adam-l2-5e-4"  # the GRID arm that should show sparsity
-PILOT_WIDTHS = tuple(w // 2 for w in BASICNET_WIDTHS)  # 16-32-32-64-64-128-128
+PILOT_WIDTHS = BASICNET_HALF_WIDTHS  # 16-32-32-64-64-128-128
 PILOT_MAX_EPOCHS = 30  # the cosine's horizon: about what fits in the CPU cap (PILOT.md)
 PILOT_MAX_MINUTES = 90.0  # CPU-minutes over all invocations
 PILOT_PATIENCE = 5  # epochs without a new dead filter (once one is dead) before stopping

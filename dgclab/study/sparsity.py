@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -41,7 +42,7 @@ from torch.utils.data import DataLoader
 from ..analysis import filter_sparsity, pruning_effect, remove_dead_filters
 from ..data import load_dataset
 from ..layers import dgc_layers
-from ..record.loop import record
+from ..record import record
 from ..train import TrainConfig, Trainer
 from .dgc_selection import selection_by_status
 from .folder import (
@@ -60,6 +61,7 @@ from .folder import (
 from .grid import (
     ACTIVATION_THRESHOLD,
     ANALYSIS_BATCH,
+    BASICNET_MODELS,
     BUDGETS,
     GAMMA_THRESHOLD,
     STUDY_DATASETS,
@@ -79,6 +81,7 @@ def run_sparsity_study(
     seeds: int = 1,
     arms: Sequence[str] | str | None = None,
     full: bool = False,
+    basicnet: str = "basicnet",
     data_root: str = "data",
     device: str = "auto",
     download: bool = True,
@@ -98,6 +101,9 @@ def run_sparsity_study(
         arms: names or shell patterns of ``GRID`` arms (a list or a comma-separated string);
             default all.
         full: train on the whole training set (and test on the whole test set).
+        basicnet: the network of the BasicNet arms, ``"basicnet"`` or ``"basicnet-half"`` (the
+            pilot's half-width net; ``PILOT_BUDGET`` is ``full=True, epochs=30,
+            basicnet="basicnet-half"``). Pinned in the folder like the budget.
         data_root, device, download: as in ``TrainConfig``.
         progress: tqdm bars while training and measuring.
         figures: write the PNG figures at the end.
@@ -124,14 +130,19 @@ def run_sparsity_study(
         raise ValueError(f"seeds must be a positive int, got seeds={seeds!r}")
     if full and subset is not None:
         raise ValueError(f"full=True trains on the whole training set; drop subset={subset}")
-    chosen = select_arms(arms)
+    if basicnet not in BASICNET_MODELS:
+        raise ValueError(f"basicnet must be one of {BASICNET_MODELS}, got basicnet={basicnet!r}")
+    chosen = [replace(a, model=basicnet) if a.model == "basicnet" else a
+              for a in select_arms(arms)]
     default_subset, default_epochs = BUDGETS[dataset]
     subset = None if full else (subset or default_subset)
     epochs = epochs or default_epochs
 
     out = Path(out)
-    pin_settings(out / STUDY_JSON, {"dataset": dataset, "subset": subset, "epochs": epochs},
-                 "study")
+    settings = {"dataset": dataset, "subset": subset, "epochs": epochs}
+    if basicnet != "basicnet":  # folders of the full-width default pin what they always did
+        settings["basicnet"] = basicnet
+    pin_settings(out / STUDY_JSON, settings, "study")
     jobs = [(arm, seed) for arm in chosen for seed in range(seeds)]
     say(f"sparsity study in {out}: {len(jobs)} runs ({len(chosen)} arms x {seeds} seeds), "
         f"{dataset}, {'full training set' if subset is None else f'{subset} images'}, "
@@ -166,7 +177,7 @@ def _run_arm(out: Path, arm: Arm, seed: int, config: TrainConfig, progress: bool
                               per_filter=True, progress=progress or None)
     write_table(folder / "filters.csv", filters)
 
-    if arm.model == "basicnet":
+    if arm.model in BASICNET_MODELS:
         test_loader = DataLoader(trainer.test_set, ANALYSIS_BATCH, shuffle=False)
         example = next(iter(test_loader))[0][:1].to(trainer.device)
         pruned, report = remove_dead_filters(model, GAMMA_THRESHOLD, example_input=example)

@@ -190,3 +190,22 @@ def test_dead_over_training_says_when_nothing_died():
     rows[-1]["dead_fraction"] = 0.2
     ax = plot_dead_over_training(pd.DataFrame(rows)).axes[0]
     assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 0.2 and not ax.texts
+
+
+def test_the_basicnet_arms_can_train_the_pilots_half_width_net(study, tmp_path, capsys):
+    result, _ = study
+    # a folder of the full-width net refuses the half-width one before anything runs
+    assert main(["study", "sparsity", "--dataset", "synthetic", "--subset", "64", "--epochs", "1",
+                 "--arms", ARMS, "--out", str(result.out), "--basicnet", "basicnet-half"]) == 2
+    assert "basicnet" in capsys.readouterr().err
+    half = run_sparsity_study(tmp_path / "half", "synthetic", subset=64, epochs=1,
+                              arms="basicnet-adam-none", basicnet="basicnet-half",
+                              progress=False, figures=False, log=None)
+    assert set(half.sparsity["model"]) == {"basicnet-half"}
+    assert half.sparsity["filters"].sum() == 464  # 16-32-32-64-64-128-128
+    assert list(half.pruning["arm"]) == ["basicnet-adam-none"]  # dead-filter removal ran
+    with pytest.raises(ValueError, match="basicnet must be one of"):
+        run_sparsity_study(tmp_path / "bad", "synthetic", basicnet="resnet8")
+    assert main(["study", "sparsity", "--budget", "pilot", "--epochs", "3",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--budget pilot sets --full, --epochs and --basicnet itself" in capsys.readouterr().err
