@@ -13,7 +13,7 @@ from .selection import (
     realized_macs,
     sample_similarity,
 )
-from .pruning import ConvWithBiasMap, PruningReport, pruning_effect, remove_dead_filters
+from .dead_filters import ConvWithBiasMap, PruningReport, pruning_effect, remove_dead_filters
 from .sparsity import bn_relu_pairs, filter_sparsity
 from .tracker import CHEAP_METRICS, EXPENSIVE_METRICS, MetricTracker
 

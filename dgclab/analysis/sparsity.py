@@ -221,7 +221,7 @@ def filter_sparsity(
     if max_batches is not None:
         max_batches = check_int("max_batches", max_batches, min=1)
     if loader is not None and selectivity:
-        _check_reiterable(loader, "filter_sparsity reads it twice for selectivity (pass "
+        check_reiterable(loader, "filter_sparsity reads it twice for selectivity (pass "
                                   "selectivity=False for one pass)")
     if pairs is None:
         if loader is not None:
@@ -429,7 +429,7 @@ def _heuristic_pairs(model: nn.Module) -> list[tuple[str, str]]:
     return [(n, found[n]) for n, _ in model.named_modules() if n in found]
 
 
-def _first_inputs(loader: Iterable) -> torch.Tensor:
+def first_inputs(loader: Iterable) -> torch.Tensor:
     """The input of the loader's first batch (for the pairing probe)."""
     return _inputs(_first_batch(loader))
 
@@ -440,7 +440,7 @@ def _first_batch(loader: Iterable):
     raise ValueError("the loader yielded no batch")
 
 
-def _check_reiterable(loader: Iterable, why: str) -> None:
+def check_reiterable(loader: Iterable, why: str) -> None:
     """TypeError for a one-shot iterator (a generator, ``iter(loader)``) read more than once.
 
     Its second pass would be empty: every count over it 0, every statistic of it wrong.

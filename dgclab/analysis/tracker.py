@@ -51,7 +51,7 @@ from dgclab.checks import check_float, check_int
 from dgclab.layers import dgc_layers
 
 from .selection import head_jaccard
-from .sparsity import _check_reiterable, _first_inputs, bn_relu_pairs, filter_sparsity
+from .sparsity import check_reiterable, first_inputs, bn_relu_pairs, filter_sparsity
 
 __all__ = ["MetricTracker", "CHEAP_METRICS", "EXPENSIVE_METRICS"]
 
@@ -117,7 +117,7 @@ class MetricTracker:
         if expensive and loader is None:
             raise ValueError(f"metrics {expensive} need a loader")
         if loader is not None:
-            _check_reiterable(loader, "MetricTracker reads it at every epoch's end")
+            check_reiterable(loader, "MetricTracker reads it at every epoch's end")
         gamma_threshold = check_float("gamma_threshold", gamma_threshold, min=0)
         activation_threshold = check_float("activation_threshold", activation_threshold, min=0)
         if max_batches is not None:
@@ -135,7 +135,7 @@ class MetricTracker:
             if input_size is not None:
                 self.pairs = bn_relu_pairs(model, input_size=input_size)
             elif loader is not None:
-                self.pairs = bn_relu_pairs(model, _first_inputs(loader))
+                self.pairs = bn_relu_pairs(model, first_inputs(loader))
             else:
                 self.pairs = bn_relu_pairs(model)
         self._rows: list[dict] = []

@@ -3,7 +3,7 @@
 - ``base.py``: the layer protocol (``GroupingConv``) and the functions that walk a model by it.
 - ``registry.py``: ``CONV_KINDS``, ``make_conv``, ``register_conv``: every conv kind by name.
 - ``dgc.py`` (+ ``dgc_functional.py``, ``dgc_gather.py``, ``dgc_schedule.py``,
-  ``cpu_kernel.py``): dynamic group convolution (SPEC §1).
+  ``dgc_network.py``, ``cpu_kernel.py``): dynamic group convolution (SPEC §1).
 - ``group.py``: the static group conv (SPEC §2).
 """
 
@@ -17,16 +17,8 @@ from .base import (
     regularization_loss,
     set_progress,
 )
-from .dgc import (
-    DGCConv2d,
-    dgc_gather_conv,
-    dgc_layers,
-    dgc_mask_conv,
-    interleave_heads,
-    saliency_loss,
-    select_channels,
-    set_pruning_progress,
-)
+from .dgc import DGCConv2d, dgc_gather_conv, dgc_mask_conv, interleave_heads, select_channels
+from .dgc_network import dgc_layers, saliency_loss, set_pruning_progress
 from .dgc_schedule import pruning_schedule
 from .group import GroupConv2d
 from .registry import (

@@ -6,8 +6,8 @@
 (one arm trained until its filters die, to set the study's budget); ``python -m
 dgclab.study.pilot`` on the command line.
 
-One concept per module: ``grid`` (the arms, budgets and dead-filter rules), ``sparsity`` (the
-runner: train and measure every arm), ``dgc_selection`` (do DGC heads select dead channels?),
+One concept per module: ``grid`` (the arms, budgets and dead-filter rules), ``runner`` (the
+study itself: train and measure every arm), ``dgc_selection`` (do DGC heads select dead channels?),
 ``folder`` (the study folder's files, read and written), ``summary`` (per-arm summary, the
 orderings against Mehta et al., the printed report), ``plots`` (the figures), ``pilot``.
 """
@@ -21,7 +21,7 @@ from .plots import (
     plot_dgc_selection,
     plot_gamma_distribution,
 )
-from .sparsity import run_sparsity_study
+from .runner import run_sparsity_study
 from .summary import format_report, orderings, summarize
 
 # The pilot is imported on first use (PEP 562), so that ``python -m dgclab.study.pilot`` runs the

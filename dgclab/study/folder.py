@@ -1,6 +1,6 @@
 """The study folder: the files a sparsity study writes, and reading them back.
 
-A study folder ``out`` (``dgclab.study.sparsity.run_sparsity_study``) holds one run folder per
+A study folder ``out`` (``dgclab.study.runner.run_sparsity_study``) holds one run folder per
 (arm, seed), ``out/<arm>-seed<k>`` with the run's ``metrics.csv`` and ``filters.csv``, and the
 study's tidy tables, one row per (arm, seed, ...) with the arm's columns (``ARM_COLUMNS``):
 

@@ -42,7 +42,7 @@ epochs, ~9 min; a DGC arm takes about 1.3x as long). ``full=True`` trains on the
 set instead.
 
 A filter is dead by ``GAMMA_THRESHOLD`` (its BN ``|gamma|``, the authors' pruning rule) or by
-``ACTIVATION_THRESHOLD`` (its ReLU output over the training set); ``dgclab.study.sparsity``
+``ACTIVATION_THRESHOLD`` (its ReLU output over the training set); ``dgclab.study.runner``
 trains the arms and measures them.
 """
 

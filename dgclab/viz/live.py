@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .style import PALETTE, TEST, TRAIN, panel_grid, style_axes
-from .widgets import _in_kernel, figure_png
+from .widgets import in_kernel, figure_png
 
 __all__ = ["LiveTrainingView", "RecordingSnapshots", "plot_training_state"]
 
@@ -211,7 +211,7 @@ class LiveTrainingView:
         """Draw the current state now (and show it in the notebook); return the figure."""
         self.figure = plot_training_state(self.step_logs, self.epoch_rows, tracker=self.tracker)
         self.draws += 1
-        if self.output is not None or _in_kernel():
+        if self.output is not None or in_kernel():
             self._show(Image(data=figure_png(self.figure, self.dpi), format="png"))
         return self.figure
 

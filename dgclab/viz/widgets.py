@@ -72,7 +72,7 @@ def figure_png(fig: Figure, dpi: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def _in_kernel() -> bool:
+def in_kernel() -> bool:
     """True inside a Jupyter kernel, where ``display`` reaches a front end."""
     ip = get_ipython()
     return ip is not None and getattr(ip, "kernel", None) is not None
@@ -134,7 +134,7 @@ class Explorer(widgets.VBox):
             self.last_choice = dict(choices)
             self.draws += 1
             self._png = None
-        if _in_kernel():  # inside interactive_output's `with output:`, so captured there
+        if in_kernel():  # inside interactive_output's `with output:`, so captured there
             if self._png is None:
                 self._png = figure_png(self.last_figure)
             display(Image(data=self._png, format="png"))

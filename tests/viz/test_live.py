@@ -123,7 +123,7 @@ def test_live_view_updates_one_display_in_a_kernel(monkeypatch):
             self.updates.append(obj)
 
     shown = []
-    monkeypatch.setattr(live_module, "_in_kernel", lambda: True)
+    monkeypatch.setattr(live_module, "in_kernel", lambda: True)
     monkeypatch.setattr(live_module, "figure_png", lambda fig, dpi: b"\x89PNG")  # no rendering
     monkeypatch.setattr(live_module, "display",
                         lambda obj, display_id=False: shown.append((obj, display_id)) or Handle())

@@ -114,7 +114,7 @@ def test_image_explorer_class_filter(model, data):
 
 def test_displays_one_png_per_change_inside_a_kernel(model, snapshots, monkeypatch):
     shown = []
-    monkeypatch.setattr(widgets_module, "_in_kernel", lambda: True)
+    monkeypatch.setattr(widgets_module, "in_kernel", lambda: True)
     monkeypatch.setattr(widgets_module, "display", shown.append)
     explorer = diversity_explorer(snapshots[3])
     explorer.controls["head"].value = 1
