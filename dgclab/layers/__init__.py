@@ -5,6 +5,7 @@
 - ``dgc.py`` (+ ``dgc_functional.py``, ``dgc_gather.py``, ``dgc_schedule.py``,
   ``dgc_network.py``, ``cpu_kernel.py``): dynamic group convolution (SPEC §1).
 - ``group.py``: the static group conv (SPEC §2).
+- ``scc.py``: the sliding-channel conv of DSXplore (SPEC §3).
 """
 
 from .base import (
@@ -21,6 +22,7 @@ from .dgc import DGCConv2d, dgc_gather_conv, dgc_mask_conv, interleave_heads, se
 from .dgc_network import dgc_layers, saliency_loss, set_pruning_progress
 from .dgc_schedule import pruning_schedule
 from .group import GroupConv2d
+from .scc import DepthwiseSlidingConv2d, SlidingChannelConv2d, scc_starts
 from .registry import (
     CONV_KINDS,
     ConvKind,
@@ -36,6 +38,8 @@ __all__ = [
     "CONV_KINDS",
     "ConvKind",
     "DGCConv2d",
+    "DepthwiseSlidingConv2d",
+    "SlidingChannelConv2d",
     "GroupConv2d",
     "GroupingConv",
     "INFO_KEYS",
@@ -53,6 +57,7 @@ __all__ = [
     "regularization_loss",
     "register_conv",
     "saliency_loss",
+    "scc_starts",
     "select_channels",
     "set_progress",
     "set_pruning_progress",

@@ -26,6 +26,7 @@ from ..checks import check_bool, check_type
 from .base import GroupingConv
 from .dgc import DGCConv2d
 from .group import GroupConv2d
+from .scc import DepthwiseSlidingConv2d, SlidingChannelConv2d
 
 __all__ = [
     "ConvKind", "CONV_KINDS", "register_conv", "unregister_conv", "conv_kind", "make_conv",
@@ -42,7 +43,8 @@ class ConvKind:
     build: Callable[..., nn.Module]
     """``build(in_channels, out_channels, kernel_size, stride, padding, dilation, **options)``."""
     layer_type: type
-    """The class ``build`` returns (``nn.Conv2d`` for dense)."""
+    """The kind's layer class: what ``build`` returns (``nn.Conv2d`` for dense), or the
+    grouping layer inside it (``"scc"`` builds a depthwise conv + SCC for a k x k conv)."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """The kind's own options and their defaults."""
     groups_option: str | None = None
@@ -205,6 +207,19 @@ def _group(in_channels, out_channels, kernel_size, stride, padding, dilation, *,
                        groups=groups, shuffle=shuffle)
 
 
+def _scc(in_channels, out_channels, kernel_size, stride, padding, dilation, *, groups,
+         overlap) -> nn.Module:
+    """SCC for a 1x1 conv; DSXplore's depthwise k x k + SCC for a k x k conv."""
+    if _pair_of(kernel_size) == (1, 1) and _pair_of(padding) == (0, 0):
+        return SlidingChannelConv2d(in_channels, out_channels, groups, overlap, stride)
+    return DepthwiseSlidingConv2d(in_channels, out_channels, kernel_size, stride, padding,
+                                  dilation, groups, overlap)
+
+
+def _pair_of(value) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
 def _dgc(in_channels, out_channels, kernel_size, stride, padding, dilation, **options
          ) -> DGCConv2d:
     return DGCConv2d(in_channels, out_channels, kernel_size, stride, padding, dilation,
@@ -221,4 +236,9 @@ register_conv(
     options={"heads": 4, "squeeze_rate": 16, "pruning_rate": 0.75, "execution": "auto"},
     groups_option="heads", preactivated=True,
     doc="dynamic group conv, Su et al. ECCV 2020 (SPEC §1.1)",
+)
+register_conv(
+    "scc", _scc, SlidingChannelConv2d, options={"groups": 2, "overlap": 0.5},
+    groups_option="groups",
+    doc="sliding-channel conv, DSXplore IPDPS 2021 (SPEC §3); k x k: depthwise + SCC",
 )
