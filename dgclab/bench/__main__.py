@@ -6,6 +6,7 @@ import sys
 
 BENCHMARKS = {
     "accuracy": "dgclab.bench.accuracy",
+    "groups": "dgclab.bench.groups",
     "layer": "dgclab.bench.layer",
     "macs": "dgclab.bench.macs",
     "record": "dgclab.bench.record",

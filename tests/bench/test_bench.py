@@ -58,3 +58,14 @@ def test_interleaved_medians_blocks_discard_the_first_call_of_each_block():
     assert set(medians) == {"a", "b"} and all(v >= 0 for v in medians.values())
     with pytest.raises(ValueError, match="block=0"):
         interleaved_medians({"a": lambda: None}, block=0)
+
+
+def test_groups_benchmark_runs_every_method_and_draws(tmp_path, capsys):
+    from dgclab.bench.groups import main as groups_main
+
+    assert groups_main(["--channels", "8", "--size", "5", "--batch", "1", "--rounds", "1",
+                        "--threads", "1", "--plot", str(tmp_path / "g.png")]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [int(r[0]) for r in rows] == [1, 2, 4, 8] and all(len(r) == 6 for r in rows)
+    assert (tmp_path / "g.png").stat().st_size > 0
