@@ -6,6 +6,8 @@
   ``dgc_network.py``, ``cpu_kernel.py``): dynamic group convolution (SPEC §1).
 - ``group.py``: the static group conv (SPEC §2).
 - ``scc.py``: the sliding-channel conv of DSXplore (SPEC §3).
+- ``lgc.py``: the learned group conv of CondenseNet and its condensed form (SPEC §2).
+- ``gspc.py``: GSPC's packed grouped conv, a function (SPEC §5).
 """
 
 from .base import (
@@ -22,6 +24,7 @@ from .dgc import DGCConv2d, dgc_gather_conv, dgc_mask_conv, interleave_heads, se
 from .dgc_network import dgc_layers, saliency_loss, set_pruning_progress
 from .dgc_schedule import pruning_schedule
 from .group import GroupConv2d
+from .lgc import CondensedConv2d, LearnedGroupConv2d, group_lasso
 from .scc import DepthwiseSlidingConv2d, SlidingChannelConv2d, scc_starts
 from .registry import (
     CONV_KINDS,
@@ -36,12 +39,14 @@ from .registry import (
 __all__ = [
     "CONVENTIONS",
     "CONV_KINDS",
+    "CondensedConv2d",
     "ConvKind",
     "DGCConv2d",
     "DepthwiseSlidingConv2d",
     "SlidingChannelConv2d",
     "GroupConv2d",
     "GroupingConv",
+    "LearnedGroupConv2d",
     "INFO_KEYS",
     "conv_channel_macs",
     "conv_kind",
@@ -49,6 +54,7 @@ __all__ = [
     "dgc_gather_conv",
     "dgc_layers",
     "dgc_mask_conv",
+    "group_lasso",
     "grouping_layers",
     "interleave_heads",
     "kind_options",

@@ -26,6 +26,7 @@ from ..checks import check_bool, check_type
 from .base import GroupingConv
 from .dgc import DGCConv2d
 from .group import GroupConv2d
+from .lgc import LearnedGroupConv2d
 from .scc import DepthwiseSlidingConv2d, SlidingChannelConv2d
 
 __all__ = [
@@ -226,6 +227,12 @@ def _dgc(in_channels, out_channels, kernel_size, stride, padding, dilation, **op
                      **options)
 
 
+def _lgc(in_channels, out_channels, kernel_size, stride, padding, dilation, **options
+         ) -> LearnedGroupConv2d:
+    return LearnedGroupConv2d(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                              **options)
+
+
 register_conv("dense", _dense, nn.Conv2d, doc="nn.Conv2d, every output reads every input")
 register_conv(
     "group", _group, GroupConv2d, options={"groups": 4, "shuffle": True}, groups_option="groups",
@@ -241,4 +248,10 @@ register_conv(
     "scc", _scc, SlidingChannelConv2d, options={"groups": 2, "overlap": 0.5},
     groups_option="groups",
     doc="sliding-channel conv, DSXplore IPDPS 2021 (SPEC §3); k x k: depthwise + SCC",
+)
+register_conv(
+    "lgc", _lgc, LearnedGroupConv2d,
+    options={"groups": 4, "condense_factor": None, "dropout": 0.0, "group_lasso": False},
+    groups_option="groups", preactivated=True,
+    doc="learned group conv, CondenseNet CVPR 2018 (SPEC §2); k x k: dgclab's extension",
 )
