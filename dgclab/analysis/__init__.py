@@ -13,7 +13,8 @@ from .selection import (
     realized_macs,
     sample_similarity,
 )
-from .dead_filters import ConvWithBiasMap, PruningReport, pruning_effect, remove_dead_filters
+from .dead_filters import ConvWithBiasMap, PruningReport, remove_dead_filters
+from .pruning_effect import pruning_effect
 from .sparsity import bn_relu_pairs, filter_sparsity
 from .tracker import CHEAP_METRICS, EXPENSIVE_METRICS, MetricTracker
 

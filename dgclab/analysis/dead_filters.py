@@ -33,12 +33,15 @@ model can be pruned again): ``dgclab.models.BasicNet`` and plain conv chains. Th
 ``Conv2d -> BatchNorm2d -> ReLU`` triples. Residual networks, DenseNets and DGC layers have no
 such chain (a filter's output feeds an addition, a concatenation or a saliency generator):
 ``remove_dead_filters`` raises ``ValueError`` naming the first module it cannot follow.
+
+One concept in one file (about 550 lines): the walk along the chain, the slicing of each
+producer and its consumer, and the folding of the constants are one procedure and read best
+together; measuring what the removal changed is ``pruning_effect.py``.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -52,7 +55,7 @@ from dgclab.record import paused
 from .macs import count_macs
 from .sparsity import dead_by_gamma
 
-__all__ = ["ConvWithBiasMap", "PruningReport", "pruning_effect", "remove_dead_filters"]
+__all__ = ["ConvWithBiasMap", "PruningReport", "remove_dead_filters"]
 
 # Modules the walk understands, by exact type: a subclass may compute something else.
 _CONVS = (nn.Conv2d,)
@@ -283,53 +286,6 @@ def remove_dead_filters(
         report.macs_before = count_macs(model, size)
         report.macs_after = count_macs(pruned, size)
     return pruned, report
-
-
-@torch.no_grad()
-def pruning_effect(
-    model: nn.Module, pruned: nn.Module, loader: Iterable, max_batches: int | None = None
-) -> dict:
-    """How much removing filters changed the outputs on some data (eval mode, modes restored).
-
-    Its forwards run inside ``dgclab.record.paused()``: a live ``Recorder`` does not record them.
-
-    Args:
-        model, pruned: the network before and after ``remove_dead_filters``.
-        loader: batches of ``(x, y)`` (labels are needed for the accuracies).
-        max_batches: use only the first batches.
-
-    Returns:
-        ``{"images", "max_logit_change", "mean_logit_change", "accuracy", "accuracy_pruned",
-        "agreement"}``: the largest and mean ``|logits_pruned - logits|``, both accuracies, and
-        the fraction of images whose predicted class is the same.
-    """
-    device = _device(model)
-    images = correct = correct_pruned = same = 0
-    max_change, sum_change, entries = 0.0, 0.0, 0
-    with eval_mode(model, pruned), paused():
-        for i, (x, y, *_) in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            x, y = x.to(device), y.to(device)
-            a, b = model(x), pruned(x)  # (B, classes)
-            diff = (a - b).abs()
-            max_change = max(max_change, float(diff.max()))
-            sum_change += float(diff.double().sum())
-            entries += diff.numel()
-            correct += int((a.argmax(1) == y).sum())
-            correct_pruned += int((b.argmax(1) == y).sum())
-            same += int((a.argmax(1) == b.argmax(1)).sum())
-            images += len(y)
-    if not images:
-        raise ValueError("the loader yielded no batch")
-    return {
-        "images": images,
-        "max_logit_change": max_change,
-        "mean_logit_change": sum_change / entries,
-        "accuracy": correct / images,
-        "accuracy_pruned": correct_pruned / images,
-        "agreement": same / images,
-    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,9 +22,11 @@ Two executions compute the same numbers, NaN and Inf included:
   groups: the MACs really fall to ``(C_in - k) / C_in`` of dense. In CPU float32 inference a
   fused C++ kernel does the same per image and head, BN-ReLU included (``cpu_kernel.py``).
 
-The functional core (``select_channels``, ``dgc_mask_conv``: ``dgc_functional.py``) and the
-gather execution (``dgc_gather_conv``: ``dgc_gather.py``) sit in modules of their own so that
-the maths can be tested without a Module; this one re-exports them.
+This file is the layer alone (about 520 lines: its state, its layer-protocol methods and its
+forward read best in one place). The functional core (``select_channels``, ``dgc_mask_conv``:
+``dgc_functional.py``) and the gather execution (``dgc_gather_conv``: ``dgc_gather.py``) sit in
+modules of their own so that the maths can be tested without a Module; this one re-exports
+them.
 """
 
 from __future__ import annotations
