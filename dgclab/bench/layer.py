@@ -9,6 +9,12 @@ Peak memory is the peak of the tensors one forward creates (``PeakTensorMemory``
 
 ``--variants`` also times the other gather strategies that were tried (README, "Speed").
 
+The family table puts the other channel-grouping convs of dgclab beside them at the same shapes,
+each with its own BN-ReLU in front and its MACs from ``count_macs`` (the paper convention, what
+each method claims): SCC (DSXplore; for a 3x3 shape its depthwise 3x3 + SCC block, g = 4,
+o = 0.5), the learned group conv with every condensing stage applied (masked, as trained) and
+condensed into a real group conv (``CondensedConv2d``; for 3x3, dgclab's extension of the LGC).
+
 Targets (issue #2): gather <= 0.5x dense on both 3x3 shapes, <= 1.5x on the 1x1 shape.
 """
 
@@ -20,8 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..analysis.macs import conv_output_hw
-from ..layers import DGCConv2d, cpu_kernel
+from ..analysis.macs import conv_output_hw, count_macs
+from ..layers import CondensedConv2d, DGCConv2d, LearnedGroupConv2d, cpu_kernel, make_conv
 from ..layers import dgc as dgc_module
 from ..layers import dgc_gather
 from .memory import PeakTensorMemory
@@ -170,6 +176,39 @@ def _speed_table(layers, rounds: int, block: int) -> None:
               f"<= {TARGETS[k]} {'met' if ok else 'MISSED'}   ({official})")
 
 
+def family(cin: int, cout: int, k: int, seed: int = 0) -> dict[str, nn.Module]:
+    """The family's convs at one shape, each with its BN-ReLU, in eval mode (module docstring)."""
+    torch.manual_seed(seed)
+    pad = k // 2
+    dense, group, dgc = _layers(cin, cout, k, seed)
+    dgc.execution = "gather"
+    scc = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(),
+                        make_conv("scc", cin, cout, k, 1, pad, groups=4, overlap=0.5))
+    lgc = LearnedGroupConv2d(cin, cout, k, padding=pad, groups=4)
+    lgc.set_progress(1.0)  # every condensing stage applied: each group keeps C_in / 4
+    condensed = CondensedConv2d.from_learned(lgc)
+    return {"dense": dense, "group4": group, "dgc": dgc, "scc": scc.eval(), "lgc": lgc.eval(),
+            "lgc-cond": condensed.eval()}
+
+
+def _family_table(layers, rounds: int) -> None:
+    """ms, time / dense and MACs / dense of the family at every shape (strict interleaving)."""
+    names = ("dense", "group4", "dgc", "scc", "lgc", "lgc-cond")
+    print(f"{'shape':>22}  " + "  ".join(f"{n:>17}" for n in names[1:]))
+    print(f"{'':>22}  " + "  ".join(f"{'ms  t/d  MACs/d':>17}" for _ in names[1:]))
+    for shape, _, _, _, _, x in layers:
+        convs = family(shape[0], shape[1], shape[2])
+        size = (1, *x.shape[1:])
+        macs = {n: count_macs(m, size) for n, m in convs.items()}
+        with torch.no_grad():
+            t = interleaved_medians({n: (lambda m=m: m(x)) for n, m in convs.items()},
+                                    rounds=rounds)
+        cells = [f"{t[n] * 1e3:6.2f} {t[n] / t['dense']:4.2f} {macs[n] / macs['dense']:5.2f}"
+                 for n in names[1:]]
+        print(f"{_label(shape):>22}  " + "  ".join(f"{c:>17}" for c in cells)
+              + f"   (dense {t['dense'] * 1e3:.2f} ms)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dgclab.bench layer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -200,6 +239,9 @@ def main(argv=None) -> int:
                                       f"the first discarded")):
         print(f"\n{title}")
         _speed_table(layers, args.rounds, block)
+    print("\nthe family at the same shapes, each with its BN-ReLU (ms, time / dense, MACs / dense "
+          "at the paper convention; dgc: gather, final k)")
+    _family_table(layers, args.rounds)
     rows = [(shape, _label(shape), dgc, x) for shape, _, _, _, dgc, x in layers]
 
     if not args.no_memory:

@@ -69,3 +69,15 @@ def test_groups_benchmark_runs_every_method_and_draws(tmp_path, capsys):
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert [int(r[0]) for r in rows] == [1, 2, 4, 8] and all(len(r) == 6 for r in rows)
     assert (tmp_path / "g.png").stat().st_size > 0
+
+
+def test_layer_benchmark_family_computes_what_each_method_claims():
+    import torch
+
+    convs = layer.family(16, 16, 3)
+    x = torch.randn(2, 16, 6, 6)
+    with torch.no_grad():
+        outs = {n: m(x) for n, m in convs.items()}
+    assert all(o.shape == (2, 16, 6, 6) for o in outs.values())
+    torch.testing.assert_close(outs["lgc-cond"], outs["lgc"], rtol=1e-5, atol=1e-5)
+    assert convs["dgc"].inactive_channels == 12
