@@ -9,6 +9,7 @@ BENCHMARKS = {
     "groups": "dgclab.bench.groups",
     "layer": "dgclab.bench.layer",
     "macs": "dgclab.bench.macs",
+    "network": "dgclab.bench.network",
     "record": "dgclab.bench.record",
 }
 

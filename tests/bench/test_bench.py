@@ -81,3 +81,29 @@ def test_layer_benchmark_family_computes_what_each_method_claims():
     assert all(o.shape == (2, 16, 6, 6) for o in outs.values())
     torch.testing.assert_close(outs["lgc-cond"], outs["lgc"], rtol=1e-5, atol=1e-5)
     assert convs["dgc"].inactive_channels == 12
+
+
+def test_network_twins_differ_from_the_dgc_network_only_in_the_conv():
+    import torch
+    from torch import nn
+
+    from dgclab.bench.network import twin
+    from dgclab.layers import DGCConv2d, GroupConv2d, dgc_layers, set_progress
+    from dgclab.models import resnet_cifar
+
+    dgc = resnet_cifar(8, width=8, conv="dgc", in_channels=1).eval()
+    set_progress(dgc, 1.0)
+    names = [n for n, _ in dgc_layers(dgc)]
+    for kind, conv_type in (("dense", nn.Conv2d), ("group", GroupConv2d)):
+        other = twin(dgc, kind)
+        assert not dgc_layers(other) and len(dgc_layers(dgc)) == len(names)  # a copy
+        for name in names:
+            block, layer = other.get_submodule(name), dgc.get_submodule(name)
+            assert isinstance(block[0], nn.BatchNorm2d) and isinstance(block[1], nn.ReLU)
+            conv = block[2]
+            assert type(conv) is conv_type and not isinstance(conv, DGCConv2d)
+            assert (conv.in_channels, conv.out_channels, conv.stride) == (
+                layer.in_channels, layer.out_channels, layer.stride)
+            assert conv.groups == (layer.heads if kind == "group" else 1)
+        assert not other.training
+        assert other(torch.randn(2, 1, 12, 12)).shape == (2, 10)

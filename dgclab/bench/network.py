@@ -1,0 +1,158 @@
+"""Whole networks: DGC against its dense and static-group twins, per image and per training step.
+
+DGC's promise is a network that costs about what a static group conv network costs. The layer
+benchmark measures one layer; this measures the networks people run. Each DGC network is timed
+against its twins: the same network with every DGC layer replaced by ``BN -> ReLU ->
+make_conv("dense" | "group")`` of the same shape (the BN-ReLU a DGC layer carries kept as a
+plain one, ``twin``), so that the only difference is the conv. Eval, at the final k (xi = 0.75;
+DyResNet-18 at its released 0.55), per-image medians of interleaved rounds, for:
+
+* ``resnet_cifar(20)`` at widths 32 and 64 on 1x28x28, batch 1 and 64;
+* DyDenseNet-86 on 3x32x32, batch 1 and 64;
+* DyResNet-18 on 3x224x224, batch 1 and 8 (``--no-imagenet`` skips it: slow on 2 cores);
+* a training step (forward, backward, SGD step, batch 128) of ``resnet_cifar(20, width=32)`` at
+  k = 0, mid schedule (p = 0.4) and the final k, against the dense and group twins' steps.
+
+It prints the ratios DGC / dense and DGC / group beside the MAC ratios (paper convention) and
+the targets of the network-speed issue, whichever way they fall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..analysis import count_macs
+from ..layers import dgc_layers, make_conv, set_progress
+from ..models import dydensenet86, dyresnet18, resnet_cifar
+from .timing import interleaved_medians
+
+__all__ = ["twin", "NETWORKS", "main"]
+
+
+def twin(model: nn.Module, kind: str) -> nn.Module:
+    """A copy of ``model`` whose every DGC layer is ``BN -> ReLU -> make_conv(kind)`` of its shape.
+
+    ``kind`` is ``"dense"`` or ``"group"`` (groups = the DGC layer's heads); the copy's modes
+    follow the original's.
+    """
+    new = copy.deepcopy(model)
+    for name, layer in dgc_layers(new):
+        options = {"groups": layer.heads} if kind == "group" else {}
+        conv = make_conv(kind, layer.in_channels, layer.out_channels, layer.kernel_size,
+                         layer.stride, layer.padding, layer.dilation, **options)
+        block = nn.Sequential(nn.BatchNorm2d(layer.in_channels), nn.ReLU(inplace=True), conv)
+        block.train(layer.training)
+        parent_name, _, attr = name.rpartition(".")
+        setattr(new.get_submodule(parent_name) if parent_name else new, attr, block)
+    return new
+
+
+def _resnet(width: int):
+    def make():
+        model = resnet_cifar(20, width=width, conv="dgc", in_channels=1)
+        set_progress(model, 1.0)
+        return model
+    return make
+
+
+def _densenet():
+    model = dydensenet86(10)
+    set_progress(model, 1.0)
+    return model
+
+
+def _dyresnet():
+    model = dyresnet18(1000)  # its released pruning rate, 0.55
+    set_progress(model, 1.0)
+    return model
+
+
+# name, builder, input (C, H, W), batch sizes
+NETWORKS = [
+    ("resnet_cifar(20, w32)", _resnet(32), (1, 28, 28), (1, 64)),
+    ("resnet_cifar(20, w64)", _resnet(64), (1, 28, 28), (1, 64)),
+    ("DyDenseNet-86", _densenet, (3, 32, 32), (1, 64)),
+    ("DyResNet-18", _dyresnet, (3, 224, 224), (1, 8)),
+]
+
+
+def _inference(rounds: int, imagenet: bool) -> None:
+    print(f"{'network':>22} {'batch':>5} {'dense':>9} {'group':>9} {'dgc':>9}  {'dgc/dense':>9} "
+          f"{'dgc/group':>9}  {'MACs dgc/dense':>14} {'dgc/group':>9}   (ms per image)")
+    for name, make, size, batches in NETWORKS:
+        if size[1] >= 224 and not imagenet:
+            continue
+        torch.manual_seed(0)
+        dgc = make().eval()
+        nets = {"dense": twin(dgc, "dense").eval(), "group": twin(dgc, "group").eval(),
+                "dgc": dgc}
+        macs = {n: count_macs(m, (1, *size)) for n, m in nets.items()}
+        for batch in batches:
+            x = torch.randn(batch, *size)
+            with torch.no_grad():
+                t = interleaved_medians({n: (lambda m=m: m(x)) for n, m in nets.items()},
+                                        rounds=rounds)
+            ms = {n: v * 1e3 / batch for n, v in t.items()}
+            print(f"{name:>22} {batch:>5} {ms['dense']:9.3f} {ms['group']:9.3f} {ms['dgc']:9.3f}  "
+                  f"{ms['dgc'] / ms['dense']:9.2f} {ms['dgc'] / ms['group']:9.2f}  "
+                  f"{macs['dgc'] / macs['dense']:14.2f} {macs['dgc'] / macs['group']:9.2f}")
+
+
+def _training(rounds: int, batch: int) -> None:
+    print(f"\ntraining step of resnet_cifar(20, w32), batch {batch} (forward, backward, SGD step; "
+          f"ms per step)")
+    print(f"{'schedule':>22} {'dense':>9} {'group':>9} {'dgc':>9}  {'dgc/dense':>9} "
+          f"{'dgc/group':>9}")
+    torch.manual_seed(0)
+    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    for label, progress in (("k = 0", 0.0), ("mid schedule (p 0.4)", 0.4), ("final k", 1.0)):
+        dgc = resnet_cifar(20, width=32, conv="dgc", in_channels=1)
+        set_progress(dgc, progress)
+        nets = {"dense": twin(dgc, "dense"), "group": twin(dgc, "group"), "dgc": dgc}
+        steps = {}
+        for n, m in nets.items():
+            opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
+
+            def step(m=m, opt=opt):
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(m(x), y).backward()
+                opt.step()
+            steps[n] = step
+        t = interleaved_medians(steps, rounds=rounds, warmup=2)
+        ms = {n: v * 1e3 for n, v in t.items()}
+        print(f"{label:>22} {ms['dense']:9.1f} {ms['group']:9.1f} {ms['dgc']:9.1f}  "
+              f"{ms['dgc'] / ms['dense']:9.2f} {ms['dgc'] / ms['group']:9.2f}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dgclab.bench network", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--train-rounds", type=int, default=5)
+    parser.add_argument("--train-batch", type=int, default=128)
+    parser.add_argument("--no-imagenet", action="store_true", help="skip DyResNet-18 at 224x224")
+    parser.add_argument("--no-train", action="store_true", help="skip the training steps")
+    args = parser.parse_args(argv)
+    if min(args.threads, args.rounds, args.train_rounds, args.train_batch) <= 0:
+        parser.error("threads, rounds, train-rounds and train-batch must be positive")
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, eval, final k, medians of "
+          f"{args.rounds} interleaved rounds; twins: every DGC layer -> BN-ReLU + dense / "
+          f"group conv of its shape")
+    print("targets (network-speed issue): dgc/group <= 1.2 at batch 64 and <= 1.5 at batch 1, "
+          "dgc/dense <= 0.8 at batch 1; DyResNet-18 <= 0.8x dense at batch 8; training step at "
+          "the final k <= 1.0x dense\n")
+    _inference(args.rounds, not args.no_imagenet)
+    if not args.no_train:
+        _training(args.train_rounds, args.train_batch)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
