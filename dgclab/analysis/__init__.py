@@ -1,5 +1,6 @@
 """Analysis: MAC counts as the DGC paper reports them (SPEC §1.5), what the DGC heads select
-(SPEC §1.7), implicit filter-level sparsity and the removal of dead filters (SPEC §7), and a
+(SPEC §1.7), implicit filter-level sparsity and the removal of dead filters (SPEC §7),
+self-grouping convolution (SG-CNN, SPEC §4: ``self_group``, ``to_grouped``), and a
 training-time metric tracker."""
 
 from .macs import conv_output_hw, count_macs, dgc_layer_mac_terms, dgc_layer_macs
@@ -15,15 +16,18 @@ from .selection import (
 )
 from .dead_filters import ConvWithBiasMap, PruningReport, remove_dead_filters
 from .pruning_effect import pruning_effect
+from .self_grouping import ChannelMask, SelfGroupedConv2d, self_group, to_grouped
 from .sparsity import bn_relu_pairs, filter_sparsity
 from .tracker import CHEAP_METRICS, EXPENSIVE_METRICS, MetricTracker
 
 __all__ = [
     "CHEAP_METRICS",
+    "ChannelMask",
     "ConvWithBiasMap",
     "EXPENSIVE_METRICS",
     "MetricTracker",
     "PruningReport",
+    "SelfGroupedConv2d",
     "binary_entropy",
     "bn_relu_pairs",
     "channel_usage",
@@ -40,4 +44,6 @@ __all__ = [
     "realized_macs",
     "remove_dead_filters",
     "sample_similarity",
+    "self_group",
+    "to_grouped",
 ]

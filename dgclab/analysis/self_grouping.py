@@ -1,0 +1,356 @@
+"""Self-grouping convolution: cluster a dense conv's filters, give each cluster its own inputs.
+
+Guo, Zhang, Wang, Zhou, Dong, "Self-grouping convolutional neural networks", Neural Networks
+2020, arXiv 2009.13803 (SPEC §4). For a plain conv with weight ``W`` (O, C, kh, kw) and its
+current mask (O, C) (all ones the first time):
+
+1. importance of filter i for input channel j: ``v_i[j] = sum_taps |W[i, j] * mask[i, j]|``;
+2. k-means of the O vectors ``v_i`` (``min(groups, O)`` clusters, random init, 10 restarts;
+   ``init="k-means++"`` recovers true groups more reliably, see ``self_group``);
+   the centroid of a cluster is the mean of its filters' vectors;
+3. ``T`` = the ``rate * 100``-th percentile of the concatenated ``centroid_{k(i)} * mask_i``
+   over all filters i (``rate`` is the layer's cumulative target sparsity: masked entries count
+   as zeros, so regrouping at 0.5 then 0.75 follows the paper's schedule cp = 10, 20, ... 90);
+4. every filter of cluster k keeps input channel j iff ``centroid_k[j] * mask_k[j] > T``.
+
+All filters of a cluster share one channel subset; subsets differ in size and may overlap
+("diverse groups"). ``mask_k`` is the cluster's current subset: the channels that *every* filter
+of the cluster still reads (the first time, all of them, and the rule is the paper's per-filter
+rule). Reading it so keeps each cluster one group when a regrouping mixes filters of old
+clusters, and makes a new mask a subset of the old one: masks only shrink. Two choices of ours,
+both reported in the table's ``forced`` column: a cluster whose subset would be empty keeps its
+strongest channel (the largest ``centroid_k[j] * mask_k[j]``; should its filters share no
+channel any more, the largest ``centroid_k[j]``, the one place where a mask can grow back).
+
+``self_group`` applies the masks in place as weight parametrizations
+(``torch.nn.utils.parametrize``): ``conv.weight`` is ``original * mask`` in every forward, so
+fine-tuning (the paper retrains after each step, SGD lr 0.01, wd 1e-4) keeps the masked weights
+at zero while the kept ones learn. This is the authors' execution, a dense masked conv with no
+speed-up; ``to_grouped`` builds the execution that computes only what the groups read:
+``SelfGroupedConv2d``, one small conv per cluster, equal to the masked conv.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from dgclab.checks import check_choice, check_float, check_int, check_type
+from dgclab.layers.base import GroupingConv
+
+__all__ = ["ChannelMask", "INITS", "SelfGroupedConv2d", "TABLE_COLUMNS", "self_group", "to_grouped"]
+
+INITS = ("random", "k-means++")
+"""k-means initialisations: the paper's random rows, or k-means++ (see ``self_group``)."""
+TABLE_COLUMNS = ("layer", "cluster", "filters", "channels", "forced", "overlap", "kept")
+"""Columns of ``self_group``'s table, in order."""
+
+
+class ChannelMask(nn.Module):
+    """The weight parametrization of a self-grouped conv: ``weight = original * mask``.
+
+    Buffers (saved in the state dict, moved with the model):
+        mask: (O, C) float, 1 where filter i reads input channel j.
+        cluster: (O,) long, the cluster of every filter, numbered 0 .. G - 1.
+
+    Shapes: (O, C, kh, kw) -> (O, C, kh, kw).
+    """
+
+    def __init__(self, mask: torch.Tensor, cluster: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.detach().clone().float())
+        self.register_buffer("cluster", cluster.detach().clone().long())
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask.to(weight.dtype)[:, :, None, None]  # (O, C, kh, kw)
+
+    def extra_repr(self) -> str:
+        clusters = int(self.cluster.max()) + 1 if self.cluster.numel() else 0
+        return f"clusters={clusters}, kept={float(self.mask.mean()):.3f}"
+
+
+def _channel_mask(conv: nn.Module) -> ChannelMask | None:
+    """The ``ChannelMask`` parametrizing ``conv.weight``, or None."""
+    if not parametrize.is_parametrized(conv, "weight"):
+        return None
+    return next((p for p in conv.parametrizations.weight if isinstance(p, ChannelMask)), None)
+
+
+def _groupable(module: nn.Module) -> bool:
+    """A plain dense conv: ``nn.Conv2d`` (parametrized or not), groups=1, no protocol layer."""
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups == 1
+        and not isinstance(module, GroupingConv)  # has its own grouping
+    )
+
+
+def _cluster_masks(
+    weight: torch.Tensor, mask: torch.Tensor, groups: int, rate: float, seed: int, init: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps 1-4 for one layer.
+
+    Args:
+        weight: (O, C, kh, kw), the layer's current (masked) weight.
+        mask: (O, C) bool, its current mask.
+
+    Returns:
+        ``new_mask`` (O, C) bool, ``labels`` (O,) ints 0 .. G - 1, ``forced`` (G,) bool.
+    """
+    from sklearn.cluster import KMeans  # sklearn is slow to import; only this needs it
+
+    w = weight.detach().double().cpu().numpy()
+    m = mask.cpu().numpy()
+    importance = np.abs(w * m[:, :, None, None]).sum(axis=(2, 3))  # (O, C)
+    out_channels = importance.shape[0]
+    kmeans = KMeans(n_clusters=min(groups, out_channels), init=init, n_init=10,
+                    random_state=seed)
+    # Duplicate vectors can leave a label unused: number the clusters that exist 0 .. G - 1.
+    _, labels = np.unique(kmeans.fit_predict(importance), return_inverse=True)
+    n_clusters = int(labels.max()) + 1
+    # Means of the clusters, computed here: sklearn's centring leaves ~1e-17 where every member
+    # is exactly 0, and the block-diagonal check needs those zeros exact.
+    centroids = np.stack([importance[labels == k].mean(axis=0) for k in range(n_clusters)])
+    threshold = np.percentile(centroids[labels] * m, rate * 100)  # over all O * C entries
+
+    new_mask = np.zeros_like(m, dtype=bool)
+    forced = np.zeros(n_clusters, dtype=bool)
+    for k in range(n_clusters):
+        shared = m[labels == k].all(axis=0)  # (C,) what every filter of the cluster reads
+        score = centroids[k] * shared
+        keep = score > threshold
+        if not keep.any():
+            forced[k] = True
+            keep[int(np.argmax(score if shared.any() else centroids[k]))] = True
+        new_mask[labels == k] = keep
+    return new_mask, labels, forced
+
+
+def _layer_rows(name: str, mask: np.ndarray, labels: np.ndarray, forced: np.ndarray) -> list:
+    """The table rows of one layer: one per cluster, with the layer's overlap and kept."""
+    subsets = [mask[labels == k][0] for k in range(len(forced))]  # (C,) bool each, shared
+    jaccards = [
+        (a & b).sum() / (a | b).sum()
+        for i, a in enumerate(subsets) for b in subsets[i + 1:]
+    ]
+    overlap = float(np.mean(jaccards)) if jaccards else float("nan")  # one cluster: none
+    kept = float(mask.mean())
+    return [
+        {"layer": name, "cluster": k, "filters": int((labels == k).sum()),
+         "channels": int(subsets[k].sum()), "forced": bool(forced[k]),
+         "overlap": overlap, "kept": kept}
+        for k in range(len(forced))
+    ]
+
+
+def self_group(
+    model: nn.Module,
+    groups: int = 16,
+    rate: float = 0.5,
+    layers: Sequence[str] | None = None,
+    seed: int = 0,
+    init: str = "random",
+) -> pd.DataFrame:
+    """Self-group the dense convs of ``model`` in place (SG-CNN, SPEC §4); one step of cp.
+
+    Every chosen conv gets (or updates: regrouping never stacks a second one) a ``ChannelMask``
+    weight parametrization, so that its filters, clustered by importance, read only their
+    cluster's input channels. Call it again with a higher ``rate`` after fine-tuning for the
+    paper's schedule; masks only shrink (see the module docstring for the one exception).
+
+    Args:
+        model: any module; it is changed in place.
+        groups: clusters per layer (16 in the paper); a layer with fewer filters gets one
+            cluster per filter.
+        rate: the cumulative target sparsity in (0, 1): the percentile (x 100) of the masked
+            centroid entries that sets the threshold.
+        layers: names (``named_modules``) of the convs to group; each must be an ``nn.Conv2d``
+            with groups=1. Default: every such conv but the first (the stem, which reads the
+            image, stays dense as in the paper).
+        seed: ``random_state`` of the k-means.
+        init: ``"random"`` (the paper's: k rows drawn at random, 10 restarts) or
+            ``"k-means++"``. Random init often merges two true groups and splits a third, a
+            local optimum no restart escapes: on a grouped conv stored dense (48 x 32, the
+            SPEC §4 check) it finds the blocks 10/10 times for g = 2 and 4 but 0/10 for g = 8
+            and 16; k-means++ finds them 10/10 up to g = 16 (also 64 x 64 and 128 x 128).
+
+    Returns:
+        A DataFrame with one row per (layer, cluster), columns ``TABLE_COLUMNS``: ``filters``
+        (output channels of the cluster), ``channels`` (input channels it keeps), ``forced``
+        (its subset was empty and kept its strongest channel), and per layer ``overlap`` (mean
+        Jaccard similarity of the clusters' subsets over pairs; NaN for one cluster) and
+        ``kept`` (fraction of the (O, C) connections kept).
+
+    Raises:
+        TypeError: ``model`` not a Module, ``layers`` not a sequence of names, a non-int
+            ``groups`` or ``seed``, a non-real ``rate``.
+        ValueError: ``groups < 1``, ``rate`` outside (0, 1), ``seed < 0``, a name in
+            ``layers`` that is not in the model or not a dense conv.
+
+    Example:
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+        >>> table = self_group(model, groups=2, rate=0.5)
+        >>> list(table["layer"].unique()), int(table["filters"].sum())
+        (['2'], 8)
+    """
+    check_type("model", model, nn.Module)
+    groups = check_int("groups", groups, min=1)
+    rate = check_float("rate", rate, min=0, max=1, min_inclusive=False, max_inclusive=False)
+    seed = check_int("seed", seed, min=0, max=2**32 - 1)
+    init = check_choice("init", init, INITS)
+    modules = dict(model.named_modules())
+    # the convs inside a protocol layer (a DGC head's conv, an LGC's) or an already grouped
+    # conv belong to it: never grouped on their own
+    owners = [n + "." for n, m in modules.items()
+              if isinstance(m, (GroupingConv, SelfGroupedConv2d))]
+    modules = {n: m for n, m in modules.items() if not any(n.startswith(o) for o in owners)}
+    if layers is None:
+        names = [n for n, m in modules.items() if _groupable(m)][1:]
+    else:
+        if isinstance(layers, str) or not isinstance(layers, Sequence):
+            raise TypeError(f"layers must be a sequence of module names, got "
+                            f"{type(layers).__name__}")
+        names = list(layers)
+        for name in names:
+            check_type("layers[...]", name, str)
+            if name not in modules:
+                raise ValueError(f"layers names no module of the model, got {name!r}")
+            if not _groupable(modules[name]):
+                raise ValueError(f"layers must name nn.Conv2d with groups=1, got {name!r} "
+                                 f"({type(modules[name]).__name__})")
+    rows = []
+    for name in names:
+        conv = modules[name]
+        param = _channel_mask(conv)
+        weight = conv.weight.detach()  # already masked when parametrized
+        mask = (torch.ones(weight.shape[:2], dtype=torch.bool) if param is None
+                else param.mask.detach().cpu() > 0)
+        new_mask, labels, forced = _cluster_masks(weight, mask, groups, rate, seed, init)
+        mask_t = torch.from_numpy(new_mask).to(weight.device, torch.float32)
+        labels_t = torch.from_numpy(labels).to(weight.device, torch.long)
+        if param is None:
+            parametrize.register_parametrization(conv, "weight", ChannelMask(mask_t, labels_t))
+        else:  # update in place: one parametrization per conv, however often regrouped
+            param.mask.copy_(mask_t)
+            param.cluster = labels_t
+        rows += _layer_rows(name, new_mask, labels, forced)
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    return table.astype({"cluster": "int64", "filters": "int64", "channels": "int64",
+                         "forced": "bool", "overlap": "float64", "kept": "float64"})
+
+
+class SelfGroupedConv2d(nn.Module):
+    """A self-grouped conv that computes only what its clusters read: one conv per cluster.
+
+    ``forward``: one ``index_select`` gathers every cluster's input channels (a channel read by
+    two clusters is gathered twice), cluster k's filters convolve its own slice
+    (``convs[k]``, an ``nn.Conv2d`` over ``|S_k|`` channels), and one more ``index_select``
+    puts the outputs back into the original filter order. Equal to the masked dense conv.
+
+    Not a layer of dgclab's protocol (``GroupingConv``): a protocol layer is built from a shape
+    by the conv registry and recorded as ``heads`` equal groups dividing ``out_channels``;
+    clusters here have any sizes and any channel subsets. ``count_macs`` counts it through its
+    inner ``nn.Conv2d`` s instead (``sum_k |filters_k| * |S_k| * kh * kw * H' * W'``, the
+    kept fraction of the dense conv), and ``channel_groups`` and ``connectivity()`` say what
+    its groups read, as a static protocol layer would.
+
+    Args:
+        conv: a dense conv (groups=1) whose weight already holds the masked values.
+        cluster: (O,) long, filter -> cluster 0 .. G - 1.
+        mask: (O, C) bool; cluster k reads the union of its filters' rows (one shared subset
+            from ``self_group``; a union keeps the result exact if the rows differ).
+
+    Shapes: (B, C, H, W) -> (B, O, H', W'), as ``conv``.
+    """
+
+    def __init__(self, conv: nn.Conv2d, cluster: torch.Tensor, mask: torch.Tensor) -> None:
+        super().__init__()
+        if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
+            raise ValueError(f"conv must be an nn.Conv2d with groups=1, got {conv!r}")
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride = conv.kernel_size, conv.stride
+        self.padding, self.dilation = conv.padding, conv.dilation
+        weight = conv.weight.detach()  # (O, C, kh, kw), masked
+        cluster, mask = cluster.to(weight.device), mask.to(weight.device).bool()
+        convs, channels, filters = [], [], []
+        for k in range(int(cluster.max()) + 1):
+            rows = (cluster == k).nonzero().flatten()  # the cluster's filters
+            cols = mask[rows].any(0).nonzero().flatten()  # its input channels S_k
+            small = nn.Conv2d(len(cols), len(rows), conv.kernel_size, conv.stride, conv.padding,
+                              conv.dilation, bias=conv.bias is not None,
+                              padding_mode=conv.padding_mode, device=weight.device,
+                              dtype=weight.dtype)
+            with torch.no_grad():
+                small.weight.copy_(weight[rows][:, cols])
+                if conv.bias is not None:
+                    small.bias.copy_(conv.bias.detach()[rows])
+            convs.append(small)
+            channels.append(cols)
+            filters.append(rows)
+        self.convs = nn.ModuleList(convs)
+        self.sizes = [len(c) for c in channels]
+        self.register_buffer("gather", torch.cat(channels))  # (sum_k |S_k|,)
+        # out channel o sits at place order[o] of the concatenated cluster outputs
+        self.register_buffer("order", torch.argsort(torch.cat(filters)))  # (O,)
+        self.register_buffer("cluster", cluster.long().clone())
+
+    @property
+    def channel_groups(self) -> int:
+        """G, the number of clusters."""
+        return len(self.convs)
+
+    def connectivity(self) -> torch.Tensor:
+        """(G, C_in) bool: the input channels each cluster reads."""
+        groups = torch.zeros(len(self.convs), self.in_channels, dtype=torch.bool,
+                             device=self.gather.device)
+        for k, cols in enumerate(self.gather.split(self.sizes)):
+            groups[k, cols] = True
+        return groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xs = x.index_select(1, self.gather).split(self.sizes, dim=1)  # (B, |S_k|, H, W) each
+        ys = [conv(xk) for conv, xk in zip(self.convs, xs)]  # (B, |filters_k|, H', W') each
+        return torch.cat(ys, dim=1).index_select(1, self.order)  # (B, O, H', W')
+
+    def extra_repr(self) -> str:
+        kept = sum(c.in_channels * c.out_channels for c in self.convs)
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, clusters={len(self.convs)}, "
+                f"kept={kept / (self.in_channels * self.out_channels):.3f}")
+
+
+def to_grouped(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in which every self-grouped conv is a ``SelfGroupedConv2d``.
+
+    The original is unchanged. The copy computes the same outputs as the masked model (to
+    float rounding) with ``kept`` of each layer's conv MACs; its weights are copies, so
+    training one does not train the other.
+
+    Raises:
+        TypeError: ``model`` is not a Module.
+        ValueError: ``model`` has no conv grouped by ``self_group``.
+
+    Example:
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+        >>> _ = self_group(model, groups=2)
+        >>> type(to_grouped(model)[2]).__name__
+        'SelfGroupedConv2d'
+    """
+    check_type("model", model, nn.Module)
+    grouped = copy.deepcopy(model)
+    names = [n for n, m in grouped.named_modules() if _channel_mask(m) is not None]
+    if not names:
+        raise ValueError("model has no self-grouped conv; call self_group(model) first")
+    for name in names:
+        conv = grouped.get_submodule(name)
+        param = _channel_mask(conv)
+        layer = SelfGroupedConv2d(conv, param.cluster, param.mask > 0)
+        parent_name, _, child = name.rpartition(".")
+        setattr(grouped.get_submodule(parent_name), child, layer)
+    return grouped
