@@ -1,7 +1,8 @@
 """Analysis: MAC counts as the DGC paper reports them (SPEC §1.5), what the DGC heads select
 (SPEC §1.7), implicit filter-level sparsity and the removal of dead filters (SPEC §7),
-self-grouping convolution (SG-CNN, SPEC §4: ``self_group``, ``to_grouped``), and a
-training-time metric tracker."""
+self-grouping convolution (SG-CNN, SPEC §4: ``self_group``, ``to_grouped``), channel-similarity
+pruning (SPEC §6, dgclab's reading of the metric: ``channel_similarity``, ``merge_similar``), and
+a training-time metric tracker."""
 
 from .macs import conv_output_hw, count_macs, dgc_layer_mac_terms, dgc_layer_macs
 from .selection import (
@@ -14,6 +15,7 @@ from .selection import (
     realized_macs,
     sample_similarity,
 )
+from .channel_similarity import channel_distance, channel_similarity, merge_similar
 from .dead_filters import ConvWithBiasMap, PruningReport, remove_dead_filters
 from .pruning_effect import pruning_effect
 from .self_grouping import ChannelMask, SelfGroupedConv2d, self_group, to_grouped
@@ -30,6 +32,8 @@ __all__ = [
     "SelfGroupedConv2d",
     "binary_entropy",
     "bn_relu_pairs",
+    "channel_distance",
+    "channel_similarity",
     "channel_usage",
     "conv_output_hw",
     "count_macs",
@@ -40,6 +44,7 @@ __all__ = [
     "head_jaccard",
     "head_overlap",
     "jaccard_similarity",
+    "merge_similar",
     "pruning_effect",
     "realized_macs",
     "remove_dead_filters",

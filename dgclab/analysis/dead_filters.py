@@ -259,12 +259,12 @@ def remove_dead_filters(
             f"example_input must be a (B, C, H, W) tensor, got "
             f"{getattr(example_input, 'shape', type(example_input).__name__)}"
         )
-    _chain(model)  # raises on an unsupported structure before anything is copied
+    filter_chain(model)  # raises on an unsupported structure before anything is copied
     pruned = copy.deepcopy(model)
-    chain = _chain(pruned)
+    chain = filter_chain(pruned)
 
     rows, notes = [], []
-    for unit in _filter_units(chain):
+    for unit in filter_units(chain):
         rows.append(_prune_unit(chain, unit, gamma_threshold, notes))
     layers = pd.DataFrame(
         rows,
@@ -307,7 +307,7 @@ class _Link:
         setattr(self.parent, self.key, module)
 
 
-def _chain(model: nn.Module) -> list[_Link]:
+def filter_chain(model: nn.Module) -> list[_Link]:
     """The leaves of a (nested) nn.Sequential in call order; ValueError on anything else."""
     if not isinstance(model, nn.Sequential) or type(model).forward is not nn.Sequential.forward:
         raise ValueError(
@@ -345,7 +345,7 @@ def _is_conv(module: nn.Module) -> bool:
     return type(module) in _CONVS or type(module) is ConvWithBiasMap
 
 
-def _filter_units(chain: list[_Link]) -> list[tuple[int, int, int]]:
+def filter_units(chain: list[_Link]) -> list[tuple[int, int, int]]:
     """Indices (conv, bn, relu) of every conv -> BatchNorm2d -> ReLU triple."""
     units = []
     for i in range(len(chain) - 2):
@@ -360,7 +360,7 @@ def _filter_units(chain: list[_Link]) -> list[tuple[int, int, int]]:
     return units
 
 
-def _find_consumer(chain: list[_Link], start: int) -> tuple[int | None, bool, str]:
+def find_consumer(chain: list[_Link], start: int) -> tuple[int | None, bool, str]:
     """The first conv or linear after ``start``: (index or None, flattened on the way, why not).
 
     Raises ValueError when a module on the way would not keep a constant channel constant."""
@@ -400,7 +400,7 @@ def _prune_unit(chain: list[_Link], unit: tuple[int, int, int], threshold: float
            "consumer": "", "fold": "none"}
     if not dead.any():
         return row
-    j, flattened, why = _find_consumer(chain, i_relu + 1)
+    j, flattened, why = find_consumer(chain, i_relu + 1)
     if j is None:
         row["fold"] = why
         notes.append(f"{chain[i_bn].name}: {int(dead.sum())} dead filters {why[len('kept: '):]}")
@@ -424,16 +424,16 @@ def _prune_unit(chain: list[_Link], unit: tuple[int, int, int], threshold: float
                     f"constant channel does not stay constant; cannot fold"
                 )
 
-    chain[i_conv].replace(_slice_conv_out(conv, keep))
-    _slice_bn_(bn, keep)
+    chain[i_conv].replace(slice_conv_out(conv, keep))
+    slice_bn_(bn, keep)
 
     consumer = chain[j].module
     row.update(removed=len(gone), kept=len(keep), constant=int((const > 0).sum()),
                consumer=chain[j].name)
     if type(consumer) is nn.Linear:
-        new, fold = _slice_linear_in(consumer, channels, keep, gone, const)
+        new, fold = slice_linear_in(consumer, channels, keep, gone, const)
     else:
-        new, fold = _slice_conv_in(consumer, keep, gone, const)
+        new, fold = slice_conv_in(consumer, keep, gone, const)
     chain[j].replace(new)
     row["fold"] = fold
     return row
@@ -452,7 +452,7 @@ def _new_conv(old: nn.Conv2d, in_channels: int, out_channels: int, bias: bool) -
     ).train(old.training)
 
 
-def _slice_conv_out(module: nn.Module, keep: torch.Tensor) -> nn.Module:
+def slice_conv_out(module: nn.Module, keep: torch.Tensor) -> nn.Module:
     """Keep output channels ``keep`` of a conv (or of a ConvWithBiasMap)."""
     conv = module.conv if type(module) is ConvWithBiasMap else module
     new = _new_conv(conv, conv.in_channels, len(keep), conv.bias is not None)
@@ -465,7 +465,7 @@ def _slice_conv_out(module: nn.Module, keep: torch.Tensor) -> nn.Module:
     return new
 
 
-def _slice_bn_(bn: nn.BatchNorm2d, keep: torch.Tensor) -> None:
+def slice_bn_(bn: nn.BatchNorm2d, keep: torch.Tensor) -> None:
     """Keep channels ``keep`` of a BN, in place."""
     with torch.no_grad():
         for name in ("weight", "bias"):
@@ -487,7 +487,7 @@ def _pad_any(padding) -> bool:
     return any(p > 0 for p in padding)
 
 
-def _slice_conv_in(module: nn.Module, keep, gone, const) -> tuple[nn.Module, str]:
+def slice_conv_in(module: nn.Module, keep, gone, const) -> tuple[nn.Module, str]:
     """Drop input channels ``gone`` of a consumer conv, folding their constants ``const``."""
     inner = module.conv if type(module) is ConvWithBiasMap else module
     weight = inner.weight.detach()  # (C_out, C_in, kh, kw)
@@ -514,7 +514,7 @@ def _slice_conv_in(module: nn.Module, keep, gone, const) -> tuple[nn.Module, str
     return new, "bias" if folds else "none"
 
 
-def _slice_linear_in(linear: nn.Linear, channels: int, keep, gone, const) -> tuple[nn.Linear, str]:
+def slice_linear_in(linear: nn.Linear, channels: int, keep, gone, const) -> tuple[nn.Linear, str]:
     """Drop the flattened columns of channels ``gone``, folding their constants into the bias."""
     if linear.in_features % channels:
         raise ValueError(

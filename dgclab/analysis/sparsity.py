@@ -88,10 +88,10 @@ def bn_relu_pairs(
             raise ValueError(
                 f"input_size must be positive ints (B, C, ...), got input_size={input_size!r}"
             )
-        device, dtype = _device_and_dtype(model)
+        device, dtype = device_and_dtype(model)
         inputs = torch.zeros(size, device=device, dtype=dtype)
     else:
-        inputs = inputs[:_PROBE_SAMPLES].to(_device_and_dtype(model)[0])
+        inputs = inputs[:_PROBE_SAMPLES].to(device_and_dtype(model)[0])
 
     names = {m: n for n, m in model.named_modules()}
     bn_outputs: dict[int, tuple[str, weakref.ref]] = {}  # id(output) -> (bn name, the tensor)
@@ -228,7 +228,7 @@ def filter_sparsity(
             first = _first_batch(loader)
             if isinstance(loader, Iterator):  # one pass: the probe's batch is its first batch
                 loader = itertools.chain([first], loader)
-            pairs = bn_relu_pairs(model, _inputs(first))
+            pairs = bn_relu_pairs(model, batch_inputs(first))
         else:
             pairs = bn_relu_pairs(model, input_size=input_size)
     modules = dict(model.named_modules())
@@ -318,7 +318,7 @@ def _activation_stats(
     and the number of images. Pass 1 finds the maxima, pass 2 (selectivity only) counts, and
     finds the maxima again: they must be the first pass's, or the data changed."""
     modules = dict(model.named_modules())
-    device = _device_and_dtype(model)[0]
+    device = device_and_dtype(model)[0]
     peaks: list[dict[str, torch.Tensor]] = [{}, {}]  # per pass: bn name -> (C,) max
     peak = peaks[0]
     below: dict[str, torch.Tensor] = {}
@@ -359,7 +359,7 @@ def _activation_stats(
                     for i, batch in enumerate(loader):
                         if max_batches is not None and i >= max_batches:
                             break
-                        x = _inputs(batch).to(device)
+                        x = batch_inputs(batch).to(device)
                         images[p] += x.shape[0]
                         model(x)
                         bar.update()
@@ -431,7 +431,7 @@ def _heuristic_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 def first_inputs(loader: Iterable) -> torch.Tensor:
     """The input of the loader's first batch (for the pairing probe)."""
-    return _inputs(_first_batch(loader))
+    return batch_inputs(_first_batch(loader))
 
 
 def _first_batch(loader: Iterable):
@@ -452,7 +452,7 @@ def check_reiterable(loader: Iterable, why: str) -> None:
         )
 
 
-def _inputs(batch) -> torch.Tensor:
+def batch_inputs(batch) -> torch.Tensor:
     """The input of a batch: the tensor itself, or the first element of a tuple/list."""
     if isinstance(batch, torch.Tensor):
         return batch
@@ -464,7 +464,7 @@ def _inputs(batch) -> torch.Tensor:
     )
 
 
-def _device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+def device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     for tensor in list(model.parameters()) + list(model.buffers()):
         if tensor.is_floating_point():
             return tensor.device, tensor.dtype
