@@ -161,3 +161,17 @@ class StopAfter:
     def on_epoch_end(self, trainer, epoch, row):
         if epoch == self.epoch:
             raise KeyboardInterrupt
+
+
+def warmed(model: nn.Module, shape, seed: int = 0) -> nn.Module:
+    """Give every BN non-trivial running statistics and affine parameters, then eval mode."""
+    torch.manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(shape) * 2 + 0.5)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    return model.eval()

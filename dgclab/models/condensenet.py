@@ -3,8 +3,8 @@
 Huang, Liu, van der Maaten, Weinberger, "CondenseNet: An Efficient DenseNet using Learned Group
 Convolutions", CVPR 2018, arXiv 1711.09224 (SPEC §2). DGC's DyDenseNet (``dydensenet.py``)
 took this layout and put a DGC 1x1 where CondenseNet has its LGC 1x1, so the two networks
-differ in that layer alone and are built from the same parts here: the static
-BN-ReLU-GroupConv 3x3 (``BNReLUConv``) and DyDenseNet's init.
+differ in that layer alone and are one class here, ``DenseNet`` (``dydensenet.py``), with the
+1x1 conv's kind from the conv registry.
 
     features.init_conv                                  plain 3x3 conv, 3 -> 2 * growth[0]
     features.denseblock_{i}.denselayer_{j}.conv_1       LGC 1x1, C -> bottleneck * growth
@@ -27,16 +27,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 
-import torch
 import torch.nn as nn
 
 from ..checks import check_type
 from ..layers.lgc import CondensedConv2d, LearnedGroupConv2d
-from .dydensenet import BNReLUConv, DyDenseNet
+from .dydensenet import DenseNet
 
 __all__ = [
     "CondenseNet",
-    "CondenseLayer",
     "condensenet",
     "condensenet86",
     "condense",
@@ -44,90 +42,30 @@ __all__ = [
 ]
 
 
-class CondenseLayer(nn.Module):
-    """LGC 1x1 (C -> bottleneck * growth) -> BN-ReLU-GroupConv 3x3 (-> growth) -> concatenate.
-
-    Shapes: (B, C, H, W) -> (B, C + growth, H, W).
-    """
-
-    def __init__(self, in_channels: int, growth: int, *, bottleneck: int, group_1x1: int,
-                 group_3x3: int, condense_factor: int | None, dropout: float,
-                 group_lasso: bool) -> None:
-        super().__init__()
-        width = bottleneck * growth
-        self.conv_1 = LearnedGroupConv2d(in_channels, width, kernel_size=1, groups=group_1x1,
-                                         condense_factor=condense_factor, dropout=dropout,
-                                         group_lasso=group_lasso)
-        self.conv_2 = BNReLUConv(width, growth, kernel_size=3, padding=1, groups=group_3x3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        new = self.conv_2(self.conv_1(x))  # (B, growth, H, W)
-        return torch.cat([x, new], dim=1)  # (B, C + growth, H, W)
-
-
-class CondenseNet(nn.Module):
-    """CondenseNet for CIFAR (SPEC §2). Build it with ``condensenet`` or ``condensenet86``.
+class CondenseNet(DenseNet):
+    """CondenseNet for CIFAR (SPEC §2): ``DenseNet`` with an LGC 1x1. Build it with
+    ``condensenet`` or ``condensenet86``.
 
     Args:
-        stages: dense layers per block, e.g. (14, 14, 14).
-        growth: growth rate per block, same length as ``stages``, e.g. (8, 16, 32).
-        bottleneck: the 1x1 LGC widens to ``bottleneck * growth`` channels.
+        stages, growth, bottleneck, group_3x3, num_classes: as ``DenseNet``.
         group_1x1: G of every LGC layer.
-        group_3x3: groups of the static 3x3 conv.
         condense_factor: C of every LGC layer (default G).
         dropout: the LGC layers' dropout rate.
         group_lasso: whether the LGC layers add their group lasso to the loss.
-        num_classes: outputs of the classifier.
 
     The stem is a stride-1 3x3 conv to ``2 * growth[0]`` channels; the init is DyDenseNet's
-    (``DyDenseNet.reset_parameters``): convs N(0, sqrt(2 / (k*k*out))), BN 1/0, classifier
+    (``DenseNet.reset_parameters``): convs N(0, sqrt(2 / (k*k*out))), BN 1/0, classifier
     bias 0.
-
-    Shapes: (B, 3, H, W) -> (B, num_classes) logits.
     """
 
     def __init__(self, stages: Sequence[int], growth: Sequence[int], *, bottleneck: int = 4,
                  group_1x1: int = 4, group_3x3: int = 4, condense_factor: int | None = None,
                  dropout: float = 0.0, group_lasso: bool = False, num_classes: int = 10) -> None:
-        super().__init__()
-        stages, growth = list(stages), list(growth)
-        if not stages or len(stages) != len(growth):
-            raise ValueError(f"stages and growth must be non-empty and of equal length, got "
-                             f"stages={stages}, growth={growth}")
-        for name, values in (("stages", stages), ("growth", growth)):
-            if any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values):
-                raise ValueError(f"{name} must hold positive ints, got {name}={values}")
-        self.stages, self.growth = stages, growth
-
-        channels = 2 * growth[0]
-        self.features = nn.Sequential()
-        self.features.add_module("init_conv", nn.Conv2d(3, channels, 3, padding=1, bias=False))
-        for i, (num_layers, rate) in enumerate(zip(stages, growth), start=1):
-            block = nn.Sequential()
-            for j in range(1, num_layers + 1):
-                block.add_module(f"denselayer_{j}", CondenseLayer(
-                    channels, rate, bottleneck=bottleneck, group_1x1=group_1x1,
-                    group_3x3=group_3x3, condense_factor=condense_factor, dropout=dropout,
-                    group_lasso=group_lasso))
-                channels += rate
-            self.features.add_module(f"denseblock_{i}", block)
-            if i < len(stages):
-                self.features.add_module(f"transition_{i}", nn.AvgPool2d(2, stride=2))
-        self.num_features = channels
-
-        self.bn_last = nn.BatchNorm2d(channels)
-        self.relu_last = nn.ReLU()
-        self.pool_last = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(channels, num_classes)
-        DyDenseNet.reset_parameters(self)  # the same init, module by module
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)  # (B, num_features, H', W')
-        x = self.pool_last(self.relu_last(self.bn_last(x)))  # (B, num_features, 1, 1)
-        return self.classifier(x.flatten(1))  # (B, num_classes)
-
-    def extra_repr(self) -> str:
-        return f"stages={self.stages}, growth={self.growth}"
+        lgc = {"groups": group_1x1, "condense_factor": condense_factor, "dropout": dropout,
+               "group_lasso": group_lasso}
+        super().__init__(stages, growth, conv_1x1="lgc", conv_options=lgc,
+                         bottleneck=bottleneck, group_3x3=group_3x3, num_classes=num_classes,
+                         data="cifar")
 
 
 def condensenet(stages: Sequence[int], growth: Sequence[int], bottleneck: int = 4,

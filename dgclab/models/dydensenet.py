@@ -30,9 +30,9 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from ..layers import DGCConv2d
+from ..layers import conv_kind, make_conv
 
-__all__ = ["DyDenseNet", "DenseLayer", "dydensenet", "dydensenet86", "dydensenet74"]
+__all__ = ["DenseNet", "DyDenseNet", "DenseLayer", "dydensenet", "dydensenet86", "dydensenet74"]
 
 Data = Literal["cifar", "imagenet"]
 DATA = ("cifar", "imagenet")
@@ -58,35 +58,27 @@ class BNReLUConv(nn.Sequential):
 
 
 class DenseLayer(nn.Module):
-    """DGC 1x1 (C -> bottleneck * growth) -> BN-ReLU-GroupConv 3x3 (-> growth) -> concatenate.
+    """1x1 conv (C -> bottleneck * growth) -> BN-ReLU-GroupConv 3x3 (-> growth) -> concatenate.
 
-    The DGC layer carries its own BN-ReLU pre-activation, so the bottleneck has the usual
-    BN-ReLU-Conv form twice.
+    The 1x1 conv is a registered conv kind that carries its own BN-ReLU pre-activation (DGC in
+    DyDenseNet, CondenseNet's learned group conv), so the bottleneck has the usual BN-ReLU-Conv
+    form twice.
+
+    Args:
+        in_channels, growth: C and the channels the layer adds.
+        bottleneck: the 1x1 conv widens to ``bottleneck * growth`` channels.
+        group_3x3: groups of the static 3x3 conv.
+        conv_1x1: a kind of ``dgclab.layers.CONV_KINDS`` registered ``preactivated``.
+        options: the kind's own options (``make_conv``).
 
     Shapes: (B, C, H, W) -> (B, C + growth, H, W).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        growth: int,
-        *,
-        bottleneck: int,
-        group_3x3: int,
-        heads: int,
-        pruning_rate: float,
-        squeeze_rate: int,
-    ) -> None:
+    def __init__(self, in_channels: int, growth: int, *, bottleneck: int, group_3x3: int,
+                 conv_1x1: str = "dgc", **options) -> None:
         super().__init__()
         width = bottleneck * growth
-        self.conv_1 = DGCConv2d(
-            in_channels,
-            width,
-            kernel_size=1,
-            heads=heads,
-            squeeze_rate=squeeze_rate,
-            pruning_rate=pruning_rate,
-        )
+        self.conv_1 = make_conv(conv_1x1, in_channels, width, 1, **options)
         self.conv_2 = BNReLUConv(width, growth, kernel_size=3, padding=1, groups=group_3x3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,15 +86,19 @@ class DenseLayer(nn.Module):
         return torch.cat([x, new], dim=1)  # (B, C + growth, H, W)
 
 
-class DyDenseNet(nn.Module):
-    """Dynamic DenseNet (SPEC §1.3). Build it with ``dydensenet`` or a preset.
+class DenseNet(nn.Module):
+    """The CondenseNet layout with any pre-activated 1x1 conv kind in its dense layers.
+
+    DyDenseNet (``conv_1x1="dgc"``) and CondenseNet (``"lgc"``, ``condensenet.py``) are this
+    network with their own 1x1 layer; the module names are the official ones (module docstring).
 
     Args:
         stages: dense layers per block, e.g. (14, 14, 14).
         growth: growth rate per block, same length as ``stages``, e.g. (8, 16, 32).
+        conv_1x1: the 1x1 conv's kind (registered ``preactivated``: it applies its own BN-ReLU).
+        conv_options: that kind's options (``make_conv``).
         bottleneck: the 1x1 conv widens to ``bottleneck * growth`` channels.
         group_3x3: groups of the static 3x3 conv.
-        heads, pruning_rate, squeeze_rate: passed to every DGC layer (``DGCConv2d``).
         num_classes: outputs of the classifier.
         data: ``"cifar"`` (stem stride 1, for 32x32) or ``"imagenet"`` (stem stride 2, 224x224).
 
@@ -114,11 +110,10 @@ class DyDenseNet(nn.Module):
         stages: Sequence[int],
         growth: Sequence[int],
         *,
+        conv_1x1: str,
+        conv_options: dict | None = None,
         bottleneck: int = 4,
         group_3x3: int = 4,
-        heads: int = 4,
-        pruning_rate: float = 0.75,
-        squeeze_rate: int = 16,
         num_classes: int = 10,
         data: Data = "cifar",
     ) -> None:
@@ -130,10 +125,13 @@ class DyDenseNet(nn.Module):
                 f"growth={growth}"
             )
         for name, values in (("stages", stages), ("growth", growth)):
-            if any(not isinstance(v, int) or v <= 0 for v in values):
+            if any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values):
                 raise ValueError(f"{name} must hold positive ints, got {name}={values}")
         if data not in DATA:
             raise ValueError(f"data must be one of {DATA}, got data={data!r}")
+        if not conv_kind(conv_1x1).preactivated:
+            raise ValueError(f"conv_1x1 must be a kind that applies its own BN-ReLU, got "
+                             f"conv_1x1={conv_1x1!r}")
         self.stages = stages
         self.growth = growth
         self.data = data
@@ -149,18 +147,9 @@ class DyDenseNet(nn.Module):
         for i, (num_layers, rate) in enumerate(zip(stages, growth), start=1):
             block = nn.Sequential()
             for j in range(1, num_layers + 1):
-                block.add_module(
-                    f"denselayer_{j}",
-                    DenseLayer(
-                        channels,
-                        rate,
-                        bottleneck=bottleneck,
-                        group_3x3=group_3x3,
-                        heads=heads,
-                        pruning_rate=pruning_rate,
-                        squeeze_rate=squeeze_rate,
-                    ),
-                )
+                block.add_module(f"denselayer_{j}", DenseLayer(
+                    channels, rate, bottleneck=bottleneck, group_3x3=group_3x3,
+                    conv_1x1=conv_1x1, **(conv_options or {})))
                 channels += rate
             self.features.add_module(f"denseblock_{i}", block)
             if i < len(stages):
@@ -176,7 +165,7 @@ class DyDenseNet(nn.Module):
     def reset_parameters(self) -> None:
         """The official init: convs N(0, sqrt(2 / (k*k*out))), BN 1/0, classifier bias 0.
 
-        Head convs count their own ``out_channels`` (C_out / heads). The saliency MLPs are
+        A DGC head conv counts its own ``out_channels`` (C_out / heads). The saliency MLPs are
         ``nn.Linear`` and keep the init ``DGCHead`` gave them (fc2 bias 1.0).
         """
         for m in self.modules():
@@ -195,6 +184,34 @@ class DyDenseNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"stages={self.stages}, growth={self.growth}, data={self.data!r}"
+
+
+class DyDenseNet(DenseNet):
+    """Dynamic DenseNet (SPEC §1.3): the layout with a DGC 1x1. Build it with ``dydensenet`` or
+    a preset.
+
+    Args:
+        stages, growth, bottleneck, group_3x3, num_classes, data: as ``DenseNet``.
+        heads, pruning_rate, squeeze_rate: passed to every DGC layer (``DGCConv2d``).
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[int],
+        growth: Sequence[int],
+        *,
+        bottleneck: int = 4,
+        group_3x3: int = 4,
+        heads: int = 4,
+        pruning_rate: float = 0.75,
+        squeeze_rate: int = 16,
+        num_classes: int = 10,
+        data: Data = "cifar",
+    ) -> None:
+        dgc = {"heads": heads, "squeeze_rate": squeeze_rate, "pruning_rate": pruning_rate}
+        super().__init__(stages, growth, conv_1x1="dgc", conv_options=dgc,
+                         bottleneck=bottleneck, group_3x3=group_3x3, num_classes=num_classes,
+                         data=data)
 
 
 def dydensenet(

@@ -12,6 +12,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from helpers import warmed as warm_bn
+
 from dgclab.analysis import count_macs
 from dgclab.analysis.channel_similarity import (
     channel_distance,
@@ -25,17 +27,8 @@ SHAPE = (8, 1, 28, 28)
 
 
 def warmed(model: nn.Module, shape=SHAPE, seed: int = 0) -> nn.Module:
-    """Non-trivial running statistics and affine parameters, then eval mode."""
-    torch.manual_seed(seed)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(shape) * 2 + 0.5)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-    return model.eval()
+    """``helpers.warmed`` at this file's input shape."""
+    return warm_bn(model, shape, seed)
 
 
 def duplicate(conv: nn.Conv2d, bn: nn.BatchNorm2d, src: int, dst: int) -> None:

@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from helpers import warmed
+
 from dgclab.analysis import ConvWithBiasMap, count_macs, pruning_effect, remove_dead_filters
 from dgclab.layers import DGCConv2d
 from dgclab.models import basicnet, resnet_cifar
@@ -17,18 +19,6 @@ from dgclab.record import Recorder
 TOL = 1e-4
 
 
-def warmed(model: nn.Module, shape, seed: int = 0) -> nn.Module:
-    """Give every BN non-trivial running statistics and affine parameters, then eval mode."""
-    torch.manual_seed(seed)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(shape) * 2 + 0.5)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-    return model.eval()
 
 
 def kill(bn: nn.BatchNorm2d, idx, beta: str, gamma: float = 0.0) -> None:
