@@ -21,7 +21,10 @@ import math
 import numbers
 from collections.abc import Sequence
 
-__all__ = ["check_bool", "check_choice", "check_float", "check_int", "check_pair", "check_type"]
+__all__ = [
+    "check_bool", "check_choice", "check_conv_geometry", "check_float", "check_int", "check_pair",
+    "check_type",
+]
 
 _REPR_MAX = 80  # characters of a bad value quoted in a message
 
@@ -157,3 +160,23 @@ def check_choice(name: str, value, choices: Sequence):
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {name}={_shown(value)}")
     return value
+
+
+def check_conv_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, *,
+                        string_padding: bool = False) -> tuple:
+    """The geometry arguments of a 2-D conv, checked in this order and normalised.
+
+    Channels are ints >= 1; kernel, stride and dilation ints or pairs >= 1; padding an int or a
+    pair >= 0 (or, with ``string_padding``, a string, which ``nn.Conv2d`` checks itself).
+
+    Returns:
+        ``(in_channels, out_channels, kernel_size, stride, padding, dilation)``, pairs as tuples.
+    """
+    in_channels = check_int("in_channels", in_channels, min=1)
+    out_channels = check_int("out_channels", out_channels, min=1)
+    kernel_size = check_pair("kernel_size", kernel_size, min=1)
+    stride = check_pair("stride", stride, min=1)
+    if not (string_padding and isinstance(padding, str)):
+        padding = check_pair("padding", padding, min=0)
+    dilation = check_pair("dilation", dilation, min=1)
+    return in_channels, out_channels, kernel_size, stride, padding, dilation

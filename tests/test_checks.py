@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch.nn as nn
 
-from dgclab.checks import check_bool, check_choice, check_float, check_int, check_pair, check_type
+from dgclab.checks import (
+    check_bool, check_choice, check_conv_geometry, check_float, check_int, check_pair, check_type,
+)
 
 
 def test_check_int():
@@ -73,3 +75,14 @@ def test_check_bool_choice_and_type():
         check_type("model", [1, 2], nn.Module)
     with pytest.raises(TypeError, match=r"^path must be a str or PathLike, got int$"):
         check_type("path", 3, (str, __import__("os").PathLike))
+
+
+def test_conv_geometry_is_checked_in_order_and_normalised():
+    assert check_conv_geometry(4, 8, 3, 2, 1, 1) == (4, 8, (3, 3), (2, 2), (1, 1), (1, 1))
+    assert check_conv_geometry(4, 8, 3, 1, "same", 1, string_padding=True)[4] == "same"
+    with pytest.raises(TypeError, match="padding"):
+        check_conv_geometry(4, 8, 3, 1, "same", 1)
+    with pytest.raises(ValueError, match="in_channels"):  # the first bad one is named
+        check_conv_geometry(0, 0, 0, 1, 0, 1)
+    with pytest.raises(ValueError, match="dilation"):
+        check_conv_geometry(4, 8, 3, 1, 0, 0)

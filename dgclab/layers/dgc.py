@@ -37,7 +37,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checks import check_bool, check_choice, check_float, check_int, check_pair
+from ..checks import (
+    check_bool, check_choice, check_conv_geometry, check_float, check_int
+)
 from . import cpu_kernel
 from .base import GroupingConv, conv_channel_macs
 
@@ -181,12 +183,8 @@ class DGCConv2d(GroupingConv, nn.Module):
         execution: Execution = "auto",
     ) -> None:
         super().__init__()
-        in_channels = check_int("in_channels", in_channels, min=1)
-        out_channels = check_int("out_channels", out_channels, min=1)
-        kernel_size = check_pair("kernel_size", kernel_size, min=1)
-        stride = check_pair("stride", stride, min=1)
-        padding = check_pair("padding", padding, min=0)
-        dilation = check_pair("dilation", dilation, min=1)
+        in_channels, out_channels, kernel_size, stride, padding, dilation = check_conv_geometry(
+            in_channels, out_channels, kernel_size, stride, padding, dilation)
         heads = check_int("heads", heads, min=1)
         check_choice("execution", execution, EXECUTIONS)
         if in_channels % heads:

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checks import check_bool, check_int, check_pair
+from ..checks import check_bool, check_conv_geometry, check_int
 from .base import GroupingConv
 
 __all__ = ["GroupConv2d"]
@@ -45,13 +45,10 @@ class GroupConv2d(GroupingConv, nn.Conv2d):
         shuffle: bool = False,
         bias: bool = False,
     ) -> None:
-        in_channels = check_int("in_channels", in_channels, min=1)
-        out_channels = check_int("out_channels", out_channels, min=1)
-        kernel_size = check_pair("kernel_size", kernel_size, min=1)
-        stride = check_pair("stride", stride, min=1)
-        if not isinstance(padding, str):  # nn.Conv2d checks "same" and "valid" itself
-            padding = check_pair("padding", padding, min=0)
-        dilation = check_pair("dilation", dilation, min=1)
+        # a string padding ("same", "valid") is nn.Conv2d's to check
+        in_channels, out_channels, kernel_size, stride, padding, dilation = check_conv_geometry(
+            in_channels, out_channels, kernel_size, stride, padding, dilation,
+            string_padding=True)
         groups = check_int("groups", groups, min=1)
         shuffle = check_bool("shuffle", shuffle)
         bias = check_bool("bias", bias)

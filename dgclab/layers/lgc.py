@@ -33,7 +33,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checks import check_bool, check_float, check_int, check_pair, check_type
+from ..checks import (
+    check_bool, check_conv_geometry, check_float, check_int, check_type,
+)
 from .base import GroupingConv, conv_channel_macs, grouping_layers
 
 __all__ = [
@@ -178,12 +180,8 @@ class LearnedGroupConv2d(GroupingConv, nn.Module):
         group_lasso: bool = False,
     ) -> None:
         super().__init__()
-        in_channels = check_int("in_channels", in_channels, min=1)
-        out_channels = check_int("out_channels", out_channels, min=1)
-        kernel_size = check_pair("kernel_size", kernel_size, min=1)
-        stride = check_pair("stride", stride, min=1)
-        padding = check_pair("padding", padding, min=0)
-        dilation = check_pair("dilation", dilation, min=1)
+        in_channels, out_channels, kernel_size, stride, padding, dilation = check_conv_geometry(
+            in_channels, out_channels, kernel_size, stride, padding, dilation)
         groups = check_int("groups", groups, min=1)
         condense_factor = groups if condense_factor is None else condense_factor
         condense_factor = check_int("condense_factor", condense_factor, min=1)
