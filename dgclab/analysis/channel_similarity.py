@@ -61,7 +61,7 @@ from .dead_filters import (
     slice_conv_out,
     slice_linear_in,
 )
-from .sparsity import batch_inputs, device_and_dtype
+from .sparsity import batch_count, batch_inputs, device_and_dtype
 
 __all__ = ["channel_distance", "channel_similarity", "merge_similar"]
 
@@ -300,12 +300,7 @@ def _correlations(
 
         return hook
 
-    try:
-        total = len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        total = None
-    if max_batches is not None:
-        total = max_batches if total is None else min(total, max_batches)
+    total = batch_count(loader, max_batches)
 
     images = 0
     handles = []

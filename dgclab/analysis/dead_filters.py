@@ -281,7 +281,7 @@ def remove_dead_filters(
     )
     if example_input is not None:
         size = (1, *example_input.shape[1:])
-        x = example_input.to(_device(model))
+        x = example_input.to(model_device(model))
         report.max_logit_change = float(_max_logit_change(model, pruned, x))  # caches bias maps
         report.macs_before = count_macs(model, size)
         report.macs_after = count_macs(pruned, size)
@@ -546,7 +546,7 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
     for t in list(model.parameters()) + list(model.buffers()):
         return t.device
     return torch.device("cpu")

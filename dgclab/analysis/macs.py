@@ -49,6 +49,8 @@ from dgclab.layers.dgc import DGCConv2d
 from dgclab.modes import eval_mode
 from dgclab.record import paused
 
+from .sparsity import device_and_dtype
+
 __all__ = [
     "count_macs",
     "dgc_layer_macs",
@@ -309,7 +311,7 @@ def _probe(model: nn.Module, size: tuple, counted: dict[str, nn.Module], convent
 
     layers = [m for m in counted.values() if isinstance(m, GroupingConv)]
     saved = [(m, dict(vars(m))) for m in layers]  # last_selection and the like
-    device, dtype = _device_and_dtype(model)
+    device, dtype = device_and_dtype(model)
     x = torch.zeros(size, device=device, dtype=dtype)
     handles = []
     try:
@@ -377,13 +379,6 @@ def _is_inside(name: str, parent: str) -> bool:
     if parent == "":
         return name != ""
     return name.startswith(parent + ".")
-
-
-def _device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    return torch.device("cpu"), torch.get_default_dtype()
 
 
 def _is_int(value) -> bool:

@@ -14,6 +14,8 @@ import torch.nn as nn
 from dgclab.modes import eval_mode
 from dgclab.record import paused
 
+from .dead_filters import model_device
+
 __all__ = ["pruning_effect"]
 
 
@@ -35,7 +37,7 @@ def pruning_effect(
         "agreement"}``: the largest and mean ``|logits_pruned - logits|``, both accuracies, and
         the fraction of images whose predicted class is the same.
     """
-    device = _device(model)
+    device = model_device(model)
     images = correct = correct_pruned = same = 0
     max_change, sum_change, entries = 0.0, 0.0, 0
     with eval_mode(model, pruned), paused():
@@ -62,9 +64,3 @@ def pruning_effect(
         "accuracy_pruned": correct_pruned / images,
         "agreement": same / images,
     }
-
-
-def _device(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")

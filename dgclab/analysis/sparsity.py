@@ -337,12 +337,7 @@ def _activation_stats(
         return hook
 
     passes = 2 if selectivity else 1
-    try:
-        batches = len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        batches = None
-    if max_batches is not None:
-        batches = max_batches if batches is None else min(batches, max_batches)
+    batches = batch_count(loader, max_batches)
 
     handles = []
     with _measuring(model), paused(), tqdm(
@@ -462,6 +457,17 @@ def batch_inputs(batch) -> torch.Tensor:
         f"a batch must be a tensor or an (x, y, ...) tuple/list with a tensor first, got "
         f"{type(batch).__name__}"
     )
+
+
+def batch_count(loader, max_batches: int | None = None) -> int | None:
+    """Batches one pass over ``loader`` reads (at most ``max_batches``); None if it cannot say."""
+    try:
+        batches = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        batches = None
+    if max_batches is not None:
+        batches = max_batches if batches is None else min(batches, max_batches)
+    return batches
 
 
 def device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
