@@ -350,7 +350,5 @@ def to_grouped(model: nn.Module) -> nn.Module:
     for name in names:
         conv = grouped.get_submodule(name)
         param = _channel_mask(conv)
-        layer = SelfGroupedConv2d(conv, param.cluster, param.mask > 0)
-        parent_name, _, child = name.rpartition(".")
-        setattr(grouped.get_submodule(parent_name), child, layer)
+        grouped.set_submodule(name, SelfGroupedConv2d(conv, param.cluster, param.mask > 0))
     return grouped

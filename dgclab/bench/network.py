@@ -46,9 +46,7 @@ def twin(model: nn.Module, kind: str) -> nn.Module:
         conv = make_conv(kind, layer.in_channels, layer.out_channels, layer.kernel_size,
                          layer.stride, layer.padding, layer.dilation, **options)
         block = nn.Sequential(nn.BatchNorm2d(layer.in_channels), nn.ReLU(inplace=True), conv)
-        block.train(layer.training)
-        parent_name, _, attr = name.rpartition(".")
-        setattr(new.get_submodule(parent_name) if parent_name else new, attr, block)
+        new.set_submodule(name, block.train(layer.training))
     return new
 
 

@@ -117,9 +117,7 @@ def condense(model: nn.Module) -> nn.Module:
     new = copy.deepcopy(model)
     names = [name for name, m in new.named_modules() if isinstance(m, LearnedGroupConv2d)]
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = new.get_submodule(parent_name)
-        setattr(parent, child, CondensedConv2d.from_learned(getattr(parent, child)))
+        new.set_submodule(name, CondensedConv2d.from_learned(new.get_submodule(name)))
     return new
 
 
