@@ -7,9 +7,9 @@ anything that reads zip and ``.npy``:
   "version": 1, "num_samples": N, "layers": [{"name", "info", "saliencies",
   "activation_max"}, ...]}``; ``info`` holds the layer's kind and its keys
   (``check_layer_info``; files written before kinds existed have no ``kind``: DGC), pairs as
-  lists of two ints; the two booleans say which optional arrays the layer has; an optional ``"attrs"``
-  object of JSON scalars (``Recording.attrs``, e.g. the epoch a trainer recorded at). No other
-  key.
+  lists of two ints; the two booleans say which optional arrays the layer has; an optional
+  ``"attrs"`` object of JSON scalars (``Recording.attrs``, e.g. the epoch a trainer recorded
+  at). No other key.
 * ``labels``, ``ids``: int64 (N,).
 * ``selections_{i}``: uint8 (N, heads, ceil(C_in / 8)), layer i's selections bit-packed along
   the channel axis (``numpy.packbits``, big bit order, zero padding); for a static layer (a

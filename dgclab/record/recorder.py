@@ -53,7 +53,7 @@ from ..checks import check_bool, check_int, check_type
 from ..layers import GroupingConv, grouping_layers
 from .recording import Recording, int_vector
 
-__all__ = ["Recorder", "paused", "recorded_layers"]
+__all__ = ["Recorder", "paused"]
 
 # Column kinds per layer: bit-packed selections, float16 saliencies, float32 activation maxima.
 _SEL, _SAL, _ACT = "selections", "saliencies", "activation_max"
@@ -134,7 +134,7 @@ class Recorder(Recording):
         # Recording.__init__ is not called: the storage attributes it reads (_packed, _labels,
         # _ids, _saliencies, _activation_max) are properties over the growing arrays below.
         check_type("model", model, nn.Module)
-        if not recorded_layers(model):
+        if not grouping_layers(model):
             raise ValueError(
                 f"{type(model).__name__} has no grouping layer (DGCConv2d, GroupConv2d, ...) to "
                 f"record"
@@ -171,7 +171,7 @@ class Recorder(Recording):
     def __enter__(self) -> Recorder:
         if self._handles:
             raise RuntimeError("this Recorder is already recording; a with block cannot nest it")
-        self._layers = dict(recorded_layers(self.model))
+        self._layers = dict(grouping_layers(self.model))
         try:
             for name, layer in self._layers.items():
                 self._handles.append(layer.register_forward_hook(partial(self._record_layer, name)))
@@ -499,9 +499,3 @@ class _LayerColumns(Mapping):
 
     def __len__(self) -> int:
         return len(self._names)
-
-
-def recorded_layers(model: nn.Module) -> list[tuple[str, GroupingConv]]:
-    """The layers a Recorder records: every grouping layer (dynamic ones per sample, static
-    ones once), in named_modules order."""
-    return grouping_layers(model)
