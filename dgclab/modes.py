@@ -1,4 +1,5 @@
-"""Run models in eval mode for a block, and give every submodule its own mode back afterwards.
+"""Run models in eval mode for a block, and give every submodule its own mode back afterwards;
+keep what the grouping layers' last forward left (``last_forward_kept``) across a probe.
 
 Measuring a model (recording its selections, probing its BN-ReLU pairs, attributing a
 prediction) needs eval mode: BatchNorm with its running statistics, dropout off. The caller's
@@ -16,8 +17,9 @@ from contextlib import contextmanager
 import torch.nn as nn
 
 from .checks import check_type
+from .layers import grouping_layers
 
-__all__ = ["eval_mode"]
+__all__ = ["eval_mode", "last_forward_kept"]
 
 
 @contextmanager
@@ -59,3 +61,22 @@ def eval_mode(*models: nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes.items():
             module.training = training
+
+
+@contextmanager
+def last_forward_kept(model: nn.Module) -> Iterator[None]:
+    """The ``last_*`` attributes of every grouping layer of ``model`` restored on exit.
+
+    A probe forward (``count_macs``, ``filter_sparsity``) runs the model on inputs of its own;
+    the layers' ``last_selection``, ``last_saliency``, ``last_lasso`` (whatever ``last_*`` a
+    layer keeps) must still describe the caller's last forward afterwards, also when the block
+    raises. Attributes the block adds are removed (set to None) again.
+    """
+    saved = [(layer, {k: v for k, v in vars(layer).items() if k.startswith("last_")})
+             for _, layer in grouping_layers(check_type("model", model, nn.Module))]
+    try:
+        yield
+    finally:
+        for layer, attributes in saved:
+            for key in [k for k in vars(layer) if k.startswith("last_")]:
+                setattr(layer, key, attributes.get(key))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import torch.nn as nn
 
 from dgclab.modes import eval_mode
@@ -72,3 +73,19 @@ def test_a_non_module_is_a_type_error_naming_it_and_changes_nothing(bad):
         with eval_mode(model, bad):
             pass  # pragma: no cover
     assert modes(model) == before
+
+
+def test_last_forward_kept_restores_every_grouping_layers_last_attributes():
+    from dgclab.layers import DGCConv2d
+    from dgclab.modes import last_forward_kept
+
+    model = nn.Sequential(DGCConv2d(8, 8, 3, padding=1, heads=2))
+    model(torch.randn(2, 8, 4, 4))
+    before = model[0].last_selection
+    with pytest.raises(RuntimeError):
+        with last_forward_kept(model):
+            model(torch.randn(5, 8, 4, 4))
+            assert model[0].last_selection.shape[0] == 5
+            model[0].last_extra = 1
+            raise RuntimeError
+    assert model[0].last_selection is before and model[0].last_extra is None

@@ -46,7 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from dgclab.checks import check_choice
 from dgclab.layers import CONVENTIONS, GroupingConv, conv_channel_macs, conv_kind, conv_output_hw
 from dgclab.layers.dgc import DGCConv2d
-from dgclab.modes import eval_mode
+from dgclab.modes import eval_mode, last_forward_kept
 from dgclab.record import paused
 
 from .sparsity import device_and_dtype
@@ -309,21 +309,17 @@ def _probe(model: nn.Module, size: tuple, counted: dict[str, nn.Module], convent
 
         return hook
 
-    layers = [m for m in counted.values() if isinstance(m, GroupingConv)]
-    saved = [(m, dict(vars(m))) for m in layers]  # last_selection and the like
     device, dtype = device_and_dtype(model)
     x = torch.zeros(size, device=device, dtype=dtype)
     handles = []
     try:
         handles = [m.register_forward_hook(make_hook(n)) for n, m in counted.items()]
-        with eval_mode(model), torch.no_grad(), paused(), FlopCounterMode(display=False) as fc:
+        with eval_mode(model), last_forward_kept(model), torch.no_grad(), paused(), \
+                FlopCounterMode(display=False) as fc:
             model(x)
     finally:
         for handle in handles:
             handle.remove()
-        for layer, attributes in saved:  # what the probe forward set, put back
-            for key in [k for k in vars(layer) if k.startswith("last_")]:
-                setattr(layer, key, attributes.get(key))
     flops = {k: sum(v.values()) for k, v in fc.get_flop_counts().items()}
     return calls, hook_macs, terms, flops
 

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from dgclab.checks import check_float, check_int, check_type
 from dgclab.layers.dgc import DGCConv2d
-from dgclab.modes import eval_mode
+from dgclab.modes import eval_mode, last_forward_kept
 from dgclab.record import paused
 
 __all__ = ["bn_relu_pairs", "dead_by_gamma", "filter_sparsity"]
@@ -396,18 +396,9 @@ def _activation_stats(
 
 @contextmanager
 def _measuring(model: nn.Module) -> Iterator[None]:
-    """Context: eval mode, then every module's mode and DGC layers' ``last_*`` restored."""
-    dgc = {
-        m: (m.last_lasso, m.last_saliency, m.last_selection)
-        for m in model.modules()
-        if isinstance(m, DGCConv2d)
-    }
-    try:
-        with eval_mode(model):
-            yield
-    finally:
-        for m, (lasso, saliency, selection) in dgc.items():
-            m.last_lasso, m.last_saliency, m.last_selection = lasso, saliency, selection
+    """Context: eval mode, then every module's mode and grouping layers' ``last_*`` restored."""
+    with eval_mode(model), last_forward_kept(model):
+        yield
 
 
 def _heuristic_pairs(model: nn.Module) -> list[tuple[str, str]]:
