@@ -1,14 +1,17 @@
 """The fused CPU inference kernel of the gather execution (``csrc/dgc_cpu.cpp``).
 
-In CPU inference (no autograd, float32) ``DGCConv2d`` in the gather execution runs two C++ ops
+In CPU inference (no autograd, float32) ``DGCConv2d`` in the gather execution runs one C++ op
 instead of its PyTorch formulation:
 
-* ``torch.ops.dgclab.bn_relu_pool``: the saliency generators' input, the mean over H x W of the
-  layer's eval-mode BN-ReLU, in one read of the input (the normalised activations are never
-  written out);
-* ``torch.ops.dgclab.gather_conv2d``: per image and head, the kept channels (through the BN-ReLU)
-  and the gated filter columns go into one image-head's buffers, one sgemm writes the output at
-  its interleaved channels. No gather, grouped conv or shuffle of the batch's size.
+* ``torch.ops.dgclab.dgc_forward``: the whole layer in one call: the eval-mode BN-ReLU (folded
+  to ``relu(x * scale + shift)``; the normalised activations are never written out), the pool,
+  every head's saliency MLP, the selection, and per image and head one sgemm over the kept
+  channels only, written at its interleaved output channels. A DGC network at batch 1 spends
+  most of its time dispatching small ops (README, "Speed"); this makes it one dispatch a layer.
+  It returns the output, the saliencies and the selection, which the layer keeps as
+  ``last_saliency`` and ``last_selection`` as every execution does.
+* ``torch.ops.dgclab.gather_conv2d``: the conv part alone, with the channels and gates given,
+  behind the functional ``dgc_gather_conv``.
 
 The kernel is compiled on first use with ``torch.utils.cpp_extension.load`` (a C++ compiler with
 OpenMP, and ninja, a dependency of dgclab; 10-20 s once), into a folder per torch version under

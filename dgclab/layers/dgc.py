@@ -424,14 +424,10 @@ class DGCConv2d(GroupingConv, nn.Module):
         self._check_input(x)
         k = self.inactive_channels
         execution = self.resolved_execution(k)
-        if execution == "gather" and self._fuse_norm(x):
-            # CPU inference: the kernel applies the BN-ReLU itself, channel by channel.
-            norm = self._folded_norm()
-            pooled = torch.ops.dgclab.bn_relu_pool(x, *norm)
-        else:
-            norm = None
-            x = self.relu(self.norm(x))
-            pooled = x.mean(dim=(2, 3))
+        if execution == "gather" and cpu_kernel.applies(x):
+            return self._kernel_forward(x, k)
+        x = self.relu(self.norm(x))
+        pooled = x.mean(dim=(2, 3))
         g = self.saliency(pooled)  # (B, heads, C)
         # before pruning, as the official code; an empty batch adds 0 (still in the graph)
         self.last_lasso = g.mean(dim=(0, 2)).sum() if len(g) else g.sum()
@@ -455,9 +451,26 @@ class DGCConv2d(GroupingConv, nn.Module):
             # the gather gives the same NaNs instead of skipping them.
             b, c = g.shape[0], self.in_channels
             keep_idx = torch.arange(c, device=g.device).expand(b, self.heads, c)
-        return dgc_gather_conv(
-            x, gate, keep_idx, weight, self.stride, self.padding, self.dilation, norm=norm
+        return dgc_gather_conv(x, gate, keep_idx, weight, self.stride, self.padding, self.dilation)
+
+    def _kernel_forward(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """CPU float32 inference: the whole layer in one call of the fused kernel
+        (``cpu_kernel.py``), the BN-ReLU included where it is an affine map nobody observes."""
+        norm = self.norm
+        if self._fuse_norm():
+            stats = (norm.running_mean, norm.running_var, norm.weight, norm.bias, norm.eps)
+        else:
+            x = self.relu(norm(x))
+            stats = (None, None, None, None, 0.0)
+        heads = self.heads_list
+        y, g, keep, self.last_lasso = torch.ops.dgclab.dgc_forward(
+            x, *stats, [h.fc1.weight for h in heads], [h.fc2.weight for h in heads],
+            [h.fc2.bias for h in heads], [h.conv.weight for h in heads], k,
+            self.stride, self.padding, self.dilation,
         )
+        self.last_saliency = g
+        self.last_selection = keep
+        return y
 
     def _check_input(self, x: torch.Tensor) -> None:
         """Refuse an input every execution would fail on differently, or deep inside torch."""
@@ -487,8 +500,8 @@ class DGCConv2d(GroupingConv, nn.Module):
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}"
             )
 
-    def _fuse_norm(self, x: torch.Tensor) -> bool:
-        """Whether this forward may leave the BN-ReLU to the fused CPU kernel.
+    def _fuse_norm(self) -> bool:
+        """Whether the fused kernel may apply the BN-ReLU itself.
 
         Only where the BN is an affine map (eval mode, running statistics) and nothing observes
         ``norm`` or ``relu`` (hooks on them, e.g. the filter-sparsity analysis, see their
@@ -503,20 +516,4 @@ class DGCConv2d(GroupingConv, nn.Module):
             or nn.modules.module._global_forward_hooks
             or nn.modules.module._global_forward_pre_hooks
         )
-        return (
-            not norm.training
-            and norm.running_mean is not None
-            and not observed
-            and cpu_kernel.applies(x)
-        )
-
-    def _folded_norm(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The eval-mode BN as ``x * scale + shift`` per channel."""
-        norm = self.norm
-        scale = torch.rsqrt(norm.running_var + norm.eps)
-        if norm.weight is not None:
-            scale = scale * norm.weight
-        shift = -norm.running_mean * scale
-        if norm.bias is not None:
-            shift = shift + norm.bias
-        return scale, shift
+        return not norm.training and norm.running_mean is not None and not observed

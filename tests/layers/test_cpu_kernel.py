@@ -131,26 +131,39 @@ def test_functional_gather_conv_uses_kernel(kernel):
     torch.testing.assert_close(other, ref, rtol=1e-4, atol=1e-5)
 
 
-def test_bn_relu_pool_matches_batch_norm(kernel):
+def test_fused_layer_returns_the_reference_saliencies(kernel):
+    """The kernel's BN-ReLU-pool and saliency MLP against the PyTorch ones (non-trivial BN
+    statistics, several images): the saliencies to float precision, the selection exactly."""
     layer = make_layer(24, 24, 3, padding=1, k=12).eval()
     x = torch.randn(5, 24, 7, 9)
-    scale, shift = layer._folded_norm()
     with torch.no_grad():
-        ref = F.relu(layer.norm(x)).mean(dim=(2, 3))
-        got = kernel.bn_relu_pool(x, scale, shift)
-    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+        ref = layer.saliency(F.relu(layer.norm(x)).mean(dim=(2, 3)))
+        layer(x)
+    torch.testing.assert_close(layer.last_saliency, ref, rtol=1e-5, atol=1e-6)
+    assert torch.equal(layer.last_selection, select_top_channels(ref, 12)[0])
+    assert layer.last_selection.dtype == torch.bool and layer.last_saliency.shape == (5, 4, 24)
 
 
-def test_bn_relu_pool_keeps_nan_and_inf(kernel):
-    layer = make_layer(8, 8, 1).eval()
-    x = torch.randn(2, 8, 3, 5)
-    x[0, 1, 1, 1], x[1, 2, 0, 4], x[1, 3, 2, 2] = float("nan"), float("inf"), float("-inf")
-    scale, shift = layer._folded_norm()
+def test_fused_layer_empty_batch(kernel):
+    layer = make_layer(16, 16, 3, padding=1, k=8).eval()
     with torch.no_grad():
-        ref = F.relu(layer.norm(x)).mean(dim=(2, 3))
-        got = kernel.bn_relu_pool(x, scale, shift)
-    assert got[0, 1].isnan() and got[1, 2] == float("inf")
-    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6, equal_nan=True)
+        out = layer(torch.randn(0, 16, 6, 6))
+    assert out.shape == (0, 16, 6, 6) and layer.last_selection.shape == (0, 4, 16)
+    assert layer.last_lasso.item() == 0
+
+
+def test_kernel_without_its_bn_matches(kernel):
+    """Where the BN is not an affine map (train mode under no_grad: batch statistics) or is
+    observed, PyTorch applies the BN-ReLU and the kernel takes the normalised input."""
+    layer = make_layer(16, 16, 3, padding=1, k=10, squeeze_rate=2)
+    x = torch.randn(4, 16, 6, 6)
+    outs = []
+    for use_kernel in (True, False):
+        layer.train()
+        with torch.no_grad(), cpu_kernel.use(use_kernel):
+            outs.append((layer(x), layer.last_selection))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-4, atol=1e-5)
+    assert torch.equal(outs[0][1], outs[1][1])
 
 
 def test_kernel_gates_the_input_not_the_padding(kernel):
@@ -169,38 +182,60 @@ def test_kernel_gates_the_input_not_the_padding(kernel):
 
 
 def test_when_the_layer_takes_the_kernel(kernel, monkeypatch):
-    """Only CPU float32 inference with an eval-mode BN and nobody watching norm/relu."""
-    calls = []
-    original = DGCConv2d._folded_norm
-    monkeypatch.setattr(DGCConv2d, "_folded_norm", lambda self: calls.append(1) or original(self))
+    """CPU float32 inference takes the kernel; it applies the BN-ReLU itself only where the BN
+    is an affine map (eval mode, running statistics) and nobody watches norm or relu."""
+    taken, fused_norm = [], []
+    kernel_forward, fuse_norm = DGCConv2d._kernel_forward, DGCConv2d._fuse_norm
+    monkeypatch.setattr(DGCConv2d, "_kernel_forward",
+                        lambda self, x, k: taken.append(1) or kernel_forward(self, x, k))
+    monkeypatch.setattr(DGCConv2d, "_fuse_norm",
+                        lambda self: fused_norm.append(fuse_norm(self)) or fused_norm[-1])
     layer = make_layer(16, 16, 3, padding=1, k=12, squeeze_rate=2).eval()
     x = torch.randn(2, 16, 6, 6)
 
-    def fused(**context) -> bool:
-        calls.clear()
+    def forward(**context) -> tuple[bool, bool]:
+        """(kernel taken, BN-ReLU fused)"""
+        taken.clear(), fused_norm.clear()
         layer(x.to(context.get("dtype", torch.float32)))
-        return bool(calls)
+        return bool(taken), bool(fused_norm and fused_norm[-1])
 
     with torch.no_grad():
-        assert fused()
+        assert forward() == (True, True)
         layer.execution = "mask"
-        assert not fused()
+        assert forward() == (False, False)
         layer.execution = "gather"
         with cpu_kernel.use(False):
-            assert not fused()
+            assert forward() == (False, False)
         layer.train()  # batch statistics: the BN is not an affine map
-        assert not fused()
+        assert forward() == (True, False)
         layer.eval()
         seen = []
         handle = layer.relu.register_forward_hook(lambda m, i, o: seen.append(o.shape))
-        assert not fused() and seen  # the hook saw the ReLU's output
+        assert forward() == (True, False) and seen  # the hook saw the ReLU's output
         handle.remove()
         layer.double()
-        assert not fused(dtype=torch.float64)
+        assert forward(dtype=torch.float64) == (False, False)
         layer.float()
-    assert not fused()  # autograd
+    assert forward() == (False, False)  # autograd
     with torch.inference_mode():
-        assert fused()
+        assert forward() == (True, True)
+
+
+def test_fused_op_rejects_bad_arguments(kernel):
+    layer = make_layer(8, 8, 3, padding=1, heads=2, k=4)
+    heads = layer.heads_list
+    lists = ([h.fc1.weight for h in heads], [h.fc2.weight for h in heads],
+             [h.fc2.bias for h in heads], [h.conv.weight for h in heads])
+    x = torch.randn(1, 8, 5, 5)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match=r"k=8 outside \[0, 8\)"):
+            kernel.dgc_forward(x, None, None, None, None, 0.0, *lists, 8, [1, 1], [1, 1], [1, 1])
+        with pytest.raises(RuntimeError, match="for every head"):
+            kernel.dgc_forward(x, None, None, None, None, 0.0, lists[0][:1], *lists[1:], 4,
+                               [1, 1], [1, 1], [1, 1])
+        with pytest.raises(RuntimeError, match="do not match C=6"):
+            kernel.dgc_forward(x[:, :6], None, None, None, None, 0.0, *lists, 4,
+                               [1, 1], [1, 1], [1, 1])
 
 
 def test_kernel_rejects_bad_indices(kernel):

@@ -1,15 +1,18 @@
 // Fused CPU inference kernels for DGCConv2d's gather execution (dgclab/layers/dgc.py).
 //
-// gather_conv2d: per image and head, copy the kept input channels (optionally through the
-// layer's eval-mode BN-ReLU, folded to relu(x * scale + shift)) times their saliency gate into
-// a small zero-padded buffer, lay them out as GEMM columns, gather the matching filter columns,
-// and run one sgemm whose rows land at the interleaved output channels (head i, channel j ->
-// j * heads + i). Every buffer holds one image-head's worth, per thread, so nothing of the
-// batch's size is gathered, copied or shuffled; images-heads run in parallel on ATen's
-// OpenMP threads.
+// dgc_forward: the whole layer in one call, so that a small layer at batch 1 pays one dispatch
+// instead of some forty: the eval-mode BN-ReLU folded to relu(x * scale + shift), the global
+// pool, every head's saliency MLP, the head-wise top-k selection, and per image and head the
+// conv over the kept channels only (their number may differ between image-heads: ties drop
+// together). Per image and head the kept channels, normalised and times their saliency gate,
+// go into a small zero-padded buffer, are laid out as GEMM columns beside the matching filter
+// taps, and one sgemm writes the output rows at their interleaved channels (head i, channel
+// j -> j * heads + i). Every buffer holds one image-head's worth, per thread, so nothing of the
+// batch's size is gathered, copied or shuffled; image-heads run in parallel on ATen's OpenMP
+// threads.
 //
-// bn_relu_pool: the saliency generators' input, mean over H x W of relu(x * scale + shift), in
-// one read of x (the normalised activations are never written out).
+// gather_conv2d: the conv part alone, for dgc_gather_conv (dgc_gather.py): the channels and
+// gates given by the caller.
 //
 // NaN and Inf give the numbers of dgc.py's mask execution, the reference: relu keeps NaN, as
 // torch.relu does (v < 0 ? 0 : v, never v > 0 ? v : 0), and the gate multiplies the input
@@ -25,6 +28,9 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
+#include <limits>
+#include <tuple>
 #include <optional>
 #include <vector>
 
@@ -42,10 +48,10 @@ void check_float_cpu(const at::Tensor& t, const char* name) {
               " must be a float32 CPU tensor, got ", t.scalar_type(), " on ", t.device());
 }
 
-// The element-wise loops below are compiled for AVX2 as well as the baseline ISA on x86-64 and
-// picked at load time (gcc function multiversioning), so the build stays portable.
+// The element-wise loops below are compiled for AVX-512 and AVX2 as well as the baseline ISA on
+// x86-64 and picked at load time (gcc function multiversioning), so the build stays portable.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define DGCLAB_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#define DGCLAB_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define DGCLAB_VECTOR_CLONES
 #endif
@@ -91,26 +97,119 @@ void gate_block(const float* __restrict src, int64_t src_stride, float* __restri
   }
 }
 
-at::Tensor bn_relu_pool(const at::Tensor& x_in, const at::Tensor& scale_in,
-                        const at::Tensor& shift_in) {
-  check_float_cpu(x_in, "x");
-  TORCH_CHECK(x_in.dim() == 4, "bn_relu_pool: x must be (B, C, H, W)");
-  const at::Tensor x = x_in.contiguous();
-  const at::Tensor scale = scale_in.to(at::kFloat).contiguous();
-  const at::Tensor shift = shift_in.to(at::kFloat).contiguous();
-  const int64_t b = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
-  TORCH_CHECK(scale.numel() == c && shift.numel() == c, "bn_relu_pool: scale/shift size");
-  at::Tensor pooled = at::empty({b, c}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const float* sp = scale.data_ptr<float>();
-  const float* tp = shift.data_ptr<float>();
-  float* pp = pooled.data_ptr<float>();
-  at::parallel_for(0, b * c, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t plane = begin; plane < end; ++plane) {
-      pp[plane] = static_cast<float>(bn_relu_sum(xp + plane * hw, hw, sp[plane % c], tp[plane % c]) / hw);
+// The geometry of one conv: input planes, padding, kernel, output grid.
+struct Geometry {
+  int64_t c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, hp, wp, ho, wo, taps, n_out, plane;
+  bool direct;  // 1x1, stride 1, no padding: the kept planes are the GEMM's columns as they are
+
+  Geometry(const at::Tensor& x, int64_t kh_, int64_t kw_, at::IntArrayRef stride,
+           at::IntArrayRef padding, at::IntArrayRef dilation)
+      : c(x.size(1)), h(x.size(2)), w(x.size(3)), kh(kh_), kw(kw_) {
+    TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+                "dgclab CPU kernel: stride, padding and dilation must be pairs");
+    sh = stride[0], sw = stride[1], ph = padding[0], pw = padding[1];
+    dh = dilation[0], dw = dilation[1];
+    TORCH_CHECK(sh > 0 && sw > 0 && dh > 0 && dw > 0 && ph >= 0 && pw >= 0,
+                "dgclab CPU kernel: bad stride, padding or dilation");
+    hp = h + 2 * ph, wp = w + 2 * pw;
+    ho = (hp - dh * (kh - 1) - 1) / sh + 1, wo = (wp - dw * (kw - 1) - 1) / sw + 1;
+    TORCH_CHECK(ho > 0 && wo > 0, "dgclab CPU kernel: the kernel is larger than the padded input");
+    taps = kh * kw, n_out = ho * wo, plane = hp * wp;
+    direct = taps == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0;
+    TORCH_CHECK(n_out * 64 <= INT_MAX && c * taps <= INT_MAX && plane <= INT_MAX,
+                "dgclab CPU kernel: too large for BLAS's int dimensions");
+  }
+};
+
+// One thread's buffers for one image-head, kept from call to call (grown when needed).
+struct Scratch {
+  std::vector<float> padded, col, wk, hidden;
+  std::vector<int64_t> channels;
+  std::vector<float> gates, order;
+};
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
+float* sized(std::vector<float>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(n);
+  return v.data();
+}
+
+// Zero the border of one zero-padded plane (its interior is written by gate_block).
+void zero_border(float* slot, const Geometry& g) {
+  if (g.ph == 0 && g.pw == 0) return;
+  std::fill(slot, slot + g.ph * g.wp, 0.f);
+  std::fill(slot + (g.ph + g.h) * g.wp, slot + g.plane, 0.f);
+  for (int64_t r = g.ph; r < g.ph + g.h; ++r) {
+    std::fill(slot + r * g.wp, slot + r * g.wp + g.pw, 0.f);
+    std::fill(slot + r * g.wp + g.pw + g.w, slot + (r + 1) * g.wp, 0.f);
+  }
+}
+
+// One image-head: convolve `count` input channels of image x_img (C planes of h x w), listed
+// in `sel` with their gates, by the head's filters wh (co_h, C, kh, kw; the layout of
+// nn.Conv2d's weight), optionally through the folded BN-ReLU (scale, shift per channel), into
+// co_h output planes `ldc` floats apart. The gate multiplies the input before the zero padding
+// is added, as in the official formulation.
+void conv_image_head(const Geometry& g, const float* x_img, const int64_t* sel,
+                     const float* gates, int64_t count, const float* scale, const float* shift,
+                     const float* wh, int64_t co_h, float* out, int64_t ldc) {
+  if (count == 0) {  // every channel dropped (saliency ties): the head's output is 0
+    for (int64_t o = 0; o < co_h; ++o) std::fill(out + o * ldc, out + o * ldc + g.n_out, 0.f);
+    return;
+  }
+  Scratch& s = scratch();
+  const int64_t depth = count * g.taps;
+  float* padded = sized(s.padded, count * g.plane);
+  const bool normalise = scale != nullptr;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t ch = sel[i];
+    float* slot = padded + i * g.plane;
+    zero_border(slot, g);
+    const bool one_row = g.wp == g.w;  // no side padding: the plane is one long row
+    gate_block(x_img + ch * g.h * g.w, g.w, slot + g.ph * g.wp + g.pw, g.wp,
+               one_row ? 1 : g.h, one_row ? g.h * g.w : g.w, normalise,
+               normalise ? scale[ch] : 1.f, normalise ? shift[ch] : 0.f, gates[i]);
+  }
+  const float* a_mat = padded;
+  if (!g.direct) {  // im2col: row (i, tap) holds the tap's window over the output grid
+    float* col = sized(s.col, depth * g.n_out);
+    for (int64_t i = 0; i < count; ++i) {
+      const float* src = padded + i * g.plane;
+      for (int64_t ky = 0; ky < g.kh; ++ky) {
+        for (int64_t kx = 0; kx < g.kw; ++kx) {
+          float* dst = col + (i * g.taps + ky * g.kw + kx) * g.n_out;
+          const float* window = src + ky * g.dh * g.wp + kx * g.dw;
+          if (g.sw == 1) {
+            copy_block(window, g.sh * g.wp, dst, g.wo, g.ho, g.wo);
+          } else {
+            for (int64_t oy = 0; oy < g.ho; ++oy)
+              for (int64_t ox = 0; ox < g.wo; ++ox)
+                dst[oy * g.wo + ox] = window[oy * g.sh * g.wp + ox * g.sw];
+          }
+        }
+      }
     }
-  });
-  return pooled;
+    a_mat = col;
+  }
+  // wk (co_h x depth, row-major): the kept channels' taps of every filter of the head.
+  float* wk = sized(s.wk, co_h * depth);
+  for (int64_t o = 0; o < co_h; ++o) {
+    const float* filter = wh + o * g.c * g.taps;
+    float* row = wk + o * depth;
+    for (int64_t i = 0; i < count; ++i)
+      std::copy(filter + sel[i] * g.taps, filter + (sel[i] + 1) * g.taps, row + i * g.taps);
+  }
+  // Row-major out (co_h x n_out) = wk (co_h x depth) * A (depth x n_out), rows `ldc` apart. In
+  // BLAS's column-major terms: out^T (n_out x co_h) = A^T (n_out x depth) * wk^T (depth x co_h),
+  // and a row-major matrix is its transpose column-major, so neither operand is transposed.
+  const int m_ = static_cast<int>(g.n_out), n_ = static_cast<int>(co_h),
+            k_ = static_cast<int>(depth), lda = static_cast<int>(g.direct ? g.plane : g.n_out),
+            ldb = static_cast<int>(depth), ldc_ = static_cast<int>(ldc);
+  const float one = 1.f, zero = 0.f;
+  sgemm_("N", "N", &m_, &n_, &k_, &one, a_mat, &lda, wk, &ldb, &zero, out, &ldc_);
 }
 
 at::Tensor gather_conv2d(const at::Tensor& x_in, const std::optional<at::Tensor>& scale_in,
@@ -130,117 +229,194 @@ at::Tensor gather_conv2d(const at::Tensor& x_in, const std::optional<at::Tensor>
   const at::Tensor x = x_in.contiguous();
   const at::Tensor gate = gate_in.to(at::kFloat).contiguous();
   const at::Tensor idx = idx_in.to(at::kLong).contiguous();
-  const at::Tensor& weight = weight_in;
-  const int64_t b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
-  const int64_t heads = weight.size(0), co_h = weight.size(1), kh = weight.size(3),
-                kw = weight.size(4), keep = idx.size(2);
+  const at::Tensor weight = weight_in.to(at::kFloat).contiguous();
+  const int64_t b = x.size(0), c = x.size(1);
+  const int64_t heads = weight.size(0), co_h = weight.size(1), keep = idx.size(2);
   TORCH_CHECK(weight.size(2) == c && idx.size(0) == b && idx.size(1) == heads &&
                   gate.sizes() == idx.sizes(),
               "gather_conv2d: shapes do not match: x ", x.sizes(), ", gate ", gate.sizes(),
               ", keep_idx ", idx.sizes(), ", weight ", weight.sizes());
-  // Filter bank as (head, input channel, tap, output): a kept channel's filter columns are one
-  // contiguous block of taps x co_h floats.
-  const at::Tensor w_rows = weight.to(at::kFloat)
-                                .reshape({heads, co_h, c, kh * kw})
-                                .permute({0, 2, 3, 1})
-                                .contiguous();
+  const Geometry g(x, weight.size(3), weight.size(4), stride, padding, dilation);
   at::Tensor scale, shift;
   if (normalise) {
     scale = scale_in->to(at::kFloat).contiguous();
     shift = shift_in->to(at::kFloat).contiguous();
     TORCH_CHECK(scale.numel() == c && shift.numel() == c, "gather_conv2d: scale/shift size");
   }
-  const int64_t sh = stride[0], sw = stride[1], ph = padding[0], pw = padding[1],
-                dh = dilation[0], dw = dilation[1];
-  TORCH_CHECK(sh > 0 && sw > 0 && dh > 0 && dw > 0 && ph >= 0 && pw >= 0,
-              "gather_conv2d: bad stride, padding or dilation");
-  const int64_t hp = h + 2 * ph, wp = w + 2 * pw;
-  const int64_t ho = (hp - dh * (kh - 1) - 1) / sh + 1, wo = (wp - dw * (kw - 1) - 1) / sw + 1;
-  TORCH_CHECK(ho > 0 && wo > 0, "gather_conv2d: the kernel is larger than the padded input");
-  const int64_t taps = kh * kw, n_out = ho * wo, depth = keep * taps, plane = hp * wp;
-  TORCH_CHECK(heads * n_out <= INT_MAX && depth <= INT_MAX && plane <= INT_MAX,
-              "gather_conv2d: too large for BLAS's int dimensions");
   const int64_t* ip = idx.data_ptr<int64_t>();
   for (int64_t i = 0; i < idx.numel(); ++i)
     TORCH_CHECK(ip[i] >= 0 && ip[i] < c, "gather_conv2d: channel index ", ip[i],
                 " out of range [0, ", c, ")");
 
-  // 1x1, stride 1, no padding: the kept planes are the GEMM's columns as they are.
-  const bool direct = taps == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0;
-
-  at::Tensor y = at::empty({b, co_h * heads, ho, wo}, x.options());
+  at::Tensor y = at::empty({b, co_h * heads, g.ho, g.wo}, x.options());
   const float* xp = x.data_ptr<float>();
   const float* gp = gate.data_ptr<float>();
-  const float* wpp = w_rows.data_ptr<float>();
+  const float* wp = weight.data_ptr<float>();
   const float* sp = normalise ? scale.data_ptr<float>() : nullptr;
   const float* tp = normalise ? shift.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-
   at::parallel_for(0, b * heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> padded(keep * plane, 0.f);  // the borders stay 0
-    std::vector<float> col(direct ? 0 : depth * n_out), wk(co_h * depth);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t n = bh / heads, head = bh % heads;
-      const int64_t* sel = ip + bh * keep;
-      const float* g = gp + bh * keep;
-      for (int64_t i = 0; i < keep; ++i) {
-        const int64_t ch = sel[i];
-        const float* src = xp + (n * c + ch) * h * w;
-        float* dst = padded.data() + i * plane + ph * wp + pw;
-        const bool one_row = wp == w;  // no side padding: the plane is one long row
-        gate_block(src, w, dst, wp, one_row ? 1 : h, one_row ? h * w : w, normalise,
-                   normalise ? sp[ch] : 1.f, normalise ? tp[ch] : 0.f, g[i]);
-      }
-      const float* a_mat = padded.data();
-      if (!direct) {  // im2col: row (i, tap) holds the tap's window over the output grid
-        for (int64_t i = 0; i < keep; ++i) {
-          const float* src = padded.data() + i * plane;
-          for (int64_t ky = 0; ky < kh; ++ky) {
-            for (int64_t kx = 0; kx < kw; ++kx) {
-              float* dst = col.data() + (i * taps + ky * kw + kx) * n_out;
-              const float* window = src + ky * dh * wp + kx * dw;
-              if (sw == 1) {
-                copy_block(window, sh * wp, dst, wo, ho, wo);
-              } else {
-                for (int64_t oy = 0; oy < ho; ++oy)
-                  for (int64_t ox = 0; ox < wo; ++ox)
-                    dst[oy * wo + ox] = window[oy * sh * wp + ox * sw];
-              }
-            }
-          }
-        }
-        a_mat = col.data();
-      }
-      // wk (depth x co_h): the kept filter columns (the gate is in the input already).
-      const float* wh = wpp + head * c * taps * co_h;
-      for (int64_t i = 0; i < keep; ++i) {
-        const float* column = wh + sel[i] * taps * co_h;
-        std::copy(column, column + taps * co_h, wk.data() + i * taps * co_h);
-      }
-      // Row-major out (co_h x n_out) = wk^T (co_h x depth) * A (depth x n_out), written at
-      // output channels j * heads + head (row stride heads * n_out). In BLAS's column-major
-      // terms: out^T (n_out x co_h) = A^T (n_out x depth) * wk (depth x co_h), wk transposed.
-      const int m_ = static_cast<int>(n_out), n_ = static_cast<int>(co_h),
-                k_ = static_cast<int>(depth), lda = static_cast<int>(direct ? plane : n_out),
-                ldb = static_cast<int>(co_h), ldc = static_cast<int>(heads * n_out);
-      const float one = 1.f, zero = 0.f;
-      sgemm_("N", "T", &m_, &n_, &k_, &one, a_mat, &lda, wk.data(), &ldb, &zero,
-             yp + (n * co_h * heads + head) * n_out, &ldc);
+      // head i's output channel j is channel j * heads + i: rows heads * n_out apart
+      conv_image_head(g, xp + n * c * g.h * g.w, ip + bh * keep, gp + bh * keep, keep, sp, tp,
+                      wp + head * co_h * c * g.taps, co_h, yp + (n * co_h * heads + head) * g.n_out,
+                      heads * g.n_out);
     }
   });
   return y;
 }
 
+// The k-th smallest of row[0..n) (k >= 1), NaN sorting above every number as in torch's
+// kthvalue; NaN when the k-th smallest is a NaN. `work` is scratch of n floats.
+float kth_smallest(const float* row, int64_t n, int64_t k, float* work) {
+  float* end = std::copy(row, row + n, work);
+  float* numbers = std::partition(work, end, [](float v) { return !std::isnan(v); });
+  if (k > numbers - work) return std::numeric_limits<float>::quiet_NaN();
+  std::nth_element(work, work + k - 1, numbers);
+  return work[k - 1];
+}
+
+// The whole DGC layer in inference (dgc.py, DGCConv2d.forward), one call per layer:
+// (folded eval BN-ReLU,) global average pool, every head's saliency MLP
+// g = relu(fc2(relu(fc1(pool)))), the head-wise selection (drop everything <= the k-th
+// smallest saliency, ties together), and the gathered conv over the kept channels only, with
+// its output interleaved. An image whose pooled input, or an image-head whose saliencies, hold
+// a NaN or Inf reads every channel with its gate g * keep (0 * Inf is NaN in the reference),
+// so that the numbers are the mask execution's. Returns (y, saliency, keep, lasso), lasso the
+// paper's term: the sum over heads of the mean saliency (0 for an empty batch).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dgc_forward(
+    const at::Tensor& x_in, const std::optional<at::Tensor>& running_mean,
+    const std::optional<at::Tensor>& running_var, const std::optional<at::Tensor>& bn_weight,
+    const std::optional<at::Tensor>& bn_bias, double eps, at::TensorList fc1,
+    at::TensorList fc2, at::TensorList fc2_bias, at::TensorList conv, int64_t k,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_float_cpu(x_in, "x");
+  TORCH_CHECK(x_in.dim() == 4, "dgc_forward: x must be (B, C, H, W), got ", x_in.sizes());
+  const int64_t heads = static_cast<int64_t>(conv.size());
+  TORCH_CHECK(heads >= 1 && static_cast<int64_t>(fc1.size()) == heads &&
+                  static_cast<int64_t>(fc2.size()) == heads &&
+                  static_cast<int64_t>(fc2_bias.size()) == heads,
+              "dgc_forward: give fc1, fc2, fc2_bias and conv for every head");
+  TORCH_CHECK(running_mean.has_value() == running_var.has_value(),
+              "dgc_forward: give both running_mean and running_var, or neither");
+  const at::Tensor x = x_in.contiguous();
+  const int64_t b = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
+  TORCH_CHECK(k >= 0 && k < c, "dgc_forward: k=", k, " outside [0, ", c, ")");
+  const int64_t hidden = fc1[0].size(0), co_h = conv[0].size(0);
+  TORCH_CHECK(conv[0].dim() == 4, "dgc_forward: conv weights must be (Co_h, C, kh, kw)");
+  std::vector<at::Tensor> w1(heads), w2(heads), b2(heads), wc(heads);
+  for (int64_t i = 0; i < heads; ++i) {
+    for (const at::Tensor* t : {&fc1[i], &fc2[i], &fc2_bias[i], &conv[i]}) check_float_cpu(*t, "weights");
+    TORCH_CHECK(fc1[i].sizes() == at::IntArrayRef({hidden, c}) &&
+                    fc2[i].sizes() == at::IntArrayRef({c, hidden}) &&
+                    fc2_bias[i].sizes() == at::IntArrayRef({c}) &&
+                    conv[i].sizes() == conv[0].sizes() && conv[i].size(1) == c,
+                "dgc_forward: head ", i, "'s weights do not match C=", c, ", hidden=", hidden);
+    w1[i] = fc1[i].contiguous(), w2[i] = fc2[i].contiguous();
+    b2[i] = fc2_bias[i].contiguous(), wc[i] = conv[i].contiguous();
+  }
+  const Geometry g(x, conv[0].size(2), conv[0].size(3), stride, padding, dilation);
+
+  // The eval BN folded to relu(x * scale + shift) per channel.
+  const bool normalise = running_mean.has_value();
+  std::vector<float> scale, shift;
+  if (normalise) {
+    const at::Tensor mean = running_mean->to(at::kFloat).contiguous();
+    const at::Tensor var = running_var->to(at::kFloat).contiguous();
+    TORCH_CHECK(mean.numel() == c && var.numel() == c, "dgc_forward: BN statistics size");
+    at::Tensor gamma, beta;
+    if (bn_weight.has_value()) gamma = bn_weight->to(at::kFloat).contiguous();
+    if (bn_bias.has_value()) beta = bn_bias->to(at::kFloat).contiguous();
+    scale.resize(c), shift.resize(c);
+    for (int64_t ch = 0; ch < c; ++ch) {
+      float a = 1.f / std::sqrt(var.data_ptr<float>()[ch] + static_cast<float>(eps));
+      if (gamma.defined()) a *= gamma.data_ptr<float>()[ch];
+      scale[ch] = a;
+      shift[ch] = -mean.data_ptr<float>()[ch] * a + (beta.defined() ? beta.data_ptr<float>()[ch] : 0.f);
+    }
+  }
+  const float* sp = normalise ? scale.data() : nullptr;
+  const float* tp = normalise ? shift.data() : nullptr;
+
+  const float* xp = x.data_ptr<float>();
+  at::Tensor pooled = at::empty({b, c}, x.options());
+  float* pp = pooled.data_ptr<float>();
+  at::parallel_for(0, b * c, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t ch = p % c;
+      pp[p] = static_cast<float>(
+          bn_relu_sum(xp + p * hw, hw, normalise ? sp[ch] : 1.f, normalise ? tp[ch] : 0.f) / hw);
+    }
+  });
+
+  at::Tensor saliency = at::empty({b, heads, c}, x.options());
+  at::Tensor keep = at::empty({b, heads, c}, x.options().dtype(at::kBool));
+  at::Tensor y = at::empty({b, co_h * heads, g.ho, g.wo}, x.options());
+  float* salp = saliency.data_ptr<float>();
+  bool* keepp = keep.data_ptr<bool>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, b * heads, 1, [&](int64_t begin, int64_t end) {
+    Scratch& s = scratch();
+    float* hid = sized(s.hidden, hidden);
+    float* order = sized(s.order, c);
+    s.channels.resize(c);
+    float* gates = sized(s.gates, c);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t n = bh / heads, head = bh % heads;
+      const float* p = pp + n * c;
+      // the saliency generator: g = relu(fc2(relu(fc1(p))))
+      const float* a1 = w1[head].data_ptr<float>();
+      for (int64_t j = 0; j < hidden; ++j) {
+        float acc = 0.f;
+        for (int64_t ch = 0; ch < c; ++ch) acc += a1[j * c + ch] * p[ch];
+        hid[j] = relu(acc);
+      }
+      const float* a2 = w2[head].data_ptr<float>();
+      const float* bias = b2[head].data_ptr<float>();
+      float* sal = salp + bh * c;
+      bool finite = true;
+      for (int64_t ch = 0; ch < c; ++ch) {
+        float acc = bias[ch];
+        for (int64_t j = 0; j < hidden; ++j) acc += a2[ch * hidden + j] * hid[j];
+        sal[ch] = relu(acc);
+        finite = finite && std::isfinite(sal[ch]) && std::isfinite(p[ch]);
+      }
+      // the selection: keep what is above the k-th smallest saliency (select_channels)
+      const float threshold = k == 0 ? 0.f : kth_smallest(sal, c, k, order);
+      bool* kept = keepp + bh * c;
+      int64_t count = 0;
+      for (int64_t ch = 0; ch < c; ++ch) {
+        kept[ch] = k == 0 || sal[ch] > threshold;
+        if (kept[ch] || !finite) {  // not finite: every channel, with its gate g * keep
+          s.channels[count] = ch;
+          gates[count++] = kept[ch] ? sal[ch] : sal[ch] * 0.f;
+        }
+      }
+      conv_image_head(g, xp + n * c * hw, s.channels.data(), gates, count, sp, tp,
+                      wc[head].data_ptr<float>(), co_h, yp + (n * co_h * heads + head) * g.n_out,
+                      heads * g.n_out);
+    }
+  });
+  double lasso = 0;
+  for (int64_t i = 0; i < b * heads * c; ++i) lasso += salp[i];
+  if (b > 0) lasso /= static_cast<double>(b * c);
+  return {y, saliency, keep, at::scalar_tensor(lasso, x.options())};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(dgclab, m) {
-  m.def("bn_relu_pool(Tensor x, Tensor scale, Tensor shift) -> Tensor");
+  m.def(
+      "dgc_forward(Tensor x, Tensor? running_mean, Tensor? running_var, Tensor? weight, "
+      "Tensor? bias, float eps, Tensor[] fc1, Tensor[] fc2, Tensor[] fc2_bias, Tensor[] conv, "
+      "int k, int[] stride, int[] padding, int[] dilation) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "gather_conv2d(Tensor x, Tensor? scale, Tensor? shift, Tensor gate, Tensor keep_idx, "
       "Tensor weight, int[] stride, int[] padding, int[] dilation) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(dgclab, CPU, m) {
-  m.impl("bn_relu_pool", &bn_relu_pool);
+  m.impl("dgc_forward", &dgc_forward);
   m.impl("gather_conv2d", &gather_conv2d);
 }
