@@ -462,15 +462,29 @@ class DGCConv2d(GroupingConv, nn.Module):
         else:
             x = self.relu(norm(x))
             stats = (None, None, None, None, 0.0)
-        heads = self.heads_list
         y, g, keep, self.last_lasso = torch.ops.dgclab.dgc_forward(
-            x, *stats, [h.fc1.weight for h in heads], [h.fc2.weight for h in heads],
-            [h.fc2.bias for h in heads], [h.conv.weight for h in heads], k,
-            self.stride, self.padding, self.dilation,
+            x, *stats, *self._kernel_weights(), k, self.stride, self.padding, self.dilation
         )
         self.last_saliency = g
         self.last_selection = keep
         return y
+
+    def _kernel_weights(self) -> tuple[list[torch.Tensor], ...]:
+        """Every head's fc1 weight, fc2 weight, fc2 bias and conv weight, as four lists.
+
+        Read through the modules' ``_modules`` and ``_parameters`` dicts: at batch 1 the 48
+        ``nn.Module.__getattr__`` calls of ``[h.fc1.weight for h in self.heads_list]`` and the
+        like cost about a third of the fused kernel's own time.
+        """
+        fc1, fc2, bias, conv = [], [], [], []
+        for i in range(self.heads):
+            head = self._modules[f"headconv_{i}"]._modules
+            fc1.append(head["fc1"]._parameters["weight"])
+            second = head["fc2"]._parameters
+            fc2.append(second["weight"])
+            bias.append(second["bias"])
+            conv.append(head["conv"]._parameters["weight"])
+        return fc1, fc2, bias, conv
 
     def _check_input(self, x: torch.Tensor) -> None:
         """Refuse an input every execution would fail on differently, or deep inside torch."""

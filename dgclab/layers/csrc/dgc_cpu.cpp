@@ -148,14 +148,39 @@ void zero_border(float* slot, const Geometry& g) {
   }
 }
 
+// The filters of every head for conv_image_head, in one of two layouts. At a small batch they
+// are read where nn.Conv2d keeps them, (out, channel, tap) per head: an image-head gathers its
+// channels' taps a few floats at a time. Where the batch gathers more than the whole bank
+// (B * keep >= C), they are first repacked once per call as (channel, tap, out) per head into
+// `owner`, so that a kept channel's filter taps are one contiguous block. Returns each head's
+// bank in the layout chosen.
+std::vector<const float*> filter_banks(const std::vector<const float*>& heads, int64_t co_h,
+                                       int64_t c, int64_t taps, bool pack, at::Tensor& owner) {
+  if (!pack) return heads;
+  const int64_t n_heads = static_cast<int64_t>(heads.size()), bank = co_h * c * taps;
+  owner = at::empty({n_heads, c, taps, co_h}, at::TensorOptions().dtype(at::kFloat));
+  std::vector<const float*> packed(n_heads);
+  at::parallel_for(0, n_heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t h = begin; h < end; ++h) {
+      const float* src = heads[h];
+      float* dst = owner.data_ptr<float>() + h * bank;
+      for (int64_t o = 0; o < co_h; ++o)
+        for (int64_t ch = 0; ch < c; ++ch)
+          for (int64_t t = 0; t < taps; ++t) dst[(ch * taps + t) * co_h + o] = src[(o * c + ch) * taps + t];
+    }
+  });
+  for (int64_t h = 0; h < n_heads; ++h) packed[h] = owner.data_ptr<float>() + h * bank;
+  return packed;
+}
+
 // One image-head: convolve `count` input channels of image x_img (C planes of h x w), listed
-// in `sel` with their gates, by the head's filters wh (co_h, C, kh, kw; the layout of
-// nn.Conv2d's weight), optionally through the folded BN-ReLU (scale, shift per channel), into
+// in `sel` with their gates, by the head's filters (`filters`, one head's bank in the layout
+// `packed` says), optionally through the folded BN-ReLU (scale, shift per channel), into
 // co_h output planes `ldc` floats apart. The gate multiplies the input before the zero padding
 // is added, as in the official formulation.
 void conv_image_head(const Geometry& g, const float* x_img, const int64_t* sel,
                      const float* gates, int64_t count, const float* scale, const float* shift,
-                     const float* wh, int64_t co_h, float* out, int64_t ldc) {
+                     const float* wh, bool packed, int64_t co_h, float* out, int64_t ldc) {
   if (count == 0) {  // every channel dropped (saliency ties): the head's output is 0
     for (int64_t o = 0; o < co_h; ++o) std::fill(out + o * ldc, out + o * ldc + g.n_out, 0.f);
     return;
@@ -194,22 +219,32 @@ void conv_image_head(const Geometry& g, const float* x_img, const int64_t* sel,
     }
     a_mat = col;
   }
-  // wk (co_h x depth, row-major): the kept channels' taps of every filter of the head.
+  // The kept channels' taps of every filter of the head: wk (co_h x depth, row-major) read
+  // from nn.Conv2d's layout, or (depth x co_h) from the packed one, a block per channel.
   float* wk = sized(s.wk, co_h * depth);
-  for (int64_t o = 0; o < co_h; ++o) {
-    const float* filter = wh + o * g.c * g.taps;
-    float* row = wk + o * depth;
+  if (packed) {
+    const int64_t block = g.taps * co_h;
     for (int64_t i = 0; i < count; ++i)
-      std::copy(filter + sel[i] * g.taps, filter + (sel[i] + 1) * g.taps, row + i * g.taps);
+      std::copy(wh + sel[i] * block, wh + (sel[i] + 1) * block, wk + i * block);
+  } else {
+    for (int64_t o = 0; o < co_h; ++o) {
+      const float* filter = wh + o * g.c * g.taps;
+      float* row = wk + o * depth;
+      for (int64_t i = 0; i < count; ++i) {  // a few taps each: a loop, not a memmove call
+        const float* taps = filter + sel[i] * g.taps;
+        for (int64_t t = 0; t < g.taps; ++t) row[i * g.taps + t] = taps[t];
+      }
+    }
   }
   // Row-major out (co_h x n_out) = wk (co_h x depth) * A (depth x n_out), rows `ldc` apart. In
   // BLAS's column-major terms: out^T (n_out x co_h) = A^T (n_out x depth) * wk^T (depth x co_h),
-  // and a row-major matrix is its transpose column-major, so neither operand is transposed.
+  // and a row-major matrix is its transpose column-major: wk as read from nn.Conv2d's layout is
+  // wk^T already ("N"); the packed one is wk^T row-major, transposed ("T").
   const int m_ = static_cast<int>(g.n_out), n_ = static_cast<int>(co_h),
             k_ = static_cast<int>(depth), lda = static_cast<int>(g.direct ? g.plane : g.n_out),
-            ldb = static_cast<int>(depth), ldc_ = static_cast<int>(ldc);
+            ldb = static_cast<int>(packed ? co_h : depth), ldc_ = static_cast<int>(ldc);
   const float one = 1.f, zero = 0.f;
-  sgemm_("N", "N", &m_, &n_, &k_, &one, a_mat, &lda, wk, &ldb, &zero, out, &ldc_);
+  sgemm_("N", packed ? "T" : "N", &m_, &n_, &k_, &one, a_mat, &lda, wk, &ldb, &zero, out, &ldc_);
 }
 
 at::Tensor gather_conv2d(const at::Tensor& x_in, const std::optional<at::Tensor>& scale_in,
@@ -251,7 +286,11 @@ at::Tensor gather_conv2d(const at::Tensor& x_in, const std::optional<at::Tensor>
   at::Tensor y = at::empty({b, co_h * heads, g.ho, g.wo}, x.options());
   const float* xp = x.data_ptr<float>();
   const float* gp = gate.data_ptr<float>();
-  const float* wp = weight.data_ptr<float>();
+  std::vector<const float*> heads_in(heads);
+  for (int64_t i = 0; i < heads; ++i) heads_in[i] = weight.data_ptr<float>() + i * co_h * c * g.taps;
+  at::Tensor owner;
+  const bool pack = b * keep >= c;
+  const std::vector<const float*> banks = filter_banks(heads_in, co_h, c, g.taps, pack, owner);
   const float* sp = normalise ? scale.data_ptr<float>() : nullptr;
   const float* tp = normalise ? shift.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
@@ -260,7 +299,7 @@ at::Tensor gather_conv2d(const at::Tensor& x_in, const std::optional<at::Tensor>
       const int64_t n = bh / heads, head = bh % heads;
       // head i's output channel j is channel j * heads + i: rows heads * n_out apart
       conv_image_head(g, xp + n * c * g.h * g.w, ip + bh * keep, gp + bh * keep, keep, sp, tp,
-                      wp + head * co_h * c * g.taps, co_h, yp + (n * co_h * heads + head) * g.n_out,
+                      banks[head], pack, co_h, yp + (n * co_h * heads + head) * g.n_out,
                       heads * g.n_out);
     }
   });
@@ -339,6 +378,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dgc_forward(
   const float* sp = normalise ? scale.data() : nullptr;
   const float* tp = normalise ? shift.data() : nullptr;
 
+  std::vector<const float*> heads_in(heads);
+  for (int64_t i = 0; i < heads; ++i) heads_in[i] = wc[i].data_ptr<float>();
+  at::Tensor owner;
+  const bool pack = b * (c - k) >= c;
+  const std::vector<const float*> banks = filter_banks(heads_in, co_h, c, g.taps, pack, owner);
+
   const float* xp = x.data_ptr<float>();
   at::Tensor pooled = at::empty({b, c}, x.options());
   float* pp = pooled.data_ptr<float>();
@@ -394,7 +439,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dgc_forward(
         }
       }
       conv_image_head(g, xp + n * c * hw, s.channels.data(), gates, count, sp, tp,
-                      wc[head].data_ptr<float>(), co_h, yp + (n * co_h * heads + head) * g.n_out,
+                      banks[head], pack, co_h, yp + (n * co_h * heads + head) * g.n_out,
                       heads * g.n_out);
     }
   });
