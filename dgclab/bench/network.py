@@ -5,7 +5,9 @@ benchmark measures one layer; this measures the networks people run. Each DGC ne
 against its twins: the same network with every DGC layer replaced by ``BN -> ReLU ->
 make_conv("dense" | "group")`` of the same shape (the BN-ReLU a DGC layer carries kept as a
 plain one, ``twin``), so that the only difference is the conv. Eval, at the final k (xi = 0.75;
-DyResNet-18 at its released 0.55), per-image medians of interleaved rounds, for:
+DyResNet-18 at its released 0.55), every BN given running statistics first (``calibrate``: a
+random net's activations would overflow and DGC would read every channel of its non-finite
+inputs), per-image medians of interleaved rounds, for:
 
 * ``resnet_cifar(20)`` at widths 32 and 64 on 1x28x28, batch 1 and 64;
 * DyDenseNet-86 on 3x32x32, batch 1 and 64;
@@ -31,7 +33,7 @@ from ..layers import dgc_layers, make_conv, set_progress
 from ..models import dydensenet86, dyresnet18, resnet_cifar
 from .timing import interleaved_medians
 
-__all__ = ["twin", "NETWORKS", "main"]
+__all__ = ["twin", "calibrate", "NETWORKS", "main"]
 
 
 def twin(model: nn.Module, kind: str) -> nn.Module:
@@ -48,6 +50,35 @@ def twin(model: nn.Module, kind: str) -> nn.Module:
         block = nn.Sequential(nn.BatchNorm2d(layer.in_channels), nn.ReLU(inplace=True), conv)
         new.set_submodule(name, block.train(layer.training))
     return new
+
+
+def calibrate(model: nn.Module, size: tuple[int, ...], batches: int = 4, batch: int = 16,
+              seed: int = 0) -> nn.Module:
+    """Give every BN of a freshly built ``model`` running statistics of its own activations.
+
+    A network straight from its constructor has BNs with mean 0 and variance 1, so in eval mode
+    they normalise nothing and the activations of a deep net grow layer after layer: in a
+    random ``resnet_cifar(20, conv="dgc")`` the last stage's inputs overflow to Inf, and a DGC
+    layer then reads every channel (the NaN/Inf rule of the gather execution), so it would be
+    timed at dense cost. A few forwards in train mode, with a cumulative average
+    (``momentum=None``), fix that as a trained net's statistics would. Returns ``model`` in
+    eval mode, its BN momenta restored.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        with torch.no_grad():
+            for _ in range(batches):
+                model(torch.randn(batch, *size, generator=generator))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+    return model.eval()
 
 
 def _resnet(width: int):
@@ -86,9 +117,10 @@ def _inference(rounds: int, imagenet: bool) -> None:
         if size[1] >= 224 and not imagenet:
             continue
         torch.manual_seed(0)
-        dgc = make().eval()
-        nets = {"dense": twin(dgc, "dense").eval(), "group": twin(dgc, "group").eval(),
-                "dgc": dgc}
+        dgc = make()
+        nets = {"dense": twin(dgc, "dense"), "group": twin(dgc, "group"), "dgc": dgc}
+        for net in nets.values():
+            calibrate(net, size, batch=16 if size[-1] < 100 else 4)
         macs = {n: count_macs(m, (1, *size)) for n, m in nets.items()}
         for batch in batches:
             x = torch.randn(batch, *size)

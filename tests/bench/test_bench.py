@@ -107,3 +107,31 @@ def test_network_twins_differ_from_the_dgc_network_only_in_the_conv():
             assert conv.groups == (layer.heads if kind == "group" else 1)
         assert not other.training
         assert other(torch.randn(2, 1, 12, 12)).shape == (2, 10)
+
+
+def test_calibrated_networks_stay_finite_and_keep_their_momenta():
+    """Uncalibrated, a random DGC resnet's last stage sees Inf (and the DGC layers there read
+    every channel); calibrated, every DGC layer's input is finite."""
+    import torch
+
+    from dgclab.bench.network import calibrate
+    from dgclab.layers import dgc_layers, set_progress
+    from dgclab.models import resnet_cifar
+
+    torch.manual_seed(0)
+    model = resnet_cifar(20, width=32, conv="dgc", in_channels=1)
+    set_progress(model, 1.0)
+    model.layer1[0].bn1.momentum = 0.3
+    finite = {}
+    for name, layer in dgc_layers(model):
+        layer.register_forward_pre_hook(
+            lambda m, args, name=name: finite.__setitem__(name, bool(args[0].isfinite().all())))
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        model.eval()(x)
+        assert not all(finite.values())  # the failure calibrate is for
+        calibrate(model, (1, 28, 28), batches=2, batch=8)
+        assert not model.training and model.layer1[0].bn1.momentum == 0.3
+        finite.clear()
+        model(x)
+    assert finite and all(finite.values())

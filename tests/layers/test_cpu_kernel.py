@@ -3,6 +3,7 @@ and the mask formulation, and the conditions under which the layer takes it."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 
 import pytest
@@ -31,14 +32,18 @@ def kernel():
 
 @pytest.mark.parametrize("cin,cout,ksize,stride,padding,dilation,heads", LAYER_SHAPES)
 def test_kernel_matches_gather_and_mask(kernel, cin, cout, ksize, stride, padding, dilation, heads):
-    for k in sorted({0, 1, cin // 2, (3 * cin) // 4, cin - 1}):
+    # 9 x 9: im2col and GEMM; 5 x 37: rows wide enough for the direct kernel at stride 1 (two
+    # chunks of 32 pixels, the second short)
+    for k, size in itertools.product(sorted({0, 1, cin // 2, (3 * cin) // 4, cin - 1}),
+                                     ((9, 9), (5, 37))):
         layer = make_layer(cin, cout, ksize, stride=stride, padding=padding, dilation=dilation,
                            heads=heads, k=k, squeeze_rate=2).eval()
-        x = torch.randn(3, cin, 9, 9)
+        x = torch.randn(3, cin, *size)
         (fused, sel, lasso), (gather, sel_g, lasso_g), (mask, sel_m, _) = forward_three_ways(layer, x)
-        assert torch.equal(sel, sel_g) and torch.equal(sel, sel_m), f"k={k}"
-        torch.testing.assert_close(fused, gather, rtol=1e-4, atol=1e-5, msg=f"k={k}")
-        torch.testing.assert_close(fused, mask, rtol=1e-4, atol=1e-5, msg=f"k={k}")
+        msg = f"k={k}, input {size}"
+        assert torch.equal(sel, sel_g) and torch.equal(sel, sel_m), msg
+        torch.testing.assert_close(fused, gather, rtol=1e-4, atol=1e-5, msg=msg)
+        torch.testing.assert_close(fused, mask, rtol=1e-4, atol=1e-5, msg=msg)
         torch.testing.assert_close(lasso, lasso_g, rtol=1e-5, atol=1e-6)
 
 
@@ -77,13 +82,13 @@ def test_non_finite_inputs_agree_for_every_shape(kernel, special, cin, cout, ksi
                                                  padding, dilation, heads):
     """Padded shapes included: a NaN gate spreads over its channel's pixels but not over the
     zero padding, which the official formulation adds after gating."""
-    for k in sorted({0, cin // 2, cin - 1}):
+    for k, width in itertools.product(sorted({0, cin // 2, cin - 1}), (9, 21)):
         layer = make_layer(cin, cout, ksize, stride=stride, padding=padding, dilation=dilation,
                            heads=heads, k=k, squeeze_rate=2).eval()
-        x = torch.randn(3, cin, 9, 9)
+        x = torch.randn(3, cin, 9, width)
         x[1, 0, 4, 4] = special
         x[2, cin - 1, 0, 8] = special
-        assert_three_ways_agree(layer, x, f"k={k}")
+        assert_three_ways_agree(layer, x, f"k={k}, width {width}")
 
 
 def test_inf_in_a_dropped_channel_spreads_as_in_the_mask_execution(kernel):

@@ -173,6 +173,60 @@ std::vector<const float*> filter_banks(const std::vector<const float*>& heads, i
   return packed;
 }
 
+// Stride-1 kxk convs over output rows wider than kDirectMinWidth skip im2col and GEMM:
+// direct_rows accumulates output rows in vector registers, a chunk of kChunk pixels of NB
+// filters at a time. (Narrower rows waste too much of a chunk: 7x7 and 14x14 planes were
+// slower this way than by GEMM.) The padded buffer has kChunk floats of slack for the
+// chunk's overhang.
+constexpr int64_t kDirectMinWidth = 16;
+constexpr int kChunk = 32;
+
+// NB output rows of a stride-1 conv, pixels [x0, x0 + kChunk) of each (fewer at the row's end),
+// accumulated over the kept planes and taps: out[o] += w(o, i, tap) * shifted plane i, with
+// w(o, i, t) = w[o * so + sel[i] * sc + t * st]. The accumulators have fixed sizes so that
+// the compiler keeps them in vector registers; the input may be read up to kChunk floats past
+// a row (the padded buffer has that much slack), those lanes are never stored.
+template <int NB>
+DGCLAB_VECTOR_CLONES void direct_rows(const Geometry& g, const float* padded, const int64_t* sel,
+                                      int64_t count, const float* w, int64_t so, int64_t sc,
+                                      int64_t st, float* out, int64_t ldc) {
+  for (int64_t oy = 0; oy < g.ho; ++oy) {
+    for (int64_t x0 = 0; x0 < g.wo; x0 += kChunk) {
+      float acc[NB][kChunk] = {};
+      for (int64_t i = 0; i < count; ++i) {
+        const float* plane = padded + i * g.plane + oy * g.wp + x0;
+        const float* wi = w + sel[i] * sc;
+        for (int64_t ky = 0; ky < g.kh; ++ky) {
+          for (int64_t kx = 0; kx < g.kw; ++kx) {
+            const float* in = plane + ky * g.dh * g.wp + kx * g.dw;
+            const int64_t t = ky * g.kw + kx;
+            for (int b = 0; b < NB; ++b) {
+              const float wb = wi[b * so + t * st];
+              for (int j = 0; j < kChunk; ++j) acc[b][j] += wb * in[j];
+            }
+          }
+        }
+      }
+      const int64_t n = std::min<int64_t>(kChunk, g.wo - x0);
+      for (int b = 0; b < NB; ++b)
+        for (int64_t j = 0; j < n; ++j) out[b * ldc + oy * g.wo + x0 + j] = acc[b][j];
+    }
+  }
+}
+
+// All co_h filters of an image-head by direct_rows, in blocks of 8, 4 and 1.
+void direct_conv(const Geometry& g, const float* padded, const int64_t* sel, int64_t count,
+                 const float* w, int64_t so, int64_t sc, int64_t st, int64_t co_h, float* out,
+                 int64_t ldc) {
+  int64_t o = 0;
+  for (; o + 8 <= co_h; o += 8)
+    direct_rows<8>(g, padded, sel, count, w + o * so, so, sc, st, out + o * ldc, ldc);
+  for (; o + 4 <= co_h; o += 4)
+    direct_rows<4>(g, padded, sel, count, w + o * so, so, sc, st, out + o * ldc, ldc);
+  for (; o < co_h; ++o)
+    direct_rows<1>(g, padded, sel, count, w + o * so, so, sc, st, out + o * ldc, ldc);
+}
+
 // One image-head: convolve `count` input channels of image x_img (C planes of h x w), listed
 // in `sel` with their gates, by the head's filters (`filters`, one head's bank in the layout
 // `packed` says), optionally through the folded BN-ReLU (scale, shift per channel), into
@@ -187,7 +241,7 @@ void conv_image_head(const Geometry& g, const float* x_img, const int64_t* sel,
   }
   Scratch& s = scratch();
   const int64_t depth = count * g.taps;
-  float* padded = sized(s.padded, count * g.plane);
+  float* padded = sized(s.padded, count * g.plane + kChunk);  // slack: see direct_rows
   const bool normalise = scale != nullptr;
   for (int64_t i = 0; i < count; ++i) {
     const int64_t ch = sel[i];
@@ -197,6 +251,13 @@ void conv_image_head(const Geometry& g, const float* x_img, const int64_t* sel,
     gate_block(x_img + ch * g.h * g.w, g.w, slot + g.ph * g.wp + g.pw, g.wp,
                one_row ? 1 : g.h, one_row ? g.h * g.w : g.w, normalise,
                normalise ? scale[ch] : 1.f, normalise ? shift[ch] : 0.f, gates[i]);
+  }
+  if (g.sh == 1 && g.sw == 1 && !g.direct && g.wo > kDirectMinWidth) {
+    // (out, channel, tap) or packed (channel, tap, out) strides of w(o, i, t)
+    const int64_t so = packed ? 1 : g.c * g.taps, sc = packed ? g.taps * co_h : g.taps,
+                  st = packed ? co_h : 1;
+    direct_conv(g, padded, sel, count, wh, so, sc, st, co_h, out, ldc);
+    return;
   }
   const float* a_mat = padded;
   if (!g.direct) {  // im2col: row (i, tap) holds the tap's window over the output grid
