@@ -33,7 +33,7 @@ from ..layers import dgc_layers, make_conv, set_progress
 from ..models import dydensenet86, dyresnet18, resnet_cifar
 from .timing import interleaved_medians
 
-__all__ = ["twin", "calibrate", "NETWORKS", "main"]
+__all__ = ["twin", "calibrate", "profile", "NETWORKS", "main"]
 
 
 def twin(model: nn.Module, kind: str) -> nn.Module:
@@ -133,6 +133,44 @@ def _inference(rounds: int, imagenet: bool) -> None:
                   f"{macs['dgc'] / macs['dense']:14.2f} {macs['dgc'] / macs['group']:9.2f}")
 
 
+def profile(model: nn.Module, x: torch.Tensor, calls: int = 10, rows: int = 12) -> str:
+    """Where ``model(x)``'s time goes: torch.profiler's ops by self CPU time, per forward.
+
+    Returns a table: op, milliseconds per forward, share of the profiled time, calls per forward.
+    """
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch.no_grad():
+        model(x)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(calls):
+                model(x)
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events)
+    lines = [f"{'op':>32} {'ms/forward':>10} {'share':>6} {'calls':>6}"]
+    for e in events[:rows]:
+        lines.append(f"{e.key[:32]:>32} {e.self_cpu_time_total / calls / 1e3:10.3f} "
+                     f"{e.self_cpu_time_total / total:6.1%} {e.count // calls:6d}")
+    lines.append(f"{'all ops':>32} {total / calls / 1e3:10.3f}")
+    return "\n".join(lines)
+
+
+def _profiles() -> None:
+    for name, make, size, batches in NETWORKS[:1]:
+        torch.manual_seed(0)
+        dgc = make()
+        nets = {"dgc": dgc, "dense": twin(dgc, "dense")}
+        for net in nets.values():
+            calibrate(net, size)
+        for batch in batches:
+            x = torch.randn(batch, *size)
+            for label, net in nets.items():
+                print(f"\nprofile: {label} {name}, batch {batch} (torch.profiler, self CPU time; the "
+                      f"profiler adds its own overhead per op)")
+                print(profile(net, x))
+
+
 def _training(rounds: int, batch: int) -> None:
     print(f"\ntraining step of resnet_cifar(20, w32), batch {batch} (forward, backward, SGD step; "
           f"ms per step)")
@@ -168,6 +206,9 @@ def main(argv=None) -> int:
     parser.add_argument("--train-batch", type=int, default=128)
     parser.add_argument("--no-imagenet", action="store_true", help="skip DyResNet-18 at 224x224")
     parser.add_argument("--no-train", action="store_true", help="skip the training steps")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print where resnet_cifar(20, w32)'s time goes, per op, DGC "
+                             "and dense, batch 1 and 64")
     args = parser.parse_args(argv)
     if min(args.threads, args.rounds, args.train_rounds, args.train_batch) <= 0:
         parser.error("threads, rounds, train-rounds and train-batch must be positive")
@@ -181,6 +222,8 @@ def main(argv=None) -> int:
     _inference(args.rounds, not args.no_imagenet)
     if not args.no_train:
         _training(args.train_rounds, args.train_batch)
+    if args.profile:
+        _profiles()
     return 0
 
 

@@ -135,3 +135,17 @@ def test_calibrated_networks_stay_finite_and_keep_their_momenta():
         finite.clear()
         model(x)
     assert finite and all(finite.values())
+
+
+def test_network_profile_lists_the_ops_of_a_forward():
+    import torch
+
+    from dgclab.bench.network import profile
+    from dgclab.models import resnet_cifar
+
+    table = profile(resnet_cifar(8, width=8, in_channels=1).eval(), torch.randn(1, 1, 12, 12),
+                    calls=2, rows=5)
+    lines = table.splitlines()
+    assert lines[0].split() == ["op", "ms/forward", "share", "calls"]
+    assert len(lines) == 7 and lines[-1].split()[:2] == ["all", "ops"]
+    assert any("conv" in line for line in lines[1:-1])

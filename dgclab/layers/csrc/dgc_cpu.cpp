@@ -123,7 +123,7 @@ struct Geometry {
 
 // One thread's buffers for one image-head, kept from call to call (grown when needed).
 struct Scratch {
-  std::vector<float> padded, col, wk, hidden;
+  std::vector<float> padded, col, wk;
   std::vector<int64_t> channels;
   std::vector<float> gates, order;
 };
@@ -462,30 +462,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dgc_forward(
   float* salp = saliency.data_ptr<float>();
   bool* keepp = keep.data_ptr<bool>();
   float* yp = y.data_ptr<float>();
+  // The saliency generators, head by head over the whole batch, two GEMMs each (column-major,
+  // as BLAS sees row-major matrices): hidden^T (hid x B) = fc1 (hid x C) p^T, then
+  // g^T (C x B) = fc2 (C x hid) hidden^T + bias, written at g[n, head, :] (rows heads*C apart).
+  if (b > 0) {
+    std::vector<float> hid(b * hidden);
+    const int m1 = static_cast<int>(hidden), nb = static_cast<int>(b), kc = static_cast<int>(c),
+              ldg = static_cast<int>(heads * c);
+    const float one = 1.f, zero = 0.f;
+    for (int64_t head = 0; head < heads; ++head) {
+      sgemm_("T", "N", &m1, &nb, &kc, &one, w1[head].data_ptr<float>(), &kc, pp, &kc, &zero,
+             hid.data(), &m1);
+      for (float& v : hid) v = relu(v);
+      const float* bias = b2[head].data_ptr<float>();
+      for (int64_t n = 0; n < b; ++n) std::copy(bias, bias + c, salp + (n * heads + head) * c);
+      sgemm_("T", "N", &kc, &nb, &m1, &one, w2[head].data_ptr<float>(), &m1, hid.data(), &m1,
+             &one, salp + head * c, &ldg);
+    }
+  }
   at::parallel_for(0, b * heads, 1, [&](int64_t begin, int64_t end) {
     Scratch& s = scratch();
-    float* hid = sized(s.hidden, hidden);
     float* order = sized(s.order, c);
     s.channels.resize(c);
     float* gates = sized(s.gates, c);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t n = bh / heads, head = bh % heads;
       const float* p = pp + n * c;
-      // the saliency generator: g = relu(fc2(relu(fc1(p))))
-      const float* a1 = w1[head].data_ptr<float>();
-      for (int64_t j = 0; j < hidden; ++j) {
-        float acc = 0.f;
-        for (int64_t ch = 0; ch < c; ++ch) acc += a1[j * c + ch] * p[ch];
-        hid[j] = relu(acc);
-      }
-      const float* a2 = w2[head].data_ptr<float>();
-      const float* bias = b2[head].data_ptr<float>();
-      float* sal = salp + bh * c;
+      float* sal = salp + bh * c;  // g = relu(fc2(relu(fc1(p)))), its last relu here
       bool finite = true;
       for (int64_t ch = 0; ch < c; ++ch) {
-        float acc = bias[ch];
-        for (int64_t j = 0; j < hidden; ++j) acc += a2[ch * hidden + j] * hid[j];
-        sal[ch] = relu(acc);
+        sal[ch] = relu(sal[ch]);
         finite = finite && std::isfinite(sal[ch]) && std::isfinite(p[ch]);
       }
       // the selection: keep what is above the k-th smallest saliency (select_channels)
