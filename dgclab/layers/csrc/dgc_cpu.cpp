@@ -116,7 +116,7 @@ struct Geometry {
     TORCH_CHECK(ho > 0 && wo > 0, "dgclab CPU kernel: the kernel is larger than the padded input");
     taps = kh * kw, n_out = ho * wo, plane = hp * wp;
     direct = taps == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0;
-    TORCH_CHECK(n_out * 64 <= INT_MAX && c * taps <= INT_MAX && plane <= INT_MAX,
+    TORCH_CHECK(n_out <= INT_MAX && c * taps <= INT_MAX && plane <= INT_MAX,
                 "dgclab CPU kernel: too large for BLAS's int dimensions");
   }
 };
@@ -241,7 +241,8 @@ void conv_image_head(const Geometry& g, const float* x_img, const int64_t* sel,
   }
   Scratch& s = scratch();
   const int64_t depth = count * g.taps;
-  float* padded = sized(s.padded, count * g.plane + kChunk);  // slack: see direct_rows
+  float* padded = sized(s.padded, count * g.plane + kChunk);
+  std::fill(padded + count * g.plane, padded + count * g.plane + kChunk, 0.f);  // direct_rows' slack
   const bool normalise = scale != nullptr;
   for (int64_t i = 0; i < count; ++i) {
     const int64_t ch = sel[i];
@@ -333,6 +334,7 @@ at::Tensor gather_conv2d(const at::Tensor& x_in, const std::optional<at::Tensor>
               "gather_conv2d: shapes do not match: x ", x.sizes(), ", gate ", gate.sizes(),
               ", keep_idx ", idx.sizes(), ", weight ", weight.sizes());
   const Geometry g(x, weight.size(3), weight.size(4), stride, padding, dilation);
+  TORCH_CHECK(heads * g.n_out <= INT_MAX, "gather_conv2d: too large for BLAS's int dimensions");
   at::Tensor scale, shift;
   if (normalise) {
     scale = scale_in->to(at::kFloat).contiguous();
@@ -417,6 +419,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dgc_forward(
     b2[i] = fc2_bias[i].contiguous(), wc[i] = conv[i].contiguous();
   }
   const Geometry g(x, conv[0].size(2), conv[0].size(3), stride, padding, dilation);
+  TORCH_CHECK(heads * g.n_out <= INT_MAX && heads * c <= INT_MAX,
+              "dgc_forward: too large for BLAS's int dimensions");
 
   // The eval BN folded to relu(x * scale + shift) per channel.
   const bool normalise = running_mean.has_value();
