@@ -209,6 +209,36 @@ def _family_table(layers, rounds: int) -> None:
               + f"   (dense {t['dense'] * 1e3:.2f} ms)")
 
 
+# (C_in = C_out, kernel, H = W) of the auto table: the resnet_cifar stages and the SPEC shapes
+AUTO_SHAPES = [(32, 3, 28), (64, 3, 14), (128, 3, 7), (128, 3, 16), (256, 1, 8)]
+
+
+def _auto_table(rounds: int) -> None:
+    """gather / mask time of one layer at k = 0, C/4, C/2, 3C/4, batch 1 and 64: where the
+    fused kernel applies, should "auto" gather at every k?"""
+    print(f"{'layer':>18} {'batch':>5}   gather / mask at k = " +
+          "  ".join(f"{f:>5}" for f in ("0", "C/4", "C/2", "3C/4")))
+    for c, ksize, size in AUTO_SHAPES:
+        for batch in (1, 64):
+            torch.manual_seed(0)
+            x = torch.randn(batch, c, size, size)
+            ratios = []
+            for quarter in range(4):
+                layer = DGCConv2d(c, c, ksize, padding=ksize // 2, heads=4).eval()
+                layer.inactive_channels = quarter * c // 4
+                runs = {}
+                for execution in ("gather", "mask"):
+                    def run(layer=layer, execution=execution):
+                        layer.execution = execution
+                        return layer(x)
+                    runs[execution] = run
+                with torch.no_grad():
+                    t = interleaved_medians(runs, rounds=rounds)
+                ratios.append(t["gather"] / t["mask"])
+            print(f"{f'{c}->{c} {ksize}x{ksize} {size}^2':>18} {batch:>5}   {'':>21}" +
+                  "  ".join(f"{r:5.2f}" for r in ratios))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dgclab.bench layer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -217,6 +247,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--variants", action="store_true", help="also time other gather strategies")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--auto", action="store_true",
+                        help="only the gather / mask table at k = 0 to 3C/4, batch 1 and 64 (the "
+                             "measurement behind 'auto' gathering at every k with the kernel)")
     parser.add_argument("--block", type=int, default=5,
                         help="calls in a row per round for the steady-state table (default 5)")
     args = parser.parse_args(argv)
@@ -224,6 +257,12 @@ def main(argv=None) -> int:
         parser.error(f"batch, threads and rounds must be positive and block >= 2, got "
                      f"{args.batch}, {args.threads}, {args.rounds}, {args.block}")
     torch.set_num_threads(args.threads)
+    if args.auto:
+        print(f"torch {torch.__version__}, {args.threads} threads, eval, heads 4, medians over "
+              f"{args.rounds} interleaved rounds; gather: "
+              f"{'the fused C++ kernel' if cpu_kernel.available() else 'PyTorch (no kernel)'}")
+        _auto_table(args.rounds)
+        return 0
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, eval, "
           f"heads 4, pruning rate 0.75, medians over {args.rounds} interleaved rounds (ms)")
     if cpu_kernel.available():

@@ -73,10 +73,17 @@ __all__ = [
 Execution = Literal["auto", "mask", "gather"]
 EXECUTIONS = ("auto", "mask", "gather")
 
-# "auto" gathers when a head keeps at most this fraction of its input channels. Measured with
-# `python -m dgclab.bench layer`: above it the per-sample weight gather costs more than the MACs
-# it saves, so the dense masked conv wins (k = 0 during warm-up is the typical case).
+# "auto" gathers when a head keeps at most this fraction of its input channels, where the fused
+# CPU kernel does not apply (CUDA, the kernel off). Measured with `python -m dgclab.bench layer`
+# for the PyTorch gather: above it the per-sample weight gather costs more than the MACs it
+# saves, so the dense masked conv wins (k = 0 during warm-up is the typical case). Where the
+# kernel applies (CPU float32 inference), "auto" gathers at every k except on small maps at
+# large batches, where a head keeping more than half its channels is better served by the
+# masked dense conv (``python -m dgclab.bench layer --auto``; README, "Two executions").
 AUTO_GATHER_MAX_KEEP = 0.75
+KERNEL_MASK_MIN_BATCH = 9  # the kernel's exception: batch >= this,
+KERNEL_MASK_MAX_PIXELS = 63  # output maps of at most this many pixels,
+KERNEL_MASK_MIN_KEEP = 0.5  # and a head keeping more than this fraction of its channels
 # The same under autograd, where the gather's backward (index_add of filter columns, a grouped
 # conv's weight gradient over batch*heads tiny groups) costs more. Training steps of resnet8 w32 on
 # 28x28 inputs, batch 128, 2 threads (2026-11-22), mask (gating weights or inputs, whichever is
@@ -148,8 +155,10 @@ class DGCConv2d(GroupingConv, nn.Module):
         pruning_rate: xi, the target fraction of input channels each head drops (the official
             code's ``1 - gate_factor``).
         execution: ``"mask"`` (reference), ``"gather"`` (computes only the kept channels) or
-            ``"auto"`` (gather when a head keeps at most 3/4 of its channels, at most 1/4 of
-            them under autograd, else mask; ``resolved_execution`` says which).
+            ``"auto"`` (where the fused CPU kernel applies, gather at every k but on small
+            maps at large batches; elsewhere gather when a head keeps at most 3/4 of its
+            channels, at most 1/4 of them under autograd, else mask; ``resolved_execution``
+            says which).
 
     Every argument is checked here (TypeError for a wrong type, ValueError for a bad value),
     and so is k wherever it enters: the ``inactive_channels`` setter, ``load_state_dict``
@@ -290,22 +299,46 @@ class DGCConv2d(GroupingConv, nn.Module):
     def heads_list(self) -> list[DGCHead]:
         return [getattr(self, f"headconv_{i}") for i in range(self.heads)]
 
-    def resolved_execution(self, k: int | None = None, autograd: bool | None = None) -> str:
+    def resolved_execution(self, k: int | None = None, autograd: bool | None = None,
+                           input: torch.Tensor | None = None) -> str:
         """The execution a forward with the current k uses ("mask" or "gather").
 
         Args:
             k: inactive channels, in [0, in_channels); default the layer's current k.
             autograd: whether the forward records a graph; default ``torch.is_grad_enabled()``.
+            input: the forward's input, if known: where the fused CPU kernel applies to it
+                (CPU, float32, no autograd), "auto" follows the kernel's own rule (gather at
+                every k, except at batches of 9 or more on maps of at most 63 output pixels
+                where a head keeps more than half its channels). The repr shows the rule
+                without an input.
         """
         if k is None:
             k = self.inactive_channels
         else:
             k = check_inactive_channels(k, self.in_channels, "k")
         autograd = torch.is_grad_enabled() if autograd is None else check_bool("autograd", autograd)
+        if input is not None and not isinstance(input, torch.Tensor):
+            raise TypeError(f"input must be a Tensor or None, got {type(input).__name__}")
+        if (self._execution == "auto" and input is not None and not autograd
+                and cpu_kernel.applies(input)):
+            return self._kernel_resolve(k, input)
         return self._resolve(k, autograd)
 
+    def _kernel_resolve(self, k: int, x: torch.Tensor) -> str:
+        """"auto" where the fused CPU kernel applies: gather, except at large batches on small
+        maps where a head keeps more than half its channels (the KERNEL_MASK_* constants)."""
+        pixels = 1
+        sides = zip(x.shape[-2:], self.kernel_size, self.stride, self.padding, self.dilation)
+        for n, size, s, p, d in sides:
+            pixels *= (n + 2 * p - d * (size - 1) - 1) // s + 1
+        keep = self.in_channels - k
+        if (x.shape[0] >= KERNEL_MASK_MIN_BATCH and pixels <= KERNEL_MASK_MAX_PIXELS
+                and keep > KERNEL_MASK_MIN_KEEP * self.in_channels):
+            return "mask"
+        return "gather"
+
     def _resolve(self, k: float, autograd: bool) -> str:
-        """``resolved_execution`` for a k and a grad mode taken as they are."""
+        """``resolved_execution`` without an input, for a k and a grad mode as they are."""
         if self._execution != "auto":
             return self._execution
         max_keep = AUTO_GATHER_MAX_KEEP_AUTOGRAD if autograd else AUTO_GATHER_MAX_KEEP
@@ -423,7 +456,7 @@ class DGCConv2d(GroupingConv, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         k = self.inactive_channels
-        execution = self.resolved_execution(k)
+        execution = self.resolved_execution(k, input=x)
         if execution == "gather" and cpu_kernel.applies(x):
             return self._kernel_forward(x, k)
         x = self.relu(self.norm(x))

@@ -149,3 +149,12 @@ def test_network_profile_lists_the_ops_of_a_forward():
     assert lines[0].split() == ["op", "ms/forward", "share", "calls"]
     assert len(lines) == 7 and lines[-1].split()[:2] == ["all", "ops"]
     assert any("conv" in line for line in lines[1:-1])
+
+
+def test_layer_benchmark_auto_table_runs(capsys, monkeypatch):
+    monkeypatch.setattr(layer, "AUTO_SHAPES", [(8, 3, 6)])
+    assert layer.main(["--auto", "--rounds", "1", "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "gather / mask at k =" in lines[1]
+    assert [line.split()[:3] for line in lines[2:]] == [["8->8", "3x3", "6^2"]] * 2
+    assert all(len(line.split()) == 8 for line in lines[2:])  # label (3), batch, 4 ratios

@@ -541,7 +541,7 @@ def test_repr_shows_heads_rate_k_and_execution():
     text = repr(layer)
     for part in ("heads=4", "pruning_rate=0.75", "k=12/16", "execution=auto(gather)"):
         assert part in text
-    layer.inactive_channels = 0
+    layer.inactive_channels = 0  # the rule without an input (the kernel's: resolved_execution)
     assert "execution=auto(mask)" in repr(layer)
     layer.inactive_channels = 6  # keeps 10/16: gather in inference, mask under autograd
     assert "execution=auto(gather; mask under autograd)" in repr(layer)
@@ -560,6 +560,30 @@ def test_auto_threshold_depends_on_autograd():
     assert layer.resolved_execution(autograd=True) == "mask"
     layer.inactive_channels = 12  # keeps a quarter: gather either way
     assert layer.resolved_execution(autograd=True) == "gather"
+
+
+def test_auto_with_the_kernel_gathers_but_on_small_maps_at_large_batches():
+    layer = make_layer(16, 16, 3, padding=1, k=0).eval()
+    x = torch.randn(2, 16, 6, 6)
+    kernel = cpu_kernel.available()
+    with torch.no_grad():
+        assert layer.resolved_execution() == "mask"  # no input: the kernel is not assumed
+        assert layer.resolved_execution(input=x) == ("gather" if kernel else "mask")
+        big = torch.randn(9, 16, 7, 9)  # 63 output pixels, batch 9
+        assert layer.resolved_execution(input=big) == "mask"  # keeps all 16 channels
+        layer.inactive_channels = 7  # keeps 9 of 16: still more than half
+        assert layer.resolved_execution(input=big) == "mask"
+        layer.inactive_channels = 8  # keeps half
+        assert layer.resolved_execution(input=big) == ("gather" if kernel else "mask")
+        layer.inactive_channels = 0
+        for other in (big[:8], torch.randn(9, 16, 8, 8)):  # batch 8; 64 pixels
+            assert layer.resolved_execution(input=other) == ("gather" if kernel else "mask")
+        with cpu_kernel.use(False):
+            assert layer.resolved_execution(input=x) == "mask"
+        assert layer.resolved_execution(input=x.double()) == "mask"  # not float32
+    assert layer.resolved_execution(input=x) == "mask"  # autograd: the kernel never applies
+    with pytest.raises(TypeError, match="input must be a Tensor or None, got list"):
+        layer.resolved_execution(input=[x])
 
 
 def test_squeeze_quirk_below_80_channels():
