@@ -456,9 +456,13 @@ class DGCConv2d(GroupingConv, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         k = self.inactive_channels
-        execution = self.resolved_execution(k, input=x)
-        if execution == "gather" and cpu_kernel.applies(x):
-            return self._kernel_forward(x, k)
+        autograd = torch.is_grad_enabled()
+        if not autograd and cpu_kernel.applies(x):  # resolved_execution(k, input=x), unchecked
+            execution = self._kernel_resolve(k, x) if self._execution == "auto" else self._execution
+            if execution == "gather":
+                return self._kernel_forward(x, k)
+        else:
+            execution = self._resolve(k, autograd)
         x = self.relu(self.norm(x))
         pooled = x.mean(dim=(2, 3))
         g = self.saliency(pooled)  # (B, heads, C)
