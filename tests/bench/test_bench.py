@@ -123,8 +123,8 @@ def test_calibrated_networks_stay_finite_and_keep_their_momenta():
     set_progress(model, 1.0)
     model.layer1[0].bn1.momentum = 0.3
     finite = {}
-    for name, layer in dgc_layers(model):
-        layer.register_forward_pre_hook(
+    for name, dgc in dgc_layers(model):
+        dgc.register_forward_pre_hook(
             lambda m, args, name=name: finite.__setitem__(name, bool(args[0].isfinite().all())))
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
