@@ -37,6 +37,7 @@ from ..data import dataset_info
 from ..layers import CONV_KINDS, set_progress
 from ..models.registry import build_model
 from ..train import Trainer, TrainConfig
+from .network import calibrate
 from .timing import interleaved_medians
 
 DEFAULT_CONVS = ("dense", "group", "dgc")  # the paper's comparison; any kind of CONV_KINDS runs
@@ -113,7 +114,8 @@ def summarize(args) -> pd.DataFrame:
                                     num_classes=info.num_classes, width=args.width, conv=conv,
                                     heads=4, pruning_rate=0.75)
                 set_progress(model, 1.0)  # every layer at its end of training (DGC: final k)
-                models[conv] = model.eval()
+                # BN statistics of its own activations, as a trained net has (bench.network)
+                models[conv] = calibrate(model, (info.in_channels, 28, 28))
     size = (1, 1, 28, 28)
     if not rows:
         print("no finished runs yet")
