@@ -110,17 +110,23 @@ NETWORKS = [
 ]
 
 
+def _calibrated_nets(make, size: tuple[int, ...]) -> dict[str, nn.Module]:
+    """A DGC network (seed 0) and its dense and group twins, every BN calibrated."""
+    torch.manual_seed(0)
+    dgc = make()
+    nets = {"dense": twin(dgc, "dense"), "group": twin(dgc, "group"), "dgc": dgc}
+    for net in nets.values():
+        calibrate(net, size, batch=16 if size[-1] < 100 else 4)
+    return nets
+
+
 def _inference(rounds: int, imagenet: bool) -> None:
     print(f"{'network':>22} {'batch':>5} {'dense':>9} {'group':>9} {'dgc':>9}  {'dgc/dense':>9} "
           f"{'dgc/group':>9}  {'MACs dgc/dense':>14} {'dgc/group':>9}   (ms per image)")
     for name, make, size, batches in NETWORKS:
         if size[1] >= 224 and not imagenet:
             continue
-        torch.manual_seed(0)
-        dgc = make()
-        nets = {"dense": twin(dgc, "dense"), "group": twin(dgc, "group"), "dgc": dgc}
-        for net in nets.values():
-            calibrate(net, size, batch=16 if size[-1] < 100 else 4)
+        nets = _calibrated_nets(make, size)
         macs = {n: count_macs(m, (1, *size)) for n, m in nets.items()}
         for batch in batches:
             x = torch.randn(batch, *size)
@@ -158,17 +164,13 @@ def profile(model: nn.Module, x: torch.Tensor, calls: int = 10, rows: int = 12) 
 
 def _profiles() -> None:
     for name, make, size, batches in NETWORKS[:1]:
-        torch.manual_seed(0)
-        dgc = make()
-        nets = {"dgc": dgc, "dense": twin(dgc, "dense")}
-        for net in nets.values():
-            calibrate(net, size)
+        nets = _calibrated_nets(make, size)
         for batch in batches:
             x = torch.randn(batch, *size)
-            for label, net in nets.items():
+            for label in ("dgc", "dense"):
                 print(f"\nprofile: {label} {name}, batch {batch} (torch.profiler, self CPU time; the "
                       f"profiler adds its own overhead per op)")
-                print(profile(net, x))
+                print(profile(nets[label], x))
 
 
 def _training(rounds: int, batch: int) -> None:

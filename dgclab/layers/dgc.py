@@ -41,7 +41,7 @@ from ..checks import (
     check_bool, check_choice, check_conv_geometry, check_float, check_int
 )
 from . import cpu_kernel
-from .base import GroupingConv, conv_channel_macs
+from .base import GroupingConv, conv_channel_macs, conv_output_hw
 
 # Everything below is re-exported: ``from dgclab.layers.dgc import X`` works as before the split.
 from .dgc_functional import (
@@ -319,30 +319,25 @@ class DGCConv2d(GroupingConv, nn.Module):
         autograd = torch.is_grad_enabled() if autograd is None else check_bool("autograd", autograd)
         if input is not None and not isinstance(input, torch.Tensor):
             raise TypeError(f"input must be a Tensor or None, got {type(input).__name__}")
-        if (self._execution == "auto" and input is not None and not autograd
-                and cpu_kernel.applies(input)):
-            return self._kernel_resolve(k, input)
-        return self._resolve(k, autograd)
+        kernel = input is not None and not autograd and cpu_kernel.applies(input)
+        return self._resolve(k, autograd, input, kernel)
 
-    def _kernel_resolve(self, k: int, x: torch.Tensor) -> str:
-        """"auto" where the fused CPU kernel applies: gather, except at large batches on small
-        maps where a head keeps more than half its channels (the KERNEL_MASK_* constants)."""
-        pixels = 1
-        sides = zip(x.shape[-2:], self.kernel_size, self.stride, self.padding, self.dilation)
-        for n, size, s, p, d in sides:
-            pixels *= (n + 2 * p - d * (size - 1) - 1) // s + 1
-        keep = self.in_channels - k
-        if (x.shape[0] >= KERNEL_MASK_MIN_BATCH and pixels <= KERNEL_MASK_MAX_PIXELS
-                and keep > KERNEL_MASK_MIN_KEEP * self.in_channels):
-            return "mask"
-        return "gather"
-
-    def _resolve(self, k: float, autograd: bool) -> str:
-        """``resolved_execution`` without an input, for a k and a grad mode as they are."""
+    def _resolve(self, k: float, autograd: bool, x: torch.Tensor | None = None,
+                 kernel: bool = False) -> str:
+        """``resolved_execution`` for arguments taken as they are; ``kernel``: whether the fused
+        CPU kernel applies to the input ``x``. With the kernel, "auto" gathers, except at large
+        batches on small maps where a head keeps more than half its channels (the
+        KERNEL_MASK_* constants)."""
         if self._execution != "auto":
             return self._execution
-        max_keep = AUTO_GATHER_MAX_KEEP_AUTOGRAD if autograd else AUTO_GATHER_MAX_KEEP
         keep = self.in_channels - k
+        if kernel:
+            h, w = conv_output_hw(x.shape[-2:], self.kernel_size, self.stride, self.padding,
+                                  self.dilation)
+            small = (x.shape[0] >= KERNEL_MASK_MIN_BATCH and h * w <= KERNEL_MASK_MAX_PIXELS
+                     and keep > KERNEL_MASK_MIN_KEEP * self.in_channels)
+            return "mask" if small else "gather"
+        max_keep = AUTO_GATHER_MAX_KEEP_AUTOGRAD if autograd else AUTO_GATHER_MAX_KEEP
         return "gather" if keep <= max_keep * self.in_channels else "mask"
 
     def extra_repr(self) -> str:
@@ -457,12 +452,10 @@ class DGCConv2d(GroupingConv, nn.Module):
         self._check_input(x)
         k = self.inactive_channels
         autograd = torch.is_grad_enabled()
-        if not autograd and cpu_kernel.applies(x):  # resolved_execution(k, input=x), unchecked
-            execution = self._kernel_resolve(k, x) if self._execution == "auto" else self._execution
-            if execution == "gather":
-                return self._kernel_forward(x, k)
-        else:
-            execution = self._resolve(k, autograd)
+        kernel = not autograd and cpu_kernel.applies(x)
+        execution = self._resolve(k, autograd, x, kernel)  # resolved_execution, k checked once
+        if execution == "gather" and kernel:
+            return self._kernel_forward(x, k)
         x = self.relu(self.norm(x))
         pooled = x.mean(dim=(2, 3))
         g = self.saliency(pooled)  # (B, heads, C)
