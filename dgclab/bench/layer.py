@@ -15,6 +15,11 @@ each method claims): SCC (DSXplore; for a 3x3 shape its depthwise 3x3 + SCC bloc
 o = 0.5), the learned group conv with every condensing stage applied (masked, as trained) and
 condensed into a real group conv (``CondensedConv2d``; for 3x3, dgclab's extension of the LGC).
 
+``--scc`` times only SCC's two executions (``layers/scc.py``: the dense (O, C) weight, and the
+banded GEMM over the windows) against a grouped and a dense 1x1 conv, at the 1x1 convs of the
+SPEC shapes (the pointwise half of DSXplore's block), batch 1 and ``--batch``, g = 2, 4, 8 and
+o = 0, 0.33, 0.5, 0.75, and says which execution ``"auto"`` picks.
+
 Targets (issue #2): gather <= 0.5x dense on both 3x3 shapes, <= 1.5x on the 1x1 shape.
 """
 
@@ -27,7 +32,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..analysis.macs import conv_output_hw, count_macs
-from ..layers import CondensedConv2d, DGCConv2d, LearnedGroupConv2d, cpu_kernel, make_conv
+from ..layers import (
+    CondensedConv2d, DGCConv2d, LearnedGroupConv2d, SlidingChannelConv2d, cpu_kernel, make_conv,
+)
 from ..layers import dgc as dgc_module
 from ..layers import dgc_gather
 from .memory import PeakTensorMemory
@@ -209,6 +216,39 @@ def _family_table(layers, rounds: int) -> None:
               + f"   (dense {t['dense'] * 1e3:.2f} ms)")
 
 
+# (C_in, C_out, H = W) of the SCC table: the SPEC shapes as pointwise convs
+SCC_SHAPES = [(128, 128, 16), (256, 256, 14), (256, 128, 8)]
+
+
+def _scc_table(batch: int, rounds: int) -> None:
+    """SCC banded and dense-weight, and a grouped 1x1 conv, each over the dense 1x1 conv."""
+    print(f"{'layer':>18} {'batch':>5} {'g':>2} {'o':>4}  {'dense ms':>8}  {'banded':>6} "
+          f"{'dense-w':>7} {'group':>6}  {'MACs':>5} {'banded MACs':>11}  auto")
+    for cin, cout, size in SCC_SHAPES:
+        for b in (1, batch):
+            torch.manual_seed(0)
+            x = torch.randn(b, cin, size, size)
+            for groups in (2, 4, 8):
+                dense = nn.Conv2d(cin, cout, 1, bias=False).eval()
+                group = nn.Conv2d(cin, cout, 1, groups=groups, bias=False).eval()
+                for overlap in (0.0, 0.33, 0.5, 0.75):
+                    scc = SlidingChannelConv2d(cin, cout, groups, overlap).eval()
+                    runs = {"dense": lambda: dense(x), "group": lambda: group(x)}
+                    for execution in ("banded", "dense-w"):
+                        def run(scc=scc, execution=execution):
+                            scc.execution = "dense" if execution == "dense-w" else execution
+                            return scc(x)
+                        runs[execution] = run
+                    with torch.no_grad():
+                        t = interleaved_medians(runs, rounds=rounds)
+                    scc.execution = "auto"
+                    r = {n: t[n] / t["dense"] for n in t}
+                    print(f"{f'{cin}->{cout} {size}^2':>18} {b:>5} {groups:>2} {overlap:>4}  "
+                          f"{t['dense'] * 1e3:8.3f}  {r['banded']:6.2f} {r['dense-w']:7.2f} "
+                          f"{r['group']:6.2f}  {1 / groups:5.3f} "
+                          f"{scc.bands.macs / (cin * cout):11.3f}  {scc.resolved_execution(x)}")
+
+
 # (C_in = C_out, kernel, H = W) of the auto table: the resnet_cifar stages and the SPEC shapes
 AUTO_SHAPES = [(32, 3, 28), (64, 3, 14), (128, 3, 7), (128, 3, 16), (256, 1, 8)]
 
@@ -250,6 +290,8 @@ def main(argv=None) -> int:
     parser.add_argument("--auto", action="store_true",
                         help="only the gather / mask table at k = 0 to 3C/4, batch 1 and 64 (the "
                              "measurement behind 'auto' gathering at every k with the kernel)")
+    parser.add_argument("--scc", action="store_true",
+                        help="only SCC's executions against grouped and dense 1x1 convs")
     parser.add_argument("--block", type=int, default=5,
                         help="calls in a row per round for the steady-state table (default 5)")
     args = parser.parse_args(argv)
@@ -262,6 +304,12 @@ def main(argv=None) -> int:
               f"{args.rounds} interleaved rounds; gather: "
               f"{'the fused C++ kernel' if cpu_kernel.available() else 'PyTorch (no kernel)'}")
         _auto_table(args.rounds)
+        return 0
+    if args.scc:
+        print(f"torch {torch.__version__}, {args.threads} threads, eval, medians over "
+              f"{args.rounds} interleaved rounds; time / dense 1x1 conv; MACs / dense: a grouped "
+              f"conv's and SCC's (1/g), and what the banded GEMM computes")
+        _scc_table(args.batch, args.rounds)
         return 0
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, eval, "
           f"heads 4, pruning rate 0.75, medians over {args.rounds} interleaved rounds (ms)")

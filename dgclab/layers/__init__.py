@@ -25,7 +25,14 @@ from .dgc_network import dgc_layers, saliency_loss, set_pruning_progress
 from .dgc_schedule import pruning_schedule
 from .group import GroupConv2d
 from .lgc import CondensedConv2d, LearnedGroupConv2d, group_lasso
-from .scc import DepthwiseSlidingConv2d, SlidingChannelConv2d, scc_starts
+from .scc import (
+    DepthwiseSlidingConv2d,
+    SCCBands,
+    SlidingChannelConv2d,
+    scc_banded_conv2d,
+    scc_bands,
+    scc_starts,
+)
 from .registry import (
     CONV_KINDS,
     ConvKind,
@@ -43,6 +50,7 @@ __all__ = [
     "ConvKind",
     "DGCConv2d",
     "DepthwiseSlidingConv2d",
+    "SCCBands",
     "SlidingChannelConv2d",
     "GroupConv2d",
     "GroupingConv",
@@ -63,6 +71,8 @@ __all__ = [
     "regularization_loss",
     "register_conv",
     "saliency_loss",
+    "scc_banded_conv2d",
+    "scc_bands",
     "scc_starts",
     "select_channels",
     "set_progress",

@@ -158,3 +158,13 @@ def test_layer_benchmark_auto_table_runs(capsys, monkeypatch):
     assert "gather / mask at k =" in lines[1]
     assert [line.split()[:3] for line in lines[2:]] == [["8->8", "3x3", "6^2"]] * 2
     assert all(len(line.split()) == 8 for line in lines[2:])  # label (3), batch, 4 ratios
+
+
+def test_layer_benchmark_scc_table_runs(capsys, monkeypatch):
+    monkeypatch.setattr(layer, "SCC_SHAPES", [(16, 8, 4)])
+    assert layer.main(["--scc", "--rounds", "1", "--threads", "1", "--batch", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines[2:]]
+    assert len(rows) == 2 * 3 * 4  # batch 1 and 2, g = 2, 4, 8, o = 0 ... 0.75
+    assert {r[-1] for r in rows} <= {"banded", "dense"}
+    assert [float(r[9]) for r in rows[:4]] == [0.5] * 4  # MACs / dense of g = 2

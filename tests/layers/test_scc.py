@@ -1,6 +1,6 @@
 """Sliding-channel convolution (DSXplore, SPEC §3) against oracles written another way: the
 formula as a loop, a grouped 1x1 conv (o = 0), a rolled dense 1x1 conv (g = 1), autograd in
-float64, and the official float32 window starts."""
+float64, and the official float32 window starts; both executions (dense weight, banded)."""
 
 import pytest
 import torch
@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 import dgclab
 from dgclab.layers import (
-    DepthwiseSlidingConv2d, SlidingChannelConv2d, make_conv, scc_starts,
+    DepthwiseSlidingConv2d, SlidingChannelConv2d, make_conv, scc_banded_conv2d, scc_bands,
+    scc_starts,
 )
 from dgclab.layers.scc import scc_dense_weight
 from dgclab.models import resnet_cifar
@@ -28,14 +29,86 @@ def by_formula(scc: SlidingChannelConv2d, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, 1)
 
 
+@pytest.mark.parametrize("execution", ["dense", "banded", "auto"])
 @pytest.mark.parametrize("c_in,c_out,groups,overlap", [
-    (8, 6, 2, 0.5), (12, 12, 3, 0.25), (16, 24, 4, 0.75), (8, 8, 1, 0.33), (10, 4, 5, 0.0)])
-def test_forward_is_the_formula(c_in, c_out, groups, overlap):
+    (8, 6, 2, 0.5), (12, 12, 3, 0.25), (16, 24, 4, 0.75), (8, 8, 1, 0.33), (10, 4, 5, 0.0),
+    (64, 48, 4, 0.33), (96, 96, 8, 0.6)])
+def test_forward_is_the_formula(c_in, c_out, groups, overlap, execution):
     torch.manual_seed(0)
-    scc = SlidingChannelConv2d(c_in, c_out, groups, overlap)
+    scc = SlidingChannelConv2d(c_in, c_out, groups, overlap, execution=execution)
     x = torch.randn(3, c_in, 5, 4)
     torch.testing.assert_close(scc(x), by_formula(scc, x), rtol=1e-5, atol=1e-5)
     assert sum(p.numel() for p in scc.parameters()) == c_out * c_in // groups  # whatever o
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 8, 17, 33])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_banded_forward_at_every_step_and_stride(step, stride):
+    torch.manual_seed(4)
+    c_in, c_out, groups, overlap = 48, 40, 3, 0.33  # D = 16: step <= 33
+    scc = SlidingChannelConv2d(c_in, c_out, groups, overlap, stride=stride)
+    bands = scc_bands(scc.starts, c_in, c_in // groups, step)
+    x = torch.randn(2, c_in, 7, 6)
+    dense = F.conv2d(x, scc_dense_weight(scc.weight, c_in, scc.starts)[:, :, None, None],
+                     stride=stride)
+    torch.testing.assert_close(scc_banded_conv2d(x, scc.weight, bands, (stride, stride)), dense,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_bands_cover_every_window_once():
+    for c_in, c_out, groups, overlap in [(128, 128, 4, 0.33), (512, 128, 16, 0.33), (12, 7, 1, 0.4)]:
+        starts = scc_starts(c_in, c_out, groups, overlap)
+        d = c_in // groups
+        for step in (None, 1, min(5, c_in - d + 1)):  # g = 1: step 1 only
+            b = scc_bands(starts, c_in, d, step)
+            assert d <= b.width <= min(d + b.step - 1, c_in)
+            assert b.out_rows.unique().numel() == c_out
+            if step is None:  # the cheapest of every step
+                assert b.cost == min(scc_bands(starts, c_in, d, s).cost
+                                     for s in range(1, c_in - d + 2))
+            assert b.weight_index.unique().numel() == c_out * d  # no weight lands twice
+            # W[c, k] sits in band j's row out_rows[c], at a column u that reads j * step + u
+            band, col = b.weight_index // b.width // b.rows, b.weight_index % b.width
+            assert torch.equal(band, (b.out_rows // b.rows)[:, None].expand(-1, d))
+            read = (band * b.step + col) % c_in
+            assert torch.equal(read, (starts[:, None] + torch.arange(d)) % c_in)
+
+
+def test_bands_compute_exactly_the_windows_where_starts_repeat():
+    # o = 0.5, D = 32: starts step by 16, so 8 distinct starts, each shared by 16 outputs
+    b = scc_bands(scc_starts(128, 128, 4, 0.5), 128, 32)
+    assert (b.step, b.bands, b.rows, b.width) == (16, 8, 16, 32)
+    assert b.macs == 128 * 32  # the windows' own MACs, a quarter of the dense GEMM's
+    # o = 0 is a grouped conv: g bands of O / g outputs
+    b = scc_bands(scc_starts(64, 32, 4, 0.0), 64, 16)
+    assert (b.bands, b.rows, b.macs) == (4, 8, 32 * 16)
+
+
+def test_auto_takes_the_cheaper_execution():
+    wide = SlidingChannelConv2d(128, 128, 4, 0.5)  # banded: a quarter of the MACs
+    assert wide.resolved_execution() == "banded" and "auto (banded)" in repr(wide)
+    assert wide.resolved_execution(torch.zeros(2, 128, 8, 8)) == "banded"
+    assert wide.resolved_execution(torch.zeros(1, 128, 8, 8)) == "dense"  # 64 output pixels
+    assert wide.resolved_execution(torch.zeros(64, 128, 16, 16)) == "dense"  # 16384
+    tiny = SlidingChannelConv2d(8, 6, 2, 0.5)  # reading the bands outweighs the saved MACs
+    assert tiny.resolved_execution() == "dense"
+    tiny.execution = "banded"
+    assert tiny.resolved_execution() == "banded"
+    assert set(wide.state_dict()) == {"weight"}  # the bands are rebuilt, never saved
+
+
+def test_the_kept_banded_weight_follows_the_weight():
+    torch.manual_seed(5)
+    scc = SlidingChannelConv2d(32, 32, 4, 0.5, execution="banded").eval()
+    x = torch.randn(2, 32, 4, 4)
+    with torch.no_grad():
+        first = scc(x)
+        scc.weight.mul_(2)  # in place: a new version of the same storage
+        torch.testing.assert_close(scc(x), 2 * first)
+        scc.weight = torch.nn.Parameter(-scc.weight)  # a new tensor
+        torch.testing.assert_close(scc(x), -2 * first)
+    scc(x).sum().backward()  # with grad: built in the graph, so the weight gets its gradient
+    assert scc.weight.grad is not None and scc.weight.grad.abs().sum() > 0
 
 
 def test_official_float32_starts_are_pinned():
@@ -78,6 +151,10 @@ def test_gradients_are_exact_in_float64(overlap):
     assert torch.autograd.gradcheck(lambda x, w: F.conv2d(
         x, scc_dense_weight(w, 8, scc.starts)[:, :, None, None]),
         (x, scc.weight))
+    for step in (1, 3):
+        bands = scc_bands(scc.starts, 8, 4, step)
+        assert torch.autograd.gradcheck(lambda x, w: scc_banded_conv2d(x, w, bands),
+                                        (x[:, :, :2], scc.weight))
 
 
 def test_bad_arguments_name_the_value():
@@ -91,6 +168,10 @@ def test_bad_arguments_name_the_value():
         SlidingChannelConv2d(8, 8, 0, 0.5)
     with pytest.raises(TypeError, match="overlap"):
         SlidingChannelConv2d(8, 8, 2, "half")
+    with pytest.raises(ValueError, match="execution='sparse'"):
+        SlidingChannelConv2d(8, 8, 2, 0.5, execution="sparse")
+    with pytest.raises(ValueError, match="step must be .*, got step=6"):
+        scc_bands(scc_starts(8, 8, 2, 0.5), 8, 4, step=6)  # a band would read over C channels
 
 
 def test_protocol_registry_and_network():
