@@ -25,6 +25,7 @@ from .layers import (
     DGCConv2d,
     GroupConv2d,
     GroupingConv,
+    calibrate_threshold,
     make_conv,
     pruning_schedule,
     register_conv,
@@ -32,6 +33,7 @@ from .layers import (
     saliency_loss,
     set_progress,
     set_pruning_progress,
+    set_threshold,
 )
 from .modes import eval_mode
 from .record import Recorder, Recording, load_recording, paused
@@ -49,6 +51,7 @@ __all__ = [
     "GroupingConv",
     "Recorder",
     "Recording",
+    "calibrate_threshold",
     "count_macs",
     "eval_mode",
     "evaluate_model",
@@ -63,6 +66,7 @@ __all__ = [
     "saliency_loss",
     "set_progress",
     "set_pruning_progress",
+    "set_threshold",
 ]
 
 

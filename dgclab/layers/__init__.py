@@ -21,7 +21,14 @@ from .base import (
     set_progress,
 )
 from .dgc import DGCConv2d, dgc_gather_conv, dgc_mask_conv, interleave_heads, select_channels
-from .dgc_network import dgc_layers, saliency_loss, set_pruning_progress
+from .dgc_network import (
+    calibrate_threshold,
+    dgc_layers,
+    mean_pruning_rate,
+    saliency_loss,
+    set_pruning_progress,
+    set_threshold,
+)
 from .dgc_schedule import pruning_schedule
 from .group import GroupConv2d
 from .lgc import CondensedConv2d, LearnedGroupConv2d, group_lasso
@@ -60,6 +67,7 @@ __all__ = [
     "conv_kind",
     "conv_output_hw",
     "dgc_gather_conv",
+    "calibrate_threshold",
     "dgc_layers",
     "dgc_mask_conv",
     "group_lasso",
@@ -67,6 +75,7 @@ __all__ = [
     "interleave_heads",
     "kind_options",
     "make_conv",
+    "mean_pruning_rate",
     "pruning_schedule",
     "regularization_loss",
     "register_conv",
@@ -77,5 +86,6 @@ __all__ = [
     "select_channels",
     "set_progress",
     "set_pruning_progress",
+    "set_threshold",
     "unregister_conv",
 ]

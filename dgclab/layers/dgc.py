@@ -11,6 +11,12 @@ inactive channels) grows during training along the official schedule (``dgc_sche
 A DGC layer is a dynamic layer of the layer protocol (``base.py``): ``last_selection`` says
 which channels each head read for each image of the last forward.
 
+Two selection rules: the official head-wise one (``threshold`` None, the default) and the
+global threshold of the paper's supplementary material (DGC-G, ``threshold`` a number: a head
+keeps every channel whose saliency exceeds it, at least one), under which the compute varies
+per image, head and layer; ``calibrate_threshold`` (``dgc_network.py``) picks one threshold for
+a whole model. Every execution below takes either rule.
+
 Two executions compute the same numbers, NaN and Inf included:
 
 * ``"mask"`` is the paper's reference formulation: every head convolves the full input with the
@@ -20,7 +26,10 @@ Two executions compute the same numbers, NaN and Inf included:
 * ``"gather"`` gathers, per image and head, only the kept channels and the matching filter
   columns, then runs one batched matmul (1x1) or one grouped conv (kxk) over ``batch*heads``
   groups: the MACs really fall to ``(C_in - k) / C_in`` of dense. In CPU float32 inference a
-  fused C++ kernel does the same per image and head, BN-ReLU included (``cpu_kernel.py``).
+  fused C++ kernel does the same per image and head, BN-ReLU included (``cpu_kernel.py``), and
+  convolves each image-head's own kept channels however many; the PyTorch gather runs equal
+  groups, so under the threshold rule it pads every image-head to the batch's largest keep
+  (the padding's gates are 0).
 
 This file is the layer alone (about 520 lines: its state, its layer-protocol methods and its
 forward read best in one place). The functional core (``select_channels``, ``dgc_mask_conv``:
@@ -50,6 +59,7 @@ from .dgc_functional import (
     effective_squeeze_rate,
     final_inactive_channels,
     interleave_heads,
+    select_above_threshold,
     select_channels,
     select_top_channels,
 )
@@ -91,6 +101,15 @@ KERNEL_MASK_MIN_KEEP = 0.5  # and a head keeping more than this fraction of its 
 # keep 0.30 C, 0.42 vs 0.32 s at keep 0.25 C (per layer, gather broke even at 0.25 C on the first
 # stage and won by 1.7x on the second).
 AUTO_GATHER_MAX_KEEP_AUTOGRAD = 0.25
+
+
+def _kept_first(saliency: torch.Tensor, keep_mask: torch.Tensor) -> torch.Tensor:
+    """(B, heads, K) indices with every image-head's kept channels first, K the largest keep
+    count of the batch; the rest of a row are dropped channels (gate 0), the padding that lets
+    the PyTorch gather run equal groups. NaN saliencies that are kept sort first too."""
+    width = int(keep_mask.sum(-1).max()) if keep_mask.numel() else 1
+    key = torch.where(keep_mask, saliency.detach(), float("-inf"))  # a kept NaN stays NaN
+    return key.topk(max(width, 1), dim=-1, sorted=False).indices
 
 
 def _autocast(device_type: str) -> bool:
@@ -231,6 +250,9 @@ class DGCConv2d(GroupingConv, nn.Module):
         # k as the official float buffer of shape (1,): checkpoints carry it, a fresh model
         # prunes nothing.
         self.register_buffer("_inactive_channels", torch.zeros(1))
+        # the DGC-G threshold, NaN for the head-wise rule; a buffer so that checkpoints carry it
+        # (only when set, see _save_to_state_dict)
+        self.register_buffer("_threshold", torch.full((1,), float("nan")))
         for i in range(heads):
             self.add_module(
                 f"headconv_{i}",
@@ -273,6 +295,24 @@ class DGCConv2d(GroupingConv, nn.Module):
         k = check_inactive_channels(k, self.in_channels)
         self._inactive_channels.fill_(k)
 
+    @property
+    def threshold(self) -> float | None:
+        """The selection rule: None for the official head-wise rule (each head drops its k least
+        salient channels), or tau >= 0 for the global-threshold rule (DGC-G: keep every channel
+        whose saliency exceeds tau, at least one per head; ``select_above_threshold``). Kept in
+        the ``_threshold`` buffer (NaN for None), so checkpoints carry it. Under the threshold
+        rule k still sets the pruning schedule's target and the "auto" execution's choice.
+        """
+        value = float(self._threshold.item())
+        return None if value != value else value
+
+    @threshold.setter
+    def threshold(self, value: float | None) -> None:
+        if value is None:
+            self._threshold.fill_(float("nan"))
+        else:
+            self._threshold.fill_(check_float("threshold", value, min=0))
+
     def _checked_k(self, value, name: str) -> int:
         """k held by a (1,) buffer or a number, checked (``check_inactive_channels``)."""
         if isinstance(value, torch.Tensor):
@@ -291,9 +331,27 @@ class DGCConv2d(GroupingConv, nn.Module):
         value = state_dict.get(key)
         if isinstance(value, torch.Tensor) and not value.is_meta:
             self._checked_k(value, key)
+        # A layer's state without a threshold (the official code's, dgclab's before the rule,
+        # any head-wise layer's: see _save_to_state_dict) selects head-wise.
+        key = prefix + "_threshold"
+        if key not in state_dict and prefix + "_inactive_channels" in state_dict:
+            state_dict[key] = torch.full((1,), float("nan"))
+        value = state_dict.get(key)
+        if isinstance(value, torch.Tensor) and not value.is_meta:
+            if value.numel() != 1:
+                raise ValueError(f"{key} must hold one value, got shape {tuple(value.shape)}")
+            if value.item() == value.item():  # NaN: head-wise
+                check_float(key, value.item(), min=0)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        # The threshold is saved only where it is set: a head-wise layer's state dict keeps the
+        # official code's keys, key for key (a missing threshold loads as the head-wise rule).
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.threshold is None:
+            destination.pop(prefix + "_threshold", None)
 
     @property
     def heads_list(self) -> list[DGCHead]:
@@ -358,9 +416,11 @@ class DGCConv2d(GroupingConv, nn.Module):
                 if inference == training
                 else f"auto({inference}; {training} under autograd)"
             )
+        threshold = self._threshold.item()
+        rule = f", threshold={threshold:.4g}" if threshold == threshold else ""
         return (
             s + f", heads={self.heads}, pruning_rate={self.pruning_rate}, "
-            f"k={k:g}/{self.in_channels}, execution={execution}"
+            f"k={k:g}/{self.in_channels}{rule}, execution={execution}"
         )
 
     # ---- the layer protocol (base.py) ------------------------------------------------------
@@ -454,8 +514,9 @@ class DGCConv2d(GroupingConv, nn.Module):
         autograd = torch.is_grad_enabled()
         kernel = not autograd and cpu_kernel.applies(x)
         execution = self._resolve(k, autograd, x, kernel)  # resolved_execution, k checked once
+        threshold = self.threshold
         if execution == "gather" and kernel:
-            return self._kernel_forward(x, k)
+            return self._kernel_forward(x, k, threshold)
         x = self.relu(self.norm(x))
         pooled = x.mean(dim=(2, 3))
         g = self.saliency(pooled)  # (B, heads, C)
@@ -463,7 +524,10 @@ class DGCConv2d(GroupingConv, nn.Module):
         self.last_lasso = g.mean(dim=(0, 2)).sum() if len(g) else g.sum()
 
         weight = torch.stack([h.conv.weight for h in self.heads_list])  # (heads, Co_h, C, kh, kw)
-        if execution == "mask":
+        if threshold is not None:
+            keep_mask = select_above_threshold(g, threshold)  # (B, heads, C)
+            keep_idx = None if execution == "mask" else _kept_first(g, keep_mask)  # (B, heads, K)
+        elif execution == "mask":
             keep_mask = select_channels(g, k)  # (B, heads, C)
             keep_idx = None
         else:
@@ -483,9 +547,10 @@ class DGCConv2d(GroupingConv, nn.Module):
             keep_idx = torch.arange(c, device=g.device).expand(b, self.heads, c)
         return dgc_gather_conv(x, gate, keep_idx, weight, self.stride, self.padding, self.dilation)
 
-    def _kernel_forward(self, x: torch.Tensor, k: int) -> torch.Tensor:
+    def _kernel_forward(self, x: torch.Tensor, k: int, threshold: float | None) -> torch.Tensor:
         """CPU float32 inference: the whole layer in one call of the fused kernel
-        (``cpu_kernel.py``), the BN-ReLU included where it is an affine map nobody observes."""
+        (``cpu_kernel.py``), the BN-ReLU included where it is an affine map nobody observes;
+        with a threshold, the kernel selects by it (k then only guides its weight packing)."""
         norm = self.norm
         if self._fuse_norm():
             stats = (norm.running_mean, norm.running_var, norm.weight, norm.bias, norm.eps)
@@ -493,7 +558,8 @@ class DGCConv2d(GroupingConv, nn.Module):
             x = self.relu(norm(x))
             stats = (None, None, None, None, 0.0)
         y, g, keep, self.last_lasso = torch.ops.dgclab.dgc_forward(
-            x, *stats, *self._kernel_weights(), k, self.stride, self.padding, self.dilation
+            x, *stats, *self._kernel_weights(), k, threshold, self.stride, self.padding,
+            self.dilation
         )
         self.last_saliency = g
         self.last_selection = keep

@@ -3,7 +3,7 @@
 Plain functions on tensors, no Module, so that the maths can be tested by itself: the official
 hyperparameter rules (``effective_squeeze_rate``, ``final_inactive_channels``, the checks on k),
 the per-sample selection of the kept channels (``select_channels``, ``select_top_channels``,
-steps 4 and 6 of SPEC §1.1), the output shuffle (``interleave_heads``) and the mask execution,
+steps 4 and 6 of SPEC §1.1; ``select_above_threshold``, the global-threshold rule of DGC-G), the output shuffle (``interleave_heads``) and the mask execution,
 the paper's reference formulation (``dgc_mask_conv``). ``DGCConv2d`` (``dgc.py``) calls them;
 the gather execution is in ``dgc_gather.py``.
 """
@@ -22,6 +22,7 @@ __all__ = [
     "GATE_ON",
     "select_channels",
     "select_top_channels",
+    "select_above_threshold",
     "dgc_mask_conv",
     "interleave_heads",
     "effective_squeeze_rate",
@@ -129,6 +130,37 @@ def select_top_channels(
         return torch.ones_like(g, dtype=torch.bool), keep_idx
     threshold = g.scatter(-1, keep_idx, float("-inf")).amax(dim=-1, keepdim=True)
     return g > threshold, keep_idx
+
+
+def select_above_threshold(saliency: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The global-threshold rule (DGC-G): keep every channel whose saliency exceeds ``threshold``.
+
+    The DGC paper's supplementary material describes it as a variant of the head-wise rule: one
+    threshold shared by every head of every layer, so that the number of kept channels varies
+    per image, head and layer. Every head keeps at least one channel: where no saliency exceeds
+    the threshold, the head keeps its single most salient one (``argmax``: the first on ties, a
+    NaN before any number), whose gate may be 0. A NaN saliency is never above a threshold.
+
+    Args:
+        saliency: (B, heads, C) non-negative saliencies.
+        threshold: tau >= 0 (0 keeps every channel with a positive saliency).
+
+    Returns:
+        (B, heads, C) bool, True where the channel is kept.
+
+    Example:
+        >>> g = torch.tensor([[[0.0, 0.5, 2.0], [0.1, 0.2, 0.3]]])  # (1 image, 2 heads, 3)
+        >>> select_above_threshold(g, 0.4).int().tolist()
+        [[[0, 1, 1], [0, 0, 1]]]
+    """
+    threshold = check_float("threshold", threshold, min=0)
+    g = saliency.detach()
+    keep = g > threshold
+    empty = ~keep.any(dim=-1, keepdim=True)  # (B, heads, 1): heads that would keep nothing
+    if bool(empty.any()):
+        best = torch.zeros_like(keep).scatter_(-1, g.argmax(dim=-1, keepdim=True), True)
+        keep |= best & empty
+    return keep
 
 
 def interleave_heads(out: torch.Tensor, heads: int) -> torch.Tensor:

@@ -192,7 +192,7 @@ def test_when_the_layer_takes_the_kernel(kernel, monkeypatch):
     taken, fused_norm = [], []
     kernel_forward, fuse_norm = DGCConv2d._kernel_forward, DGCConv2d._fuse_norm
     monkeypatch.setattr(DGCConv2d, "_kernel_forward",
-                        lambda self, x, k: taken.append(1) or kernel_forward(self, x, k))
+                        lambda self, x, k, tau: taken.append(1) or kernel_forward(self, x, k, tau))
     monkeypatch.setattr(DGCConv2d, "_fuse_norm",
                         lambda self: fused_norm.append(fuse_norm(self)) or fused_norm[-1])
     layer = make_layer(16, 16, 3, padding=1, k=12, squeeze_rate=2).eval()
@@ -234,13 +234,17 @@ def test_fused_op_rejects_bad_arguments(kernel):
     x = torch.randn(1, 8, 5, 5)
     with torch.no_grad():
         with pytest.raises(RuntimeError, match=r"k=8 outside \[0, 8\)"):
-            kernel.dgc_forward(x, None, None, None, None, 0.0, *lists, 8, [1, 1], [1, 1], [1, 1])
+            kernel.dgc_forward(x, None, None, None, None, 0.0, *lists, 8, None, [1, 1], [1, 1],
+                               [1, 1])
         with pytest.raises(RuntimeError, match="for every head"):
-            kernel.dgc_forward(x, None, None, None, None, 0.0, lists[0][:1], *lists[1:], 4,
+            kernel.dgc_forward(x, None, None, None, None, 0.0, lists[0][:1], *lists[1:], 4, None,
                                [1, 1], [1, 1], [1, 1])
         with pytest.raises(RuntimeError, match="do not match C=6"):
-            kernel.dgc_forward(x[:, :6], None, None, None, None, 0.0, *lists, 4,
+            kernel.dgc_forward(x[:, :6], None, None, None, None, 0.0, *lists, 4, None,
                                [1, 1], [1, 1], [1, 1])
+        with pytest.raises(RuntimeError, match="threshold=-1 is negative"):
+            kernel.dgc_forward(x, None, None, None, None, 0.0, *lists, 4, -1.0, [1, 1], [1, 1],
+                               [1, 1])
 
 
 def test_kernel_rejects_bad_indices(kernel):

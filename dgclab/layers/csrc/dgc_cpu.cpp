@@ -379,10 +379,21 @@ float kth_smallest(const float* row, int64_t n, int64_t k, float* work) {
   return work[k - 1];
 }
 
+// torch.argmax of row[0..n): the first NaN, else the first largest value.
+int64_t first_argmax(const float* row, int64_t n) {
+  int64_t best = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isnan(row[i])) return i;
+    if (row[i] > row[best]) best = i;
+  }
+  return best;
+}
+
 // The whole DGC layer in inference (dgc.py, DGCConv2d.forward), one call per layer:
 // (folded eval BN-ReLU,) global average pool, every head's saliency MLP
 // g = relu(fc2(relu(fc1(pool)))), the head-wise selection (drop everything <= the k-th
-// smallest saliency, ties together), and the gathered conv over the kept channels only, with
+// smallest saliency, ties together; or, given a threshold, DGC-G's: keep what is above it, at
+// least the first most salient channel), and the gathered conv over the kept channels only, with
 // its output interleaved. An image whose pooled input, or an image-head whose saliencies, hold
 // a NaN or Inf reads every channel with its gate g * keep (0 * Inf is NaN in the reference),
 // so that the numbers are the mask execution's. Returns (y, saliency, keep, lasso), lasso the
@@ -392,7 +403,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dgc_forward(
     const std::optional<at::Tensor>& running_var, const std::optional<at::Tensor>& bn_weight,
     const std::optional<at::Tensor>& bn_bias, double eps, at::TensorList fc1,
     at::TensorList fc2, at::TensorList fc2_bias, at::TensorList conv, int64_t k,
-    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+    std::optional<double> threshold, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation) {
   check_float_cpu(x_in, "x");
   TORCH_CHECK(x_in.dim() == 4, "dgc_forward: x must be (B, C, H, W), got ", x_in.sizes());
   const int64_t heads = static_cast<int64_t>(conv.size());
@@ -484,6 +496,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dgc_forward(
              &one, salp + head * c, &ldg);
     }
   }
+  const bool global = threshold.has_value();
+  const float tau = global ? static_cast<float>(*threshold) : 0.f;
+  TORCH_CHECK(!global || tau >= 0.f, "dgc_forward: threshold=", tau, " is negative");
   at::parallel_for(0, b * heads, 1, [&](int64_t begin, int64_t end) {
     Scratch& s = scratch();
     float* order = sized(s.order, c);
@@ -498,12 +513,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dgc_forward(
         sal[ch] = relu(sal[ch]);
         finite = finite && std::isfinite(sal[ch]) && std::isfinite(p[ch]);
       }
-      // the selection: keep what is above the k-th smallest saliency (select_channels)
-      const float threshold = k == 0 ? 0.f : kth_smallest(sal, c, k, order);
+      // the selection: keep what is above the k-th smallest saliency (select_channels), or
+      // above the global threshold, at least one channel (select_above_threshold)
+      const bool all = !global && k == 0;
+      const float cut = global ? tau : (all ? 0.f : kth_smallest(sal, c, k, order));
       bool* kept = keepp + bh * c;
+      bool any = all || !global;  // only the threshold rule keeps at least one channel
+      for (int64_t ch = 0; ch < c && !any; ++ch) any = sal[ch] > cut;
+      const int64_t best = any ? -1 : first_argmax(sal, c);
       int64_t count = 0;
       for (int64_t ch = 0; ch < c; ++ch) {
-        kept[ch] = k == 0 || sal[ch] > threshold;
+        kept[ch] = all || sal[ch] > cut || ch == best;
         if (kept[ch] || !finite) {  // not finite: every channel, with its gate g * keep
           s.channels[count] = ch;
           gates[count++] = kept[ch] ? sal[ch] : sal[ch] * 0.f;
@@ -526,7 +546,8 @@ TORCH_LIBRARY(dgclab, m) {
   m.def(
       "dgc_forward(Tensor x, Tensor? running_mean, Tensor? running_var, Tensor? weight, "
       "Tensor? bias, float eps, Tensor[] fc1, Tensor[] fc2, Tensor[] fc2_bias, Tensor[] conv, "
-      "int k, int[] stride, int[] padding, int[] dilation) -> (Tensor, Tensor, Tensor, Tensor)");
+      "int k, float? threshold, int[] stride, int[] padding, int[] dilation) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "gather_conv2d(Tensor x, Tensor? scale, Tensor? shift, Tensor gate, Tensor keep_idx, "
       "Tensor weight, int[] stride, int[] padding, int[] dilation) -> Tensor");
