@@ -1,8 +1,9 @@
 """Analysis: MAC counts as the DGC paper reports them (SPEC §1.5), what the DGC heads select
 (SPEC §1.7), implicit filter-level sparsity and the removal of dead filters (SPEC §7),
 self-grouping convolution (SG-CNN, SPEC §4: ``self_group``, ``to_grouped``), channel-similarity
-pruning (SPEC §6, dgclab's reading of the metric: ``channel_similarity``, ``merge_similar``), and
-a training-time metric tracker."""
+pruning (SPEC §6, dgclab's reading of the metric: ``channel_similarity``, ``merge_similar``),
+compute that adapts to the image under DGC-G's threshold (``compute_per_image``,
+``compute_sweep``), and a training-time metric tracker."""
 
 from .macs import conv_output_hw, count_macs, dgc_layer_mac_terms, dgc_layer_macs
 from .selection import (
@@ -15,6 +16,7 @@ from .selection import (
     realized_macs,
     sample_similarity,
 )
+from .adaptive import PER_IMAGE_COLUMNS, SWEEP_COLUMNS, compute_per_image, compute_sweep
 from .channel_similarity import channel_distance, channel_similarity, merge_similar
 from .dead_filters import ConvWithBiasMap, PruningReport, remove_dead_filters
 from .pruning_effect import pruning_effect
@@ -28,13 +30,17 @@ __all__ = [
     "ConvWithBiasMap",
     "EXPENSIVE_METRICS",
     "MetricTracker",
+    "PER_IMAGE_COLUMNS",
     "PruningReport",
+    "SWEEP_COLUMNS",
     "SelfGroupedConv2d",
     "binary_entropy",
     "bn_relu_pairs",
     "channel_distance",
     "channel_similarity",
     "channel_usage",
+    "compute_per_image",
+    "compute_sweep",
     "conv_output_hw",
     "count_macs",
     "dgc_layer_mac_terms",

@@ -2,12 +2,14 @@
 -> Figure``, pure functions that a test or a widget can call), attributions beside selections
 (Captum), notebook explorers (ipywidgets) and a live view of training.
 
-One concept per module: ``history`` (a run over epochs), ``cost`` (MACs), ``selection`` (what
+One concept per module: ``history`` (a run over epochs), ``cost`` (MACs), ``adaptive`` (MACs
+per image under DGC-G's threshold, the anytime curve), ``selection`` (what
 the DGC heads select), ``attribution``, ``widgets``, ``live``; ``style`` holds the palette,
 the figure helpers and the conventions every plot follows, ``inputs`` the checks of what a plot
 reads.
 """
 
+from .adaptive import plot_anytime_curve, plot_macs_per_image
 from .attribution import (
     image_attributions,
     image_selection,
@@ -44,6 +46,7 @@ __all__ = [
     "image_explorer",
     "image_selection",
     "plot_accuracy_vs_macs",
+    "plot_anytime_curve",
     "plot_channel_usage",
     "plot_dead_filters",
     "plot_head_overlap",
@@ -51,6 +54,7 @@ __all__ = [
     "plot_k_schedule",
     "plot_learning_curves",
     "plot_macs",
+    "plot_macs_per_image",
     "plot_saliency_bars",
     "plot_schedule_curve",
     "plot_selection_heatmap",

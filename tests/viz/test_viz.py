@@ -364,3 +364,24 @@ def test_dead_filters_per_layer_over_training_from_a_tracker_frame():
     assert list(lines[1].get_ydata()) == [10.0, 50.0]
     with pytest.raises(ValueError, match="dead_gamma"):
         plot_dead_filters(frame.assign(metric="head_jaccard"))
+
+
+def test_adaptive_compute_plots():
+    from dgclab.viz import plot_anytime_curve, plot_macs_per_image
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"label": rng.integers(0, 3, 50), "correct": rng.random(50) > 0.2,
+                          "macs": rng.normal(5e6, 4e5, 50)})
+    for by in (None, "label", "correct"):
+        fig = plot_macs_per_image(frame, by=by, classes=["a", "b", "c"])
+        assert fig.axes and "MACs per image (M MACs)" in fig.axes[0].get_xlabel()
+    sweep = pd.DataFrame({"rule": ["head-wise"] * 2 + ["threshold"] * 2, "target": [0.5, 0.75] * 2,
+                          "accuracy": [0.9, 0.88, 0.91, 0.89], "macs_mean": [6e6, 4e6, 6e6, 4e6],
+                          "macs_p10": [6e6, 4e6, 5e6, 3e6], "macs_p90": [6e6, 4e6, 7e6, 5e6]})
+    fig = plot_anytime_curve(sweep)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["head-wise", "threshold"]
+    with pytest.raises(ValueError, match="by must be one of"):
+        plot_macs_per_image(frame, by="layer")
+    with pytest.raises(ValueError, match="macs_p90"):
+        plot_anytime_curve(sweep.drop(columns="macs_p90"))
+    with pytest.raises(TypeError, match="DataFrame"):
+        plot_anytime_curve(sweep.to_dict())
