@@ -34,7 +34,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         model=args.model, width=args.width, conv=args.conv, heads=args.heads,
-        pruning_rate=args.pruning_rate, dataset=args.dataset, data_root=args.data_root,
+        pruning_rate=args.pruning_rate, selection=args.selection, dataset=args.dataset,
+        data_root=args.data_root,
         subset=args.subset, augment=not args.no_augment, epochs=args.epochs,
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay,
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .models.registry import MODEL_NAMES
     from .layers import CONV_KINDS
-    from .train.config import OPTIMIZERS, TrainConfig
+    from .train.config import OPTIMIZERS, SELECTIONS, TrainConfig
 
     d = TrainConfig()
     train = sub.add_parser("train", help="train a model; writes a run folder (see --out)")
@@ -141,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--conv", default=d.conv, choices=tuple(CONV_KINDS))
     train.add_argument("--heads", type=int, default=d.heads)
     train.add_argument("--pruning-rate", type=float, default=d.pruning_rate)
+    train.add_argument("--selection", default=d.selection, choices=SELECTIONS,
+                       help="DGC's selection rule: the official head-wise one, or DGC-G's "
+                            "global threshold (its training rule: dgclab.train.threshold)")
     train.add_argument("--dataset", default=d.dataset, choices=DATASETS)
     train.add_argument("--data-root", default=d.data_root)
     train.add_argument("--subset", type=int, default=None, help="train on N images (quick runs)")

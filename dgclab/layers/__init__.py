@@ -24,6 +24,7 @@ from .dgc import DGCConv2d, dgc_gather_conv, dgc_mask_conv, interleave_heads, se
 from .dgc_network import (
     calibrate_threshold,
     dgc_layers,
+    follow_threshold,
     mean_pruning_rate,
     saliency_loss,
     set_pruning_progress,
@@ -70,6 +71,7 @@ __all__ = [
     "calibrate_threshold",
     "dgc_layers",
     "dgc_mask_conv",
+    "follow_threshold",
     "group_lasso",
     "grouping_layers",
     "interleave_heads",

@@ -20,8 +20,8 @@ from .base import grouping_layers
 from .dgc import DGCConv2d
 
 __all__ = [
-    "calibrate_threshold", "dgc_layers", "mean_pruning_rate", "saliency_loss",
-    "set_pruning_progress", "set_threshold",
+    "calibrate_threshold", "dgc_layers", "follow_threshold", "mean_pruning_rate",
+    "saliency_loss", "set_pruning_progress", "set_threshold",
 ]
 
 
@@ -207,6 +207,52 @@ def calibrate_threshold(
         warnings.warn(f"calibrate_threshold: the closest mean pruning rate found is "
                       f"{best[2]:.4f}, not within {tolerance} of {target}", stacklevel=2)
     return layers[0].threshold  # as the layers hold it (a float32 buffer)
+
+
+@torch.no_grad()
+def follow_threshold(model: nn.Module, pruning_rate: float, momentum: float = 0.5) -> float:
+    """DGC-G's threshold while training: one step toward the threshold at which the last
+    forward's saliencies give the mean pruning rate ``pruning_rate``.
+
+    A shared threshold cannot be fitted within the forward that uses it (a layer's saliencies
+    depend on what the layers before it kept), so training follows it from batch to batch:
+    ``q`` is the threshold at which the last forward's saliencies, taken as they are, would drop
+    the fraction ``pruning_rate`` of channels on average over (image, layer, head) (a weighted
+    quantile; the at-least-one rule ignored), and the threshold moves to
+    ``momentum * tau + (1 - momentum) * q`` (to ``q`` itself the first time, when every layer
+    is at threshold 0). ``dgclab.train.threshold.ThresholdFollower`` calls it after every
+    training step with the pruning schedule's current target, the mean of k / C_in.
+
+    Args:
+        model: a model whose DGC layers have run a forward under the threshold rule.
+        pruning_rate: the target mean rate, in [0, 1); 0 gives threshold 0.
+        momentum: in [0, 1).
+
+    Returns:
+        The new threshold, set on every DGC layer.
+    """
+    check_type("model", model, nn.Module)
+    target = check_float("pruning_rate", pruning_rate, min=0, max=1, max_inclusive=False)
+    momentum = check_float("momentum", momentum, min=0, max=1, max_inclusive=False)
+    layers = [layer for _, layer in dgc_layers(model)]
+    if not layers or any(layer.last_saliency is None for layer in layers):
+        raise ValueError("follow_threshold needs DGC layers that have run a forward")
+    values, weights = [], []
+    triples = sum(layer.last_saliency.shape[0] * layer.heads for layer in layers)
+    for layer in layers:
+        g = layer.last_saliency.flatten().float()
+        values.append(g)  # each (image, layer, head) weighs 1 / triples, each channel 1 / C
+        weights.append(torch.full_like(g, 1.0 / (layer.in_channels * triples)))
+    values, weights = torch.cat(values), torch.cat(weights)
+    finite = values.isfinite()
+    values, order = values[finite].sort()
+    rate = weights[finite][order].cumsum(0)  # rate(values[i]): dropped at threshold values[i]
+    i = int(torch.searchsorted(rate, torch.tensor(target, dtype=rate.dtype)))
+    q = 0.0 if target == 0 or not len(values) else float(values[min(i, len(values) - 1)])
+    current = layers[0].threshold
+    tau = q if not current else momentum * current + (1 - momentum) * q
+    set_threshold(model, max(tau, 0.0))
+    return layers[0].threshold
 
 
 def _images(batches: Iterable, model: nn.Module):

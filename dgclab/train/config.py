@@ -13,6 +13,7 @@ from ..models.registry import MODEL_NAMES
 __all__ = ["TrainConfig", "OPTIMIZERS"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+SELECTIONS = ("head-wise", "threshold")  # dgclab.train.threshold for the threshold rule
 
 
 @dataclass
@@ -23,6 +24,7 @@ class TrainConfig:
     conv: str = "dgc"  # a kind of dgclab.layers.CONV_KINDS: "dense", "group" (static), "dgc", ...
     heads: int = 4  # DGC heads, or the number of groups of another grouping kind
     pruning_rate: float = 0.75  # xi: the fraction of input channels each DGC head drops at the end
+    selection: str = "head-wise"  # DGC's rule: "head-wise" (official) or "threshold" (DGC-G)
     # --- the data
     dataset: str = "fashion-mnist"  # one of dgclab.data.DATASETS
     data_root: str = "data"  # where datasets live (torchvision layouts)
@@ -52,6 +54,10 @@ class TrainConfig:
         check_choice("conv", self.conv, tuple(CONV_KINDS))  # kinds registered by now
         check_choice("dataset", self.dataset, DATASETS)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("selection", self.selection, SELECTIONS)
+        if self.selection == "threshold" and self.conv != "dgc":
+            raise ValueError(f"selection='threshold' is a rule of DGC layers, got "
+                             f"conv={self.conv!r}")
         for name in ("data_root", "device"):
             check_type(name, getattr(self, name), str)
         for name in ("augment", "download", "sync_bn", "record"):

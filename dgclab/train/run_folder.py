@@ -15,6 +15,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from ..data import dataset_info
+from ..layers import set_threshold
 from ..models.registry import build_model
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
@@ -102,9 +103,12 @@ def read_checkpoint(path, map_location="cpu") -> dict:
 def model_of(config: TrainConfig) -> nn.Module:
     """A freshly initialised model of ``config``'s architecture, shaped for its dataset."""
     info = dataset_info(config.dataset, config.data_root)
-    return build_model(config.model, in_channels=info.in_channels, num_classes=info.num_classes,
-                       width=config.width, conv=config.conv, heads=config.heads,
-                       pruning_rate=config.pruning_rate)
+    model = build_model(config.model, in_channels=info.in_channels,
+                        num_classes=info.num_classes, width=config.width, conv=config.conv,
+                        heads=config.heads, pruning_rate=config.pruning_rate)
+    if config.selection == "threshold":
+        set_threshold(model, 0.0)  # DGC-G; the trainer's ThresholdFollower moves it
+    return model
 
 
 def load_weights(model: nn.Module, state_dict: dict, path) -> None:
@@ -121,14 +125,15 @@ def load_weights(model: nn.Module, state_dict: dict, path) -> None:
 def config_changes(saved: dict, now: TrainConfig) -> dict[str, tuple]:
     """Fields whose values differ between a saved config and ``now``: ``{key: (saved, now)}``.
 
-    ``device`` and ``workers`` are not compared (where a run computes, not what).
+    ``device`` and ``workers`` are not compared (where a run computes, not what). A field the
+    saved config lacks (it predates the field) counts as its default.
     """
-    current = now.to_dict()
+    current, defaults = now.to_dict(), TrainConfig().to_dict()
     changes = {}
     for key in sorted(set(saved) | set(current)):
         if key in RESUMABLE_CHANGES:
             continue
-        a, b = saved.get(key), current.get(key)
+        a, b = saved.get(key, defaults.get(key)), current.get(key)
         same = a == b or (isinstance(a, float) and isinstance(b, float)
                           and math.isnan(a) and math.isnan(b))
         if not same:

@@ -53,6 +53,7 @@ from .._atomic import atomic_write_text, remove_stale_temporaries
 from .checkpoint import atomic_torch_save, rng_state, set_rng_state
 from .config import TrainConfig
 from .evaluation import evaluate_model, resolve_device
+from .threshold import ThresholdFollower
 from .run_folder import (
     CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, METRICS, RECORDING, config_changes, load_weights,
     model_of, read_checkpoint, read_config,
@@ -103,6 +104,8 @@ class Trainer:
         self.config = config.validate()
         self.out = Path(out) if out is not None else None
         self.callbacks = list(callbacks)
+        if config.selection == "threshold":  # DGC-G: the threshold follows the schedule
+            self.callbacks.insert(0, ThresholdFollower())
         self.progress = progress
         self.history: list[dict] = []
         self.epoch = 0  # epochs finished
@@ -113,6 +116,9 @@ class Trainer:
         if self.world > 1:
             self._init_distributed()
         self.rank = dist.get_rank() if self.distributed else 0
+        if config.selection == "threshold" and self.world > 1:
+            raise ValueError("selection='threshold' trains in one process (the threshold is "
+                             f"moved on rank 0), got WORLD_SIZE={self.world}")
         if config.sync_bn and self.device.type != "cuda":
             raise ValueError("sync_bn=True needs CUDA: PyTorch's SyncBatchNorm runs only on GPUs "
                              f"(device is {self.device})")
