@@ -6,6 +6,7 @@ import sys
 
 BENCHMARKS = {
     "accuracy": "dgclab.bench.accuracy",
+    "adaptive": "dgclab.bench.adaptive",
     "gcn": "dgclab.bench.gcn",
     "groups": "dgclab.bench.groups",
     "layer": "dgclab.bench.layer",

@@ -20,6 +20,12 @@ banded GEMM over the windows) against a grouped and a dense 1x1 conv, at the 1x1
 SPEC shapes (the pointwise half of DSXplore's block), batch 1 and ``--batch``, g = 2, 4, 8 and
 o = 0, 0.33, 0.5, 0.75, and says which execution ``"auto"`` picks.
 
+``--threshold`` times DGC-G's global-threshold rule against the head-wise rule at the same mean
+keep (one layer, the threshold the 3/4-quantile of its saliencies on the input, so that a head
+keeps C/4 channels on average but each image-head its own count), in the gather execution with
+the fused kernel and in its PyTorch formulation (which pads every image-head to the batch's
+largest keep).
+
 Targets (issue #2): gather <= 0.5x dense on both 3x3 shapes, <= 1.5x on the 1x1 shape.
 """
 
@@ -249,6 +255,44 @@ def _scc_table(batch: int, rounds: int) -> None:
                           f"{scc.bands.macs / (cin * cout):11.3f}  {scc.resolved_execution(x)}")
 
 
+def _threshold_table(batch: int, rounds: int) -> None:
+    """Gather under the threshold rule over gather head-wise, at the same mean keep."""
+    print(f"{'layer':>22} {'batch':>5}  {'keep: head-wise':>15} {'threshold (p10-p90)':>20}  "
+          f"{'kernel':>6} {'pytorch':>7}")
+    for (cin, cout, k, size), _ in SHAPES:
+        for b in (1, batch):
+            _, _, layer = _layers(cin, cout, k)
+            with torch.no_grad():  # spread the saliencies, as a trained layer's are
+                for head in layer.heads_list:
+                    head.fc2.bias.uniform_(0.0, 2.0)
+            torch.manual_seed(1)
+            x = torch.randn(b, cin, size, size) * torch.rand(b, 1, 1, 1) * 2
+            layer.execution = "gather"
+            with torch.no_grad():
+                layer(x)
+                tau = float(layer.last_saliency.float().quantile(0.75))
+            keeps, ratios = {}, []
+            for kernel in (True, False):
+                runs = {}
+                for rule in ("head-wise", "threshold"):
+                    def run(rule=rule, kernel=kernel):
+                        layer.threshold = tau if rule == "threshold" else None
+                        with cpu_kernel.use(kernel):
+                            return layer(x)
+                    runs[rule] = run
+                with torch.no_grad():
+                    for rule, run in runs.items():
+                        run()
+                        keeps[rule] = layer.last_selection.sum(-1).float()
+                    t = interleaved_medians(runs, rounds=rounds)
+                ratios.append(t["threshold"] / t["head-wise"])
+            layer.threshold = None
+            spread = keeps["threshold"].quantile(torch.tensor([0.1, 0.9]))
+            print(f"{_label((cin, cout, k, size)):>22} {b:>5}  {keeps['head-wise'].mean():15.1f} "
+                  f"{keeps['threshold'].mean():8.1f} ({spread[0]:4.0f}-{spread[1]:3.0f})     "
+                  f"{ratios[0]:6.2f} {ratios[1]:7.2f}")
+
+
 # (C_in = C_out, kernel, H = W) of the auto table: the resnet_cifar stages and the SPEC shapes
 AUTO_SHAPES = [(32, 3, 28), (64, 3, 14), (128, 3, 7), (128, 3, 16), (256, 1, 8)]
 
@@ -290,6 +334,8 @@ def main(argv=None) -> int:
     parser.add_argument("--auto", action="store_true",
                         help="only the gather / mask table at k = 0 to 3C/4, batch 1 and 64 (the "
                              "measurement behind 'auto' gathering at every k with the kernel)")
+    parser.add_argument("--threshold", action="store_true",
+                        help="only DGC-G's threshold rule against head-wise at the same mean keep")
     parser.add_argument("--scc", action="store_true",
                         help="only SCC's executions against grouped and dense 1x1 convs")
     parser.add_argument("--block", type=int, default=5,
@@ -304,6 +350,13 @@ def main(argv=None) -> int:
               f"{args.rounds} interleaved rounds; gather: "
               f"{'the fused C++ kernel' if cpu_kernel.available() else 'PyTorch (no kernel)'}")
         _auto_table(args.rounds)
+        return 0
+    if args.threshold:
+        print(f"torch {torch.__version__}, {args.threads} threads, eval, heads 4, medians over "
+              f"{args.rounds} interleaved rounds; gather time under the threshold rule over "
+              f"head-wise at k = 3C/4 (mean keep per head; kernel: the fused C++ kernel"
+              f"{'' if cpu_kernel.available() else ', not built here'})")
+        _threshold_table(args.batch, args.rounds)
         return 0
     if args.scc:
         print(f"torch {torch.__version__}, {args.threads} threads, eval, medians over "

@@ -205,7 +205,7 @@ def calibrate_threshold(
     set_threshold(model, best[1])
     if best[0] > tolerance:  # the rate jumps over the target (many equal saliencies)
         warnings.warn(f"calibrate_threshold: the closest mean pruning rate found is "
-                      f"{best[2]:.4f}, not within {tolerance} of {target}", stacklevel=2)
+                      f"{best[2]:.4f}, not within {tolerance} of {target}", stacklevel=3)
     return layers[0].threshold  # as the layers hold it (a float32 buffer)
 
 

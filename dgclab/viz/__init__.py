@@ -9,7 +9,7 @@ the figure helpers and the conventions every plot follows, ``inputs`` the checks
 reads.
 """
 
-from .adaptive import plot_anytime_curve, plot_macs_per_image
+from .adaptive import plot_anytime_curve, plot_cheapest_and_dearest, plot_macs_per_image
 from .attribution import (
     image_attributions,
     image_selection,
@@ -29,9 +29,11 @@ from .widgets import (
     DiversityExplorer,
     EpochExplorer,
     ImageExplorer,
+    ThresholdExplorer,
     diversity_explorer,
     epoch_explorer,
     image_explorer,
+    threshold_explorer,
 )
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "ImageExplorer",
     "LiveTrainingView",
     "RecordingSnapshots",
+    "ThresholdExplorer",
     "diversity_explorer",
     "epoch_explorer",
     "image_attributions",
@@ -48,6 +51,7 @@ __all__ = [
     "plot_accuracy_vs_macs",
     "plot_anytime_curve",
     "plot_channel_usage",
+    "plot_cheapest_and_dearest",
     "plot_dead_filters",
     "plot_head_overlap",
     "plot_image_explanation",
@@ -59,5 +63,6 @@ __all__ = [
     "plot_schedule_curve",
     "plot_selection_heatmap",
     "plot_training_state",
+    "threshold_explorer",
     "top_channel_maps",
 ]

@@ -16,7 +16,7 @@ from .cost import _mac_unit
 from .inputs import require_columns
 from .style import PALETTE, single_axes, style_axes
 
-__all__ = ["plot_macs_per_image", "plot_anytime_curve"]
+__all__ = ["plot_macs_per_image", "plot_anytime_curve", "plot_cheapest_and_dearest"]
 
 GROUPINGS = (None, "label", "correct")
 RULE_STYLE = {"head-wise": (PALETTE[0], "o"), "threshold": (PALETTE[3], "D")}
@@ -106,4 +106,35 @@ def plot_anytime_curve(sweep: pd.DataFrame, ax: Axes | None = None) -> Figure:
     ax.set_title("Anytime curve: one model, the pruning rate swept at inference")
     ax.legend(frameon=False, loc="lower right")
     style_axes(ax)
+    return fig
+
+
+def plot_cheapest_and_dearest(frame: pd.DataFrame, images, classes=None, n: int = 6) -> Figure:
+    """The ``n`` images that cost the least (top row) and the most (bottom row).
+
+    Args:
+        frame: ``compute_per_image``'s table; its ``id`` indexes ``images``.
+        images: the dataset the table was computed on (``images[id][0]`` a (C, H, W) tensor).
+        classes: class names, to caption each image with its label and prediction.
+        n: images per row.
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
+    require_columns(frame, ["id", "label", "prediction", "macs"], "frame")
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= len(frame):
+        raise ValueError(f"n must be an int in [1, {len(frame)}], got n={n!r}")
+    ordered = frame.sort_values("macs", kind="stable")
+    fig = Figure(figsize=(1.6 * n, 4.2), layout="constrained")
+    axes = fig.subplots(2, n, squeeze=False)
+    name = (lambda i: str(classes[int(i)])) if classes is not None else str
+    for row, (title, picks) in enumerate((("cheapest", ordered.head(n)),
+                                          ("dearest", ordered.tail(n)[::-1]))):
+        for ax, (_, r) in zip(axes[row], picks.iterrows()):
+            image = images[int(r["id"])][0]
+            pixels = image.permute(1, 2, 0).squeeze(-1).numpy()
+            ax.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None)
+            ok = "" if r["label"] == r["prediction"] else f" (as {name(r['prediction'])})"
+            ax.set_title(f"{name(r['label'])}{ok}\n{r['macs'] / 1e6:.2f}M", fontsize=8)
+            ax.set_xticks([]), ax.set_yticks([])
+        axes[row][0].set_ylabel(title)
     return fig

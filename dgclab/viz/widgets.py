@@ -12,6 +12,8 @@ arguments.
   (``plot_selection_heatmap`` and ``plot_head_overlap``).
 * ``diversity_explorer(recording)``: a layer / head picker (``plot_head_overlap`` and
   ``plot_channel_usage``).
+* ``threshold_explorer(frames)``: a threshold slider over ``compute_per_image`` tables, one per
+  DGC-G threshold (``plot_macs_per_image``).
 
 Every explorer exposes, for notebooks and tests:
 
@@ -38,6 +40,7 @@ from contextlib import contextmanager
 
 import ipywidgets as widgets
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn as nn
 from IPython import get_ipython
@@ -45,6 +48,7 @@ from IPython.display import Image, display
 from matplotlib.figure import Figure
 
 from ..record import load_recording
+from .adaptive import plot_macs_per_image
 from .attribution import require_dgc_layers, image_attributions, plot_image_explanation
 from .inputs import check_recording
 from .selection import plot_channel_usage, plot_head_overlap, plot_selection_heatmap
@@ -55,9 +59,11 @@ __all__ = [
     "ImageExplorer",
     "EpochExplorer",
     "DiversityExplorer",
+    "ThresholdExplorer",
     "image_explorer",
     "epoch_explorer",
     "diversity_explorer",
+    "threshold_explorer",
     "dataset_labels",
     "figure_png",
 ]
@@ -411,6 +417,48 @@ def diversity_explorer(recording, classes=None, **kwargs) -> DiversityExplorer:
         ... # doctest: +SKIP
     """
     return DiversityExplorer(recording, classes, **kwargs)
+
+
+class ThresholdExplorer(Explorer):
+    """What each image costs as DGC-G's threshold moves: a slider over precomputed tables.
+
+    Controls: ``"threshold"`` (one of ``frames``' keys) and ``"by"`` (None, ``"label"``,
+    ``"correct"``, as ``plot_macs_per_image``).
+
+    Args:
+        frames: threshold -> ``dgclab.analysis.compute_per_image`` table under it.
+        classes: class names for ``by="label"``.
+        height: CSS height of the output area.
+    """
+
+    def __init__(self, frames: Mapping[float, pd.DataFrame], classes=None,
+                 height: str = "420px") -> None:
+        if not isinstance(frames, Mapping) or not frames:
+            raise ValueError("frames must be a non-empty mapping threshold -> per-image table")
+        self.frames, self.classes = {float(t): f for t, f in frames.items()}, classes
+        taus = sorted(self.frames)
+        slider = widgets.SelectionSlider(options=[(f"{t:.3g}", t) for t in taus],
+                                         value=taus[len(taus) // 2], description="threshold",
+                                         continuous_update=False)
+        by = widgets.Dropdown(options=[("all images", None), ("by class", "label"),
+                                       ("by prediction", "correct")], value=None,
+                              description="group")
+        super().__init__({"threshold": slider, "by": by}, height)
+
+    def draw(self, threshold: float, by: str | None) -> Figure:
+        frame = self.frames[threshold]
+        fig = Figure(figsize=(8, 4.2), layout="constrained")
+        ax = fig.add_subplot()
+        plot_macs_per_image(frame, by=by, classes=self.classes, ax=ax)
+        ax.set_title(f"threshold {threshold:.3g}: accuracy {100 * frame['correct'].mean():.2f} %, "
+                     f"pruning rate {frame['pruning_rate'].mean():.3f}, mean "
+                     f"{frame['macs'].mean() / 1e6:.2f}M MACs")
+        return fig
+
+
+def threshold_explorer(frames, classes=None, **kwargs) -> ThresholdExplorer:
+    """A ``ThresholdExplorer`` over ``frames`` (threshold -> ``compute_per_image`` table)."""
+    return ThresholdExplorer(frames, classes, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------

@@ -168,3 +168,10 @@ def test_layer_benchmark_scc_table_runs(capsys, monkeypatch):
     assert len(rows) == 2 * 3 * 4  # batch 1 and 2, g = 2, 4, 8, o = 0 ... 0.75
     assert {r[-1] for r in rows} <= {"banded", "dense"}
     assert [float(r[9]) for r in rows[:4]] == [0.5] * 4  # MACs / dense of g = 2
+
+
+def test_layer_benchmark_threshold_table_runs(capsys, monkeypatch):
+    monkeypatch.setattr(layer, "SHAPES", [((16, 16, 3, 6), "")])
+    assert layer.main(["--threshold", "--rounds", "1", "--threads", "1", "--batch", "4"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[3] for r in rows] == ["1", "4"] and all(float(r[4]) == 4.0 for r in rows)

@@ -385,3 +385,11 @@ def test_adaptive_compute_plots():
         plot_anytime_curve(sweep.drop(columns="macs_p90"))
     with pytest.raises(TypeError, match="DataFrame"):
         plot_anytime_curve(sweep.to_dict())
+
+    from dgclab.viz import plot_cheapest_and_dearest
+    frame["id"], frame["prediction"] = range(50), frame["label"]
+    images = [(torch.rand(1, 8, 8), 0)] * 50
+    fig = plot_cheapest_and_dearest(frame, images, classes=["a", "b", "c"], n=3)
+    assert len(fig.axes) == 6
+    with pytest.raises(ValueError, match="n must be"):
+        plot_cheapest_and_dearest(frame, images, n=0)

@@ -225,3 +225,21 @@ def test_output_captures_the_figure_in_a_real_kernel():
                if w["model_name"] == "OutputModel"]
     assert len(outputs) == 1
     assert [list(o["data"]) for o in outputs[0]] == [["image/png", "text/plain"]]
+
+
+def test_threshold_explorer_maps_its_slider_to_the_tables():
+    import pandas as pd
+
+    from dgclab.viz import threshold_explorer
+    frames = {tau: pd.DataFrame({"label": [0, 1, 1], "correct": [True, False, True],
+                                 "pruning_rate": [0.7, 0.8, 0.75],
+                                 "macs": [1e6 * (2 - tau), 1.5e6, 1.2e6]})
+              for tau in (0.5, 1.0, 2.0)}
+    explorer = threshold_explorer(frames, classes=["a", "b"])
+    assert explorer.last_choice == {"threshold": 1.0, "by": None}
+    assert "threshold 1: accuracy 66.67 %" in explorer.default_figure.axes[0].get_title()
+    explorer.controls["threshold"].value = 2.0
+    explorer.controls["by"].value = "label"
+    assert explorer.last_choice == {"threshold": 2.0, "by": "label"} and explorer.draws == 3
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        threshold_explorer({})
