@@ -25,12 +25,22 @@ The reading takes ``z`` to have mean 0 and variance 1, as the running statistics
 measures only the correlation. Where the data disagree with the running statistics (two
 channels whose ``z`` differ by a constant, say), the distance does not see it.
 
-Scope: the plain conv chains that ``remove_dead_filters`` walks (``dgclab.models.BasicNet``:
-an ``nn.Sequential`` of ``Conv2d -> BatchNorm2d -> ReLU`` triples, pools, flatten, dropout and
-a ``Linear``), with the same walk and the same slicing (``dead_filters.py``). A triple whose
-output is the model's output, or feeds a BN without a conv, is measured but not merged.
-Residual networks, DenseNets and DGC layers are left alone (not supported): ``ValueError``
-naming the first module the walk cannot follow.
+Scope, two kinds of network:
+
+* the plain conv chains that ``remove_dead_filters`` walks (``dgclab.models.BasicNet``: an
+  ``nn.Sequential`` of ``Conv2d -> BatchNorm2d -> ReLU`` triples, pools, flatten, dropout and a
+  ``Linear``), with the same walk and the same slicing (``dead_filters.py``). A triple whose
+  output is the model's output, or feeds a BN without a conv, is measured but not merged.
+* residual networks of ``BasicBlock`` s (``dgclab.models.resnet_cifar`` with dense convs). Every
+  ``BatchNorm2d`` is measured, but only the channels that no residual add ties are merged: the
+  first conv and BN of each block (``conv1 -> bn1 -> relu1``), whose output feeds only the
+  block's second conv. The channels of a block's last BN, of its shortcut (``downsample``) and
+  of the stem are summed with another layer's channels by a residual add; merging one of them
+  would have to merge the same channels in every tied layer at once (the whole stage), and
+  dgclab leaves them alone.
+
+Anything else (DenseNets, DGC or other grouping layers inside a block, a self-grouped conv):
+``ValueError`` naming the first module that cannot be followed.
 """
 
 from __future__ import annotations
@@ -47,12 +57,14 @@ from scipy.spatial.distance import squareform
 from tqdm.auto import tqdm
 
 from dgclab.checks import check_float, check_int, check_type
+from dgclab.models.resnet_cifar import BasicBlock
 from dgclab.modes import eval_mode
 from dgclab.record import paused
 
 # The chain walk and the slicing are dead_filters.py's, shared with it.
 from .dead_filters import (
     ConvWithBiasMap,
+    _Link,
     filter_chain,
     filter_units,
     find_consumer,
@@ -63,7 +75,8 @@ from .dead_filters import (
 )
 from .sparsity import batch_count, batch_inputs, device_and_dtype
 
-__all__ = ["channel_distance", "channel_similarity", "merge_similar"]
+__all__ = ["block_widths", "channel_distance", "channel_similarity", "merge_similar",
+           "resize_blocks_"]
 
 
 def channel_distance(
@@ -116,7 +129,7 @@ def channel_similarity(
     *,
     progress: bool | None = None,
 ) -> pd.DataFrame:
-    """Pairwise channel distances of every conv-BN-ReLU layer of a plain conv chain.
+    """Pairwise channel distances of every conv-BN-ReLU layer of a chain, every BN of a ResNet.
 
     The distance is dgclab's reading of the metric of Zhang et al. (arXiv 1908.02620), whose
     exact form was not retrievable: ``d_ij^2 = (beta_i - beta_j)^2 + gamma_i^2 + gamma_j^2 -
@@ -128,22 +141,23 @@ def channel_similarity(
     the data has correlation 0 with every other.
 
     Args:
-        model: an ``nn.Sequential`` conv chain such as ``dgclab.models.basicnet`` (see the
-            module docstring); it is not modified.
+        model: an ``nn.Sequential`` conv chain such as ``dgclab.models.basicnet``, or a dense
+            ``dgclab.models.resnet_cifar`` (see the module docstring); it is not modified.
         loader: iterable of batches, each a tensor or an ``(x, y, ...)`` tuple/list whose first
             element is the input (read once: an iterator works).
         max_batches: use only the first batches of the loader.
         progress: a tqdm bar over the batches; None (default): only on a terminal or notebook.
 
     Returns:
-        One row per pair ``i < j`` of every layer, in chain order: ``layer`` (the BN's name),
+        One row per pair ``i < j`` of every layer, in chain order (a ResNet: every BN, in
+        ``named_modules`` order): ``layer`` (the BN's name),
         ``i``, ``j``, ``distance`` (``d_ij``, float). C channels give C (C - 1) / 2 rows.
 
     Raises:
         TypeError: ``model`` not a module, ``max_batches`` not an int.
-        ValueError: a model that is not such a chain (naming the first module the walk cannot
-            follow; residual networks are not supported), ``max_batches < 1``, a loader that
-            yields no image or a batch without an input tensor.
+        ValueError: a model that is neither such a chain nor such a ResNet (naming the first
+            module that cannot be followed), ``max_batches < 1``, a loader that yields no image
+            or a batch without an input tensor.
 
     Example:
         >>> model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU())
@@ -176,7 +190,8 @@ def merge_similar(
 ) -> nn.Module:
     """A smaller copy of ``model`` in which each cluster of similar channels is one channel.
 
-    Per conv-BN-ReLU layer: the distances of ``channel_similarity`` (dgclab's reading of the
+    Per conv-BN-ReLU layer of a chain, or per ResNet block's first conv-BN-ReLU (the layers
+    that no residual add ties; see the module docstring): the distances of ``channel_similarity`` (dgclab's reading of the
     paper's metric), average-linkage hierarchical clustering
     (``scipy.cluster.hierarchy.linkage(..., "average")``), then ``fcluster``: with
     ``threshold``, criterion ``"distance"`` (channels merge while the average distance between
@@ -191,10 +206,14 @@ def merge_similar(
     mode); for merely similar channels it is the approximation the method fine-tunes away.
 
     The model is not modified. Layers whose output is the model's output, or feeds a BN without
-    a conv, are not merged. Residual networks are not supported (left alone: ``ValueError``).
+    a conv, are not merged. In a ResNet (``BasicBlock`` s of plain ``nn.Conv2d``), each block's
+    ``conv1 -> bn1 -> relu1`` is merged into its ``conv2``; channels tied by a residual add (a
+    block's ``bn2``, its ``downsample`` shortcut, the stem) are left alone, so every stage keeps
+    its width and only the blocks' inner widths shrink (``block_widths``).
 
     Args:
-        model: an ``nn.Sequential`` conv chain such as ``dgclab.models.basicnet``.
+        model: an ``nn.Sequential`` conv chain such as ``dgclab.models.basicnet``, or a dense
+            ``dgclab.models.resnet_cifar``.
         loader: batches for the correlations (see ``channel_similarity``); read once.
         threshold: a distance, in the units of ``channel_similarity`` (>= 0).
         ratio: the fraction of channels to remove per layer, in (0, 1).
@@ -210,8 +229,8 @@ def merge_similar(
         TypeError: ``model`` not a module; ``threshold``, ``ratio`` or ``max_batches`` of the
             wrong type.
         ValueError: both or neither of ``threshold`` and ``ratio``; ``threshold < 0``; ``ratio``
-            outside (0, 1); a model that is not a plain chain (naming the module); the errors of
-            ``channel_similarity``.
+            outside (0, 1); a model that is neither a plain chain nor a dense ResNet (naming the
+            module); the errors of ``channel_similarity``.
 
     Example:
         >>> model = basicnet(1, 10, widths=(8, 8, 16, 16, 32, 32, 32)).eval()
@@ -231,8 +250,18 @@ def merge_similar(
         ratio = check_float("ratio", ratio, min=0, max=1, min_inclusive=False,
                             max_inclusive=False)
 
-    distances = _layer_distances(model, loader, max_batches, progress)  # checks the chain
+    distances = _layer_distances(model, loader, max_batches, progress)  # checks the structure
     merged = copy.deepcopy(model)
+    blocks = _residual_blocks(merged)
+    if blocks is not None:
+        for name, block in blocks:
+            if block.bn1.num_features < 2:
+                continue
+            # conv1 -> bn1 -> (relu1) -> conv2: the untied unit and its only consumer
+            unit = [_Link(f"{name}.{key}", block, key) for key in ("conv1", "bn1", "conv2")]
+            labels = _clusters(distances[f"{name}.bn1"], threshold, ratio)
+            _merge_unit(unit, (0, 1), 2, labels, block.bn1.weight.detach().abs())
+        return merged
     chain = filter_chain(merged)
     for i_conv, i_bn, i_relu in filter_units(chain):
         bn = chain[i_bn].module
@@ -246,6 +275,77 @@ def merge_similar(
 
 
 # --------------------------------------------------------------------------------------------
+# Residual networks
+# --------------------------------------------------------------------------------------------
+
+
+def _residual_blocks(model: nn.Module) -> list[tuple[str, BasicBlock]] | None:
+    """``(name, block)`` of every ``BasicBlock`` of ``model``; None when it has none.
+
+    Raises ValueError when a block's untied unit is not a plain ``Conv2d -> BatchNorm2d`` into a
+    plain ``Conv2d`` (a DGC or other grouping conv, a self-grouped conv, groups > 1).
+    """
+    blocks = [(n, m) for n, m in model.named_modules() if isinstance(m, BasicBlock)]
+    if not blocks:
+        return None
+    for name, block in blocks:
+        for key, kind in (("conv1", nn.Conv2d), ("bn1", nn.BatchNorm2d), ("conv2", nn.Conv2d)):
+            module = getattr(block, key)
+            if type(module) is not kind or getattr(module, "groups", 1) != 1:
+                raise ValueError(
+                    f"channel similarity merges a ResNet block's conv1 -> bn1 -> conv2 only "
+                    f"when they are a plain nn.Conv2d (groups=1) and nn.BatchNorm2d; module "
+                    f"{name}.{key!s} is {type(module).__name__}"
+                    + (f" with groups={module.groups}" if kind is nn.Conv2d
+                       and type(module) is kind else "")
+                )
+    return blocks
+
+
+def block_widths(model: nn.Module) -> dict[str, int]:
+    """The inner width (``bn1.num_features``) of every ``BasicBlock``: what ``merge_similar``
+    changes in a ResNet, and all that ``resize_blocks_`` needs to rebuild its structure.
+
+    Example:
+        >>> block_widths(resnet_cifar(8, width=8, in_channels=1))
+        {'layer1.0': 8, 'layer2.0': 16, 'layer3.0': 32}
+    """
+    check_type("model", model, nn.Module)
+    return {n: m.bn1.num_features for n, m in model.named_modules() if isinstance(m, BasicBlock)}
+
+
+def resize_blocks_(model: nn.Module, widths: dict[str, int]) -> nn.Module:
+    """Give the named blocks of a freshly built ResNet the inner widths of a merged one, in
+    place (fresh ``conv1``, ``bn1``, ``conv2`` of those widths), so that the merged model's
+    state dict loads into it: a merged ResNet saves as its config plus ``block_widths``.
+
+    Args:
+        model: a dense ``resnet_cifar`` (any weights).
+        widths: block name -> inner width, e.g. ``block_widths(merged)``.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        ValueError: a name that is not a ``BasicBlock`` of ``model``, a width < 1.
+    """
+    check_type("model", model, nn.Module)
+    blocks = dict(_residual_blocks(model) or [])
+    for name, width in widths.items():
+        if name not in blocks:
+            raise ValueError(f"widths names no BasicBlock of the model, got {name!r}")
+        check_int(f"widths[{name!r}]", width, min=1)
+        block = blocks[name]
+        c1, c2 = block.conv1, block.conv2
+        block.conv1 = nn.Conv2d(c1.in_channels, width, c1.kernel_size, c1.stride, c1.padding,
+                                bias=c1.bias is not None)
+        block.bn1 = nn.BatchNorm2d(width, eps=block.bn1.eps, momentum=block.bn1.momentum)
+        block.conv2 = nn.Conv2d(width, c2.out_channels, c2.kernel_size, c2.stride, c2.padding,
+                                bias=c2.bias is not None)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
 # Measuring
 # --------------------------------------------------------------------------------------------
 
@@ -253,14 +353,18 @@ def merge_similar(
 def _layer_distances(
     model: nn.Module, loader: Iterable, max_batches: int | None, progress: bool | None
 ) -> dict[str, np.ndarray]:
-    """BN name -> (C, C) float64 distances, for every conv-BN-ReLU unit of the chain."""
+    """BN name -> (C, C) float64 distances, for every conv-BN-ReLU unit of the chain (a ResNet:
+    for every BN)."""
     if max_batches is not None:
         max_batches = check_int("max_batches", max_batches, min=1)
-    try:
-        chain = filter_chain(model)
-    except ValueError as error:  # the walk names remove_dead_filters; say who asked
-        raise ValueError(f"channel similarity: {error}") from error
-    bns = {chain[i_bn].name: chain[i_bn].module for _, i_bn, _ in filter_units(chain)}
+    if _residual_blocks(model) is not None:  # checks the blocks
+        bns = {n: m for n, m in model.named_modules() if type(m) is nn.BatchNorm2d}
+    else:
+        try:
+            chain = filter_chain(model)
+        except ValueError as error:  # the walk names remove_dead_filters; say who asked
+            raise ValueError(f"channel similarity: {error}") from error
+        bns = {chain[i_bn].name: chain[i_bn].module for _, i_bn, _ in filter_units(chain)}
     corr = _correlations(model, loader, bns, max_batches, progress)
     out = {}
     for name, bn in bns.items():

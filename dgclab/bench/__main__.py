@@ -13,6 +13,7 @@ BENCHMARKS = {
     "macs": "dgclab.bench.macs",
     "network": "dgclab.bench.network",
     "record": "dgclab.bench.record",
+    "transforms": "dgclab.bench.transforms",
 }
 
 

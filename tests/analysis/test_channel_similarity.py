@@ -16,9 +16,11 @@ from helpers import warmed as warm_bn
 
 from dgclab.analysis import count_macs
 from dgclab.analysis.channel_similarity import (
+    block_widths,
     channel_distance,
     channel_similarity,
     merge_similar,
+    resize_blocks_,
 )
 from dgclab.models import basicnet, resnet_cifar
 
@@ -237,10 +239,86 @@ def test_refuses_non_modules_residual_networks_and_unknown_modules():
         merge_similar("basicnet", loader(1), ratio=0.5)
     with pytest.raises(TypeError, match="model must be a Module, got str"):
         channel_similarity("basicnet", loader(1))
-    with pytest.raises(ValueError, match="ResNetCifar"):
-        merge_similar(resnet_cifar(8, width=8, in_channels=1), loader(1), ratio=0.5)
+    with pytest.raises(ValueError, match=r"layer1\.0\.conv1 is DGCConv2d"):
+        merge_similar(resnet_cifar(8, width=8, in_channels=1, conv="dgc"), loader(1), ratio=0.5)
     odd = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.GELU())
     with pytest.raises(ValueError, match="'3'.*GELU"):
         channel_similarity(odd, loader(1))
     with pytest.raises(ValueError, match="no image"):
         channel_similarity(basicnet(1, 10, widths=WIDTHS), [])
+
+
+# --------------------------------------------------------------------------------------------
+# Residual networks: only the channels no residual add ties
+# --------------------------------------------------------------------------------------------
+
+TIED = ("conv1", "bn1", "layer1.0.bn2", "layer2.0.bn2", "layer2.0.downsample",
+        "layer3.0.bn2", "layer3.0.downsample", "fc")
+
+
+def resnet() -> nn.Module:
+    torch.manual_seed(0)
+    return warmed(resnet_cifar(8, width=8, in_channels=1))
+
+
+def test_resnet_every_bn_is_measured(one_thread):
+    model = resnet()
+    frame = channel_similarity(model, loader(1))
+    bns = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert list(frame.layer.unique()) == bns  # the stem, every bn1, bn2 and shortcut BN
+    sizes = {n: m.num_features for n, m in model.named_modules() if n in bns}
+    assert len(frame) == sum(c * (c - 1) // 2 for c in sizes.values())
+
+
+def test_resnet_duplicates_in_a_block_merge_exactly_and_tied_layers_stay(one_thread):
+    model = resnet()
+    duplicate(model.layer2[0].conv1, model.layer2[0].bn1, 3, 11)
+    duplicate(model.layer3[0].conv1, model.layer3[0].bn1, 0, 7)
+    duplicate(model.layer3[0].conv1, model.layer3[0].bn1, 0, 20)  # a cluster of three
+    # a duplicate in a tied layer (a block's last BN) is measured but never merged
+    duplicate(model.layer1[0].conv2, model.layer1[0].bn2, 1, 2)
+    data = loader()
+    frame = channel_similarity(model, data)
+    assert distance_of(frame, "layer2.0.bn1", 3, 11) < 1e-6
+    assert distance_of(frame, "layer3.0.bn1", 7, 20) < 1e-6
+    assert distance_of(frame, "layer1.0.bn2", 1, 2) < 1e-6
+
+    merged = merge_similar(model, data, threshold=1e-6)
+    assert block_widths(merged) == {"layer1.0": 8, "layer2.0": 15, "layer3.0": 30}
+    assert merged.layer2[0].conv2.in_channels == 15 and merged.layer3[0].conv2.in_channels == 30
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x), model(x), atol=1e-5, rtol=0)
+    before, after = model.state_dict(), merged.state_dict()
+    for key in before:
+        if key.startswith(TIED):  # the stem, every bn2, every shortcut, the classifier
+            assert torch.equal(before[key], after[key]), key
+    assert count_macs(merged, (1, 1, 28, 28)) < count_macs(model, (1, 1, 28, 28))
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5])
+def test_resnet_ratio_shrinks_the_blocks_inner_widths_only(ratio, one_thread):
+    model = resnet()
+    merged = merge_similar(model, loader(), ratio=ratio)
+    assert block_widths(merged) == {n: max(1, round((1 - ratio) * c))
+                                    for n, c in block_widths(model).items()}
+    for name in ("layer1.0.bn2", "layer2.0.bn2", "layer3.0.bn2", "layer2.0.downsample.1"):
+        assert (merged.get_submodule(name).num_features
+                == model.get_submodule(name).num_features)
+    assert merged.fc.in_features == model.fc.in_features
+    assert count_macs(merged, (1, 1, 28, 28)) < count_macs(model, (1, 1, 28, 28))
+
+
+def test_merged_resnet_rebuilds_from_its_block_widths(tmp_path, one_thread):
+    model = resnet()
+    merged = merge_similar(model, loader(), ratio=0.5)
+    path = tmp_path / "merged.pt"
+    torch.save({"widths": block_widths(merged), "model": merged.state_dict()}, path)
+    payload = torch.load(path, weights_only=True)
+    rebuilt = resize_blocks_(resnet_cifar(8, width=8, in_channels=1), payload["widths"])
+    rebuilt.load_state_dict(payload["model"])
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(x), merged.eval()(x), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="'layer9.0'"):
+        resize_blocks_(resnet_cifar(8, width=8, in_channels=1), {"layer9.0": 4})
