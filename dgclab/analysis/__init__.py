@@ -16,7 +16,9 @@ from .selection import (
     realized_macs,
     sample_similarity,
 )
-from .adaptive import PER_IMAGE_COLUMNS, SWEEP_COLUMNS, compute_per_image, compute_sweep
+from .adaptive import (
+    PER_IMAGE_COLUMNS, SWEEP_COLUMNS, compute_per_image, compute_sweep, layer_pruning_rates,
+)
 from .channel_similarity import channel_distance, channel_similarity, merge_similar
 from .dead_filters import ConvWithBiasMap, PruningReport, remove_dead_filters
 from .pruning_effect import pruning_effect
@@ -49,6 +51,7 @@ __all__ = [
     "head_input_dependence",
     "head_jaccard",
     "head_overlap",
+    "layer_pruning_rates",
     "jaccard_similarity",
     "merge_similar",
     "pruning_effect",

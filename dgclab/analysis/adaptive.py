@@ -9,6 +9,8 @@ and ``realized_macs``:
 
 * ``compute_per_image``: one row per image with its label, prediction and realized MACs: which
   images get more compute, by class and by whether the prediction was right;
+* ``layer_pruning_rates``: where the compute goes, layer by layer (a shared threshold does not
+  drop the same fraction in every layer, as the head-wise rule does);
 * ``compute_sweep``: the anytime curve, accuracy against mean realized MACs, sweeping the
   pruning rate at inference on one trained model: the head-wise rule at k = round(xi C_in)
   beside the threshold rule calibrated to the same mean rate xi.
@@ -31,7 +33,8 @@ from ..record import Recorder
 from .macs import count_macs
 from .selection import realized_macs
 
-__all__ = ["PER_IMAGE_COLUMNS", "SWEEP_COLUMNS", "compute_per_image", "compute_sweep"]
+__all__ = ["PER_IMAGE_COLUMNS", "SWEEP_COLUMNS", "compute_per_image", "compute_sweep",
+           "layer_pruning_rates"]
 
 PER_IMAGE_COLUMNS = ("id", "label", "prediction", "correct", "pruning_rate", "dgc_macs", "macs")
 """``compute_per_image``'s columns: ``pruning_rate`` the fraction of channels the image's heads
@@ -156,3 +159,27 @@ def compute_sweep(
             layer.inactive_channels = k
             layer.threshold = tau
     return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+
+
+def layer_pruning_rates(recording) -> pd.DataFrame:
+    """Per DGC layer of a recording: the fraction of its input channels the heads dropped.
+
+    Args:
+        recording: a ``Recording`` (or live ``Recorder``), e.g. ``dgclab.record.record(model,
+            loader)``.
+
+    Returns:
+        One row per dynamic layer, in recording order: ``layer``, ``in_channels``, ``mean``
+        (over images and heads), ``p10`` and ``p90`` (over images, of the mean over heads).
+    """
+    rows = []
+    for name in recording.layer_names:
+        if not recording.is_dynamic(name):
+            continue
+        c = recording.layer_info(name)["in_channels"]
+        dropped = 1 - recording.selections(name).sum(-1).double().mean(-1) / c  # (N,)
+        if dropped.numel() == 0:
+            raise ValueError("the recording holds no samples")
+        rows.append({"layer": name, "in_channels": c, "mean": float(dropped.mean()),
+                     "p10": float(dropped.quantile(0.1)), "p90": float(dropped.quantile(0.9))})
+    return pd.DataFrame(rows, columns=["layer", "in_channels", "mean", "p10", "p90"])

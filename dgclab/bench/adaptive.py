@@ -18,13 +18,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from .._atomic import atomic_write_text
-from ..analysis import compute_per_image, compute_sweep
+from ..analysis import compute_per_image, compute_sweep, layer_pruning_rates
 from ..data import load_dataset
 from ..layers import calibrate_threshold, set_threshold
+from ..record import record
 from ..train import load_model
 
 
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
         print("\nthreshold - head-wise accuracy per xi (points): "
               + ", ".join(f"{xi:g}: {100 * d:+.2f}" for xi, d in diff.items()))
 
-    frames = {}
+    frames, layers = {}, {}
     for rule in ("head-wise", "threshold"):
         if rule == "threshold":
             calibrate_threshold(model, loader, config.pruning_rate,
@@ -82,12 +84,15 @@ def main(argv=None) -> int:
         else:
             set_threshold(model, None)
         frames[rule] = compute_per_image(model, loader)
+        layers[rule] = layer_pruning_rates(record(model, loader)).set_index("layer")["mean"]
     set_threshold(model, None)
     print(f"\nat xi {config.pruning_rate}: MACs per image (M), 10th / 50th / 90th percentile")
     for rule, frame in frames.items():
         p = frame["macs"].quantile([0.1, 0.5, 0.9]) / 1e6
         print(f"  {rule:>9}: {p.iloc[0]:.3f} / {p.iloc[1]:.3f} / {p.iloc[2]:.3f}, accuracy "
               f"{frame['correct'].mean():.4f}, pruning rate {frame['pruning_rate'].mean():.3f}")
+    print(f"\nat xi {config.pruning_rate}: mean pruning rate per DGC layer")
+    print(_markdown(pd.DataFrame(layers).reset_index(names="layer")))
     threshold = frames["threshold"]
     by_class = threshold.groupby("label")[["macs", "correct"]].mean()
     by_class.index = [info.classes[i] for i in by_class.index]

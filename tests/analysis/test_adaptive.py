@@ -5,7 +5,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from dgclab.analysis import PER_IMAGE_COLUMNS, SWEEP_COLUMNS, compute_per_image, compute_sweep
+from dgclab.analysis import (
+    PER_IMAGE_COLUMNS, SWEEP_COLUMNS, compute_per_image, compute_sweep, layer_pruning_rates,
+)
+from dgclab.record import record
 from dgclab.analysis import count_macs
 from dgclab.layers import DGCConv2d, mean_pruning_rate, set_pruning_progress, set_threshold
 from dgclab.models import resnet_cifar
@@ -79,3 +82,16 @@ def test_bad_arguments():
         compute_per_image(model, [torch.randn(2, 1, 10, 10)])
     with pytest.raises(ValueError, match="at least one batch"):
         compute_per_image(model, [])
+
+
+def test_layer_pruning_rates():
+    model, batches = _model(), _batches()
+    rates = layer_pruning_rates(record(model, batches))  # head-wise at the final k: 3/4
+    assert len(rates) == 8 and (rates["mean"] >= 0.75 - 1e-9).all()  # 6 convs, 2 shortcuts
+    set_threshold(model, 1.0)
+    rec = record(model, batches)
+    rates = layer_pruning_rates(rec)
+    by_hand = [float((1 - rec.selections(n).sum(-1).double()
+                      / rec.layer_info(n)["in_channels"]).mean()) for n in rec.layer_names]
+    assert rates["mean"].tolist() == pytest.approx(by_hand)
+    assert (rates["p10"] <= rates["p90"]).all()
