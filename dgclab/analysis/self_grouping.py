@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from dgclab.checks import check_choice, check_float, check_int, check_type
@@ -246,12 +247,24 @@ def self_group(
 
 
 class SelfGroupedConv2d(nn.Module):
-    """A self-grouped conv that computes only what its clusters read: one conv per cluster.
+    """A self-grouped conv that computes only what its clusters read.
 
-    ``forward``: one ``index_select`` gathers every cluster's input channels (a channel read by
-    two clusters is gathered twice), cluster k's filters convolve its own slice
-    (``convs[k]``, an ``nn.Conv2d`` over ``|S_k|`` channels), and one more ``index_select``
-    puts the outputs back into the original filter order. Equal to the masked dense conv.
+    Two executions, equal to the masked dense conv and to each other:
+
+    * ``"loop"``: one ``index_select`` gathers every cluster's input channels (a channel read
+      by two clusters is gathered twice), cluster k's filters convolve its own slice
+      (``convs[k]``, an ``nn.Conv2d`` over ``|S_k|`` channels), and one more ``index_select``
+      puts the outputs back into the original filter order: exactly the clusters' MACs, but G
+      small convs, each a call whose fixed cost can outweigh its MACs;
+    * ``"padded"``: every cluster padded to the largest one (``max |S_k|`` channels, the
+      padding reading channel 0 through zero weights, and ``max |filters_k|`` filters), all G
+      clusters in one conv with ``groups=G``: one call, at the padded MACs
+      (``padded_fraction``). Its weight is laid out from ``convs`` once and kept while they
+      do not change.
+
+    ``execution`` is ``"loop"`` by default: what ``count_macs`` counts (its forward probe runs
+    the inner convs) and what trains (``convs`` are the parameters). ``"padded"`` is for
+    inference only; ``"auto"`` runs padded without autograd and the loop under it.
 
     Not a layer of dgclab's protocol (``GroupingConv``): a protocol layer is built from a shape
     by the conv registry and recorded as ``heads`` equal groups dividing ``out_channels``;
@@ -299,6 +312,51 @@ class SelfGroupedConv2d(nn.Module):
         # out channel o sits at place order[o] of the concatenated cluster outputs
         self.register_buffer("order", torch.argsort(torch.cat(filters)))  # (O,)
         self.register_buffer("cluster", cluster.long().clone())
+        # the padded execution: cluster k's channels at [k * S, k * S + |S_k|) of the gather,
+        # its filters at [k * F, k * F + |filters_k|) of the output, S and F the largest sizes
+        width, height = max(self.sizes), max(len(f) for f in filters)
+        padded = torch.zeros(len(convs), width, dtype=torch.long, device=weight.device)
+        place = torch.empty(self.out_channels, dtype=torch.long, device=weight.device)
+        for k, (cols, rows) in enumerate(zip(channels, filters)):
+            padded[k, :len(cols)] = cols  # the rest read channel 0, through zero weights
+            place[rows] = k * height + torch.arange(len(rows), device=weight.device)
+        self.register_buffer("padded_gather", padded.flatten())  # (G * S,)
+        self.register_buffer("padded_place", place)  # (O,)
+        self._padded_shape = (width, height)
+        self._padded_cache = None
+        self.execution = "loop"
+
+    @property
+    def padded_fraction(self) -> float:
+        """MACs of the padded execution over the loop's (the clusters' own)."""
+        width, height = self._padded_shape
+        own = sum(c.in_channels * c.out_channels for c in self.convs)
+        return len(self.convs) * width * height / own
+
+    def _padded_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(G * F, S, kh, kw) weight and (G * F,) bias of the padded execution, zeros where
+        padded; laid out again only when a cluster's conv changed."""
+        key = tuple((c.weight._version, c.weight.data_ptr()) for c in self.convs)
+        if self._padded_cache is None or self._padded_cache[0] != key:
+            width, height = self._padded_shape
+            first = self.convs[0].weight
+            w = first.new_zeros(len(self.convs) * height, width, *first.shape[2:])
+            bias = None if self.convs[0].bias is None else first.new_zeros(len(w))
+            for k, conv in enumerate(self.convs):
+                rows = slice(k * height, k * height + conv.out_channels)
+                w[rows, :conv.in_channels] = conv.weight.detach()
+                if bias is not None:
+                    bias[rows] = conv.bias.detach()
+            self._padded_cache = (key, w, bias)
+        return self._padded_cache[1], self._padded_cache[2]
+
+    @property
+    def execution(self) -> str:
+        return self._execution
+
+    @execution.setter
+    def execution(self, value: str) -> None:
+        self._execution = check_choice("execution", value, ("auto", "loop", "padded"))
 
     @property
     def channel_groups(self) -> int:
@@ -314,6 +372,18 @@ class SelfGroupedConv2d(nn.Module):
         return groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        execution = self._execution
+        if execution == "auto":
+            grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+            execution = "loop" if grad else "padded"
+        if execution == "padded":
+            if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+                raise ValueError("execution='padded' computes without autograd (its weight is a "
+                                 "detached copy); use 'loop' or 'auto' to train")
+            weight, bias = self._padded_weight()
+            y = F.conv2d(x.index_select(1, self.padded_gather), weight, bias, self.stride,
+                         self.padding, self.dilation, groups=len(self.convs))  # (B, G F, H', W')
+            return y.index_select(1, self.padded_place)  # (B, O, H', W')
         xs = x.index_select(1, self.gather).split(self.sizes, dim=1)  # (B, |S_k|, H, W) each
         ys = [conv(xk) for conv, xk in zip(self.convs, xs)]  # (B, |filters_k|, H', W') each
         return torch.cat(ys, dim=1).index_select(1, self.order)  # (B, O, H', W')
@@ -322,7 +392,8 @@ class SelfGroupedConv2d(nn.Module):
         kept = sum(c.in_channels * c.out_channels for c in self.convs)
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, clusters={len(self.convs)}, "
-                f"kept={kept / (self.in_channels * self.out_channels):.3f}")
+                f"kept={kept / (self.in_channels * self.out_channels):.3f}, "
+                f"execution={self._execution} (padded: {self.padded_fraction:.2f}x the MACs)")
 
 
 def to_grouped(model: nn.Module) -> nn.Module:

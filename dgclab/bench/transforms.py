@@ -35,7 +35,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
 from .._atomic import atomic_open, atomic_write_bytes, atomic_write_text
-from ..analysis import count_macs, merge_similar, to_grouped
+from ..analysis import SelfGroupedConv2d, count_macs, merge_similar, to_grouped
 from ..analysis.channel_similarity import block_widths, resize_blocks_
 from ..data import dataset_info, load_dataset
 from ..study.self_grouping import STAGES_CSV, load_self_grouped
@@ -87,16 +87,24 @@ def forward_times(models: dict[str, nn.Module], input_size: Sequence[int],
 
 
 def time_schedule(dense: nn.Module, run: Path, input_size: Sequence[int],
-                  rounds: int = 15) -> pd.DataFrame:
-    """Forward times of a self-grouping schedule's finished stages: the dense input, and per
-    stage its masked model (``masked-<stage>``) and ``to_grouped`` of it (``grouped-<stage>``).
+                  rounds: int = 15, stages: Sequence[int] | None = None) -> pd.DataFrame:
+    """Forward times of a self-grouping schedule's finished stages (or of ``stages`` among
+    them): the dense input, and per stage its masked model (``masked-<stage>``) and
+    ``to_grouped`` of it, one conv per cluster (``grouped-<stage>``) and all clusters padded
+    into one grouped conv (``padded-<stage>``; ``SelfGroupedConv2d``'s two executions).
     """
-    stages = pd.read_csv(run / STAGES_CSV)
+    table = pd.read_csv(run / STAGES_CSV)
+    finished = [int(s) for s in table["stage"][table["stage"] > 0]]
     models: dict[str, nn.Module] = {"dense": dense}
-    for stage in stages["stage"][stages["stage"] > 0]:
-        masked, _, _ = load_self_grouped(run / f"stage-{int(stage):02d}" / "model.pt")
-        models[f"masked-{int(stage)}"] = masked
-        models[f"grouped-{int(stage)}"] = to_grouped(masked).eval()
+    for stage in (finished if stages is None else [s for s in stages if s in finished]):
+        masked, _, _ = load_self_grouped(run / f"stage-{stage:02d}" / "model.pt")
+        models[f"masked-{stage}"] = masked
+        models[f"grouped-{stage}"] = to_grouped(masked).eval()
+        padded = to_grouped(masked).eval()
+        for m in padded.modules():
+            if isinstance(m, SelfGroupedConv2d):
+                m.execution = "padded"
+        models[f"padded-{stage}"] = padded
     return forward_times(models, input_size, rounds=rounds)
 
 
@@ -227,6 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads for the timing")
     p.add_argument("--train-threads", type=int, default=1, help="torch threads for training")
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--timing-stages", default=None,
+                   help="comma-separated schedule stages to time (default: every finished one)")
+    p.add_argument("--timing-out", default="timing.csv",
+                   help="file name of the schedule's timing table in --sg-results")
     args = p.parse_args(argv)
     if args.sg_run is None and args.merge_out is None:
         p.error("nothing to do: pass --sg-run, --merge-out or both")
@@ -251,9 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sg_run is not None:
         torch.set_num_threads(args.threads)
         run, results = Path(args.sg_run), Path(args.sg_results)
-        times = time_schedule(dense, run, input_size, rounds=args.rounds)
+        stages = (None if args.timing_stages is None
+                  else [int(s) for s in args.timing_stages.split(",") if s])
+        times = time_schedule(dense, run, input_size, rounds=args.rounds, stages=stages)
         atomic_write_bytes(results / STAGES_CSV, (run / STAGES_CSV).read_bytes())
-        _write_csv(results / "timing.csv", times)
+        _write_csv(results / args.timing_out, times)
         print(_markdown(pd.read_csv(run / STAGES_CSV)), "\n", flush=True)
         print(_markdown(times), flush=True)
     return 0

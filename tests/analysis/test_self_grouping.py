@@ -176,8 +176,13 @@ def check_grouped(model: nn.Module, shape) -> None:
     assert not any(parametrize.is_parametrized(m) for m in fast.modules())
     assert any(isinstance(m, SelfGroupedConv2d) for m in fast.modules())
     x = torch.randn(shape)
+    grouped = [m for m in fast.modules() if isinstance(m, SelfGroupedConv2d)]
     with torch.no_grad():
-        assert torch.allclose(fast.eval()(x), model.eval()(x), atol=TOL)
+        reference = model.eval()(x)
+        for execution in ("loop", "padded", "auto"):  # auto: padded without autograd
+            for m in grouped:
+                m.execution = execution
+            assert torch.allclose(fast.eval()(x), reference, atol=TOL), execution
 
 
 def test_to_grouped_equals_the_masked_small_cnn():
@@ -199,8 +204,35 @@ def test_grouped_model_trains():
     model = small_cnn()
     self_group(model, groups=4, rate=0.5)
     fast = to_grouped(model).train()
-    fast(torch.randn(4, 3, 8, 8)).sum().backward()
+    fast(torch.randn(4, 3, 8, 8)).sum().backward()  # the loop, the default
     assert all(p.grad is not None for p in fast.parameters())
+    grouped = [m for m in fast.modules() if isinstance(m, SelfGroupedConv2d)]
+    assert all(m.padded_fraction >= 1 for m in grouped) and "padded:" in repr(grouped[0])
+    grouped[0].execution = "padded"
+    with pytest.raises(ValueError, match="without autograd"):
+        fast(torch.randn(4, 3, 8, 8))
+    with pytest.raises(ValueError, match="execution"):
+        grouped[0].execution = "fast"
+
+
+def test_the_padded_weight_follows_training():
+    model = small_cnn()
+    self_group(model, groups=4, rate=0.5)
+    fast = to_grouped(model).eval()
+    x = torch.randn(2, 3, 8, 8)
+    grouped = [m for m in fast.modules() if isinstance(m, SelfGroupedConv2d)]
+    with torch.no_grad():
+        for m in grouped:
+            m.execution = "padded"
+        before = fast(x)  # its weight laid out and kept
+        for m in grouped:
+            m.convs[0].weight.mul_(0)  # as an optimizer step would change it
+            m.execution = "loop"
+        loop = fast(x)
+        for m in fast.modules():
+            if isinstance(m, SelfGroupedConv2d):
+                m.execution = "padded"
+        assert torch.allclose(fast(x), loop, atol=TOL) and not torch.allclose(loop, before)
 
 
 @pytest.mark.parametrize("rate", [0.5, 0.75])

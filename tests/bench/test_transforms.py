@@ -67,7 +67,7 @@ def test_command_line_end_to_end(dense, tmp_path, one_thread, capsys):
                  "--ratio", "0.5", "--subset", "32", "--similarity-images", "64",
                  "--rounds", "1", "--threads", "1"]) == 0
     timing = pd.read_csv(tmp_path / "sg-results" / "timing.csv")
-    assert timing["model"].tolist() == ["dense", "masked-1", "grouped-1"]
+    assert timing["model"].tolist() == ["dense", "masked-1", "grouped-1", "padded-1"]
     assert timing["macs"].iloc[2] < timing["macs"].iloc[1] == timing["macs"].iloc[0]
     assert len(pd.read_csv(tmp_path / "sg-results" / "stages.csv")) == 2
     merge = pd.read_csv(tmp_path / "cs-results" / "merge.csv")
