@@ -34,13 +34,13 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
-from .._atomic import atomic_open, atomic_write_bytes, atomic_write_text
+from .._atomic import atomic_write_bytes, atomic_write_text
 from ..analysis import SelfGroupedConv2d, count_macs, merge_similar, to_grouped
 from ..analysis.channel_similarity import block_widths, resize_blocks_
 from ..data import dataset_info, load_dataset
 from ..study.self_grouping import STAGES_CSV, load_self_grouped
 from ..train import Trainer, TrainConfig
-from ..train.checkpoint import load_checkpoint
+from ..train.checkpoint import atomic_torch_save, load_checkpoint
 from ..train.evaluation import evaluate_model
 from ..train.run_folder import load_weights, model_of
 from .timing import interleaved_medians
@@ -120,8 +120,7 @@ def save_merged(model: nn.Module, config: TrainConfig, path, metrics: dict | Non
                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                "metrics": dict(metrics or {})}
     path = Path(path)
-    with atomic_open(path, "wb") as f:
-        torch.save(payload, f)
+    atomic_torch_save(payload, path)
     return path
 
 

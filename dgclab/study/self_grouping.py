@@ -52,13 +52,13 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader
 
-from .._atomic import atomic_open, atomic_write_text
+from .._atomic import atomic_write_text
 from ..analysis import count_macs
 from ..analysis.self_grouping import INITS, ChannelMask, _channel_mask, self_group, to_grouped
 from ..checks import check_choice, check_float, check_int, check_type
 from ..data import load_dataset
 from ..train import Trainer, TrainConfig
-from ..train.checkpoint import load_checkpoint
+from ..train.checkpoint import atomic_torch_save, load_checkpoint
 from ..train.evaluation import evaluate_model, resolve_device
 from ..train.run_folder import load_weights, model_of
 from .folder import pin_settings
@@ -125,8 +125,7 @@ def save_self_grouped(model: nn.Module, config: TrainConfig, path: str | os.Path
                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                "metrics": dict(metrics or {})}
     path = Path(path)
-    with atomic_open(path, "wb") as f:
-        torch.save(payload, f)
+    atomic_torch_save(payload, path)
     return path
 
 
