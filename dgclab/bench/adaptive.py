@@ -28,14 +28,7 @@ from ..data import load_dataset
 from ..layers import calibrate_threshold, set_threshold
 from ..record import record
 from ..train import load_model
-
-
-def _markdown(frame) -> str:
-    header = "| " + " | ".join(frame.columns) + " |"
-    rule = "|" + "---|" * len(frame.columns)
-    rows = ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |"
-            for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *rows])
+from .tables import markdown_table
 
 
 def main(argv=None) -> int:
@@ -68,7 +61,7 @@ def main(argv=None) -> int:
 
     sweep = compute_sweep(model, loader, rates, calibration_batches=args.calibration_batches)
     print("anytime curve (MACs per image, whole network):\n")
-    print(_markdown(sweep.assign(**{c: sweep[c] / 1e6 for c in sweep.columns
+    print(markdown_table(sweep.assign(**{c: sweep[c] / 1e6 for c in sweep.columns
                                     if c.startswith("macs")})))
     pairs = sweep.pivot(index="target", columns="rule", values="accuracy")
     if {"head-wise", "threshold"} <= set(pairs.columns):
@@ -92,12 +85,12 @@ def main(argv=None) -> int:
         print(f"  {rule:>9}: {p.iloc[0]:.3f} / {p.iloc[1]:.3f} / {p.iloc[2]:.3f}, accuracy "
               f"{frame['correct'].mean():.4f}, pruning rate {frame['pruning_rate'].mean():.3f}")
     print(f"\nat xi {config.pruning_rate}: mean pruning rate per DGC layer")
-    print(_markdown(pd.DataFrame(layers).reset_index(names="layer")))
+    print(markdown_table(pd.DataFrame(layers).reset_index(names="layer")))
     threshold = frames["threshold"]
     by_class = threshold.groupby("label")[["macs", "correct"]].mean()
     by_class.index = [info.classes[i] for i in by_class.index]
     print("\nthreshold rule, by class (mean MACs in M, accuracy):")
-    print(_markdown(by_class.assign(macs=by_class["macs"] / 1e6).reset_index(names="class")))
+    print(markdown_table(by_class.assign(macs=by_class["macs"] / 1e6).reset_index(names="class")))
     by_right = threshold.groupby("correct")["macs"].mean() / 1e6
     print("\nthreshold rule, mean MACs (M) of right / wrong predictions: "
           f"{by_right.get(True, float('nan')):.3f} / {by_right.get(False, float('nan')):.3f}")

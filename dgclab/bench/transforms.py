@@ -43,6 +43,7 @@ from ..train import Trainer, TrainConfig
 from ..train.checkpoint import atomic_torch_save, load_checkpoint
 from ..train.evaluation import evaluate_model
 from ..train.run_folder import load_weights, model_of
+from .tables import markdown_table
 from .timing import interleaved_medians
 
 __all__ = ["MERGED_FORMAT", "forward_times", "load_merged", "main", "merge_example",
@@ -208,15 +209,6 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _markdown(frame: pd.DataFrame) -> str:
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v)
-                                       for v in row) + " |")
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dgclab.bench transforms``; returns the exit status."""
     p = argparse.ArgumentParser(prog="python -m dgclab.bench transforms", description=__doc__,
@@ -257,8 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = Path(args.merge_results)
         _write_csv(results / "merge.csv", pd.DataFrame([row]))
         _write_csv(results / "timing.csv", times)
-        print(_markdown(pd.DataFrame([row])), "\n", flush=True)
-        print(_markdown(times), "\n", flush=True)
+        print(markdown_table(pd.DataFrame([row])), "\n", flush=True)
+        print(markdown_table(times), "\n", flush=True)
     if args.sg_run is not None:
         torch.set_num_threads(args.threads)
         run, results = Path(args.sg_run), Path(args.sg_results)
@@ -267,8 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         times = time_schedule(dense, run, input_size, rounds=args.rounds, stages=stages)
         atomic_write_bytes(results / STAGES_CSV, (run / STAGES_CSV).read_bytes())
         _write_csv(results / args.timing_out, times)
-        print(_markdown(pd.read_csv(run / STAGES_CSV)), "\n", flush=True)
-        print(_markdown(times), flush=True)
+        print(markdown_table(pd.read_csv(run / STAGES_CSV)), "\n", flush=True)
+        print(markdown_table(times), flush=True)
     return 0
 
 
