@@ -20,6 +20,10 @@ Command line (``main``; registered as ``python -m dgclab.bench transforms``)::
 
     python -m dgclab.bench transforms --model data/dense_resnet8.pt --sg-run runs/sg-resnet8 \\
         --merge-out runs/cs-resnet8 --ratio 0.5 [--epochs 1] [--subset 10000] [--threads 2]
+    python -m dgclab.bench transforms --layer-sweep [--threads 2] [--rounds 15]
+
+``--layer-sweep`` (``layer_sweep``) times one self-grouped 3x3 conv against its masked conv at
+several widths, rates and batches: where the clusters' convs are big enough to pay.
 """
 
 from __future__ import annotations
@@ -46,8 +50,8 @@ from ..train.run_folder import load_weights, model_of
 from .tables import markdown_table
 from .timing import interleaved_medians
 
-__all__ = ["MERGED_FORMAT", "forward_times", "load_merged", "main", "merge_example",
-           "save_merged", "time_schedule"]
+__all__ = ["MERGED_FORMAT", "forward_times", "layer_sweep", "load_merged", "main",
+           "merge_example", "save_merged", "time_schedule"]
 
 MERGED_FORMAT = "dgclab-merged/1"
 BATCHES = (1, 64)
@@ -107,6 +111,57 @@ def time_schedule(dense: nn.Module, run: Path, input_size: Sequence[int],
                 m.execution = "padded"
         models[f"padded-{stage}"] = padded
     return forward_times(models, input_size, rounds=rounds)
+
+
+SWEEP_LAYERS = ((64, 28), (128, 14), (256, 14), (512, 7))  # (channels, map side)
+SWEEP_RATES = (0.5, 0.75)
+
+
+def layer_sweep(layers: Sequence[tuple[int, int]] = SWEEP_LAYERS,
+                rates: Sequence[float] = SWEEP_RATES, groups: int = 16,
+                batches: Sequence[int] = BATCHES, rounds: int = 15,
+                seed: int = 0) -> pd.DataFrame:
+    """Where a self-grouped conv's executions beat its masked dense conv, one layer at a time.
+
+    Each layer is a 3x3 conv (C -> C, padding 1, no bias, seeded Gaussian weights) grouped by
+    ``self_group(groups, rate)``; its masked dense conv (the authors' execution) is timed
+    round-robin against ``to_grouped`` of it, ``execution="loop"`` (one conv per cluster) and
+    ``"padded"`` (one grouped conv at the padded MACs), eval and ``torch.no_grad()``.
+
+    Returns:
+        One row per (channels, side, rate, batch): ``kept`` (MACs of the loop over the dense
+        conv's), ``filters_per_cluster`` (mean), ``padded_macs`` (the padded execution's MACs
+        over the dense conv's), ``masked_ms`` (per call) and ``loop_vs_masked`` /
+        ``padded_vs_masked`` (time ratios; below 1 is faster than the masked conv).
+    """
+    from ..analysis import self_group
+
+    rows = []
+    for channels, side in layers:
+        for rate in rates:
+            torch.manual_seed(seed)
+            masked = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False))
+            self_group(masked, groups=groups, rate=rate, layers=["0"], seed=seed)
+            masked.eval()
+            loop, padded = to_grouped(masked).eval(), to_grouped(masked).eval()
+            padded[0].execution = "padded"
+            layer = loop[0]
+            kept = sum(c.in_channels * c.out_channels for c in layer.convs) / channels ** 2
+            for batch in batches:
+                x = torch.randn(batch, channels, side, side)  # (B, C, H, W)
+                with torch.no_grad():
+                    t = interleaved_medians(
+                        {"masked": lambda: masked(x), "loop": lambda: loop(x),
+                         "padded": lambda: padded(x)},
+                        rounds=rounds * (4 if batch == 1 else 1), warmup=2)
+                rows.append({"channels": channels, "side": side, "rate": rate, "batch": batch,
+                             "clusters": layer.channel_groups, "kept": round(kept, 3),
+                             "filters_per_cluster": channels / layer.channel_groups,
+                             "padded_macs": round(kept * layer.padded_fraction, 2),
+                             "masked_ms": round(t["masked"] * 1e3, 3),
+                             "loop_vs_masked": round(t["loop"] / t["masked"], 2),
+                             "padded_vs_masked": round(t["padded"] / t["masked"], 2)})
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,9 +285,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="comma-separated schedule stages to time (default: every finished one)")
     p.add_argument("--timing-out", default="timing.csv",
                    help="file name of the schedule's timing table in --sg-results")
+    p.add_argument("--layer-sweep", action="store_true",
+                   help="time one self-grouped conv against its masked conv over widths, rates "
+                        "and batches (layer_sweep; needs no model)")
     args = p.parse_args(argv)
-    if args.sg_run is None and args.merge_out is None:
-        p.error("nothing to do: pass --sg-run, --merge-out or both")
+    if args.sg_run is None and args.merge_out is None and not args.layer_sweep:
+        p.error("nothing to do: pass --sg-run, --merge-out, --layer-sweep or any of them")
+    if args.layer_sweep:
+        torch.set_num_threads(args.threads)
+        print(markdown_table(layer_sweep(rounds=args.rounds)), "\n", flush=True)
+        if args.sg_run is None and args.merge_out is None:
+            return 0
 
     dense, base, _ = load_self_grouped(args.model)
     info = dataset_info(base.dataset, base.data_root)

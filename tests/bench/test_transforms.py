@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dgclab.analysis import merge_similar
-from dgclab.bench.transforms import forward_times, load_merged, main, save_merged
+from dgclab.bench.transforms import forward_times, layer_sweep, load_merged, main, save_merged
 from dgclab.models import resnet_cifar
 from dgclab.study.self_grouping import EXPORT_FORMAT, run_self_grouping
 from dgclab.train import TrainConfig
@@ -35,6 +35,17 @@ def test_forward_times_table(one_thread):
                                    "ms_per_image_b2"]
     assert table["macs"].iloc[0] < table["macs"].iloc[1]
     assert (table[["ms_per_image_b1", "ms_per_image_b2"]] > 0).all().all()
+
+
+def test_layer_sweep_table(one_thread):
+    table = layer_sweep(layers=((8, 5),), rates=(0.5,), groups=2, batches=(1, 2), rounds=1)
+    assert len(table) == 2 and list(table["batch"]) == [1, 2]
+    row = table.iloc[0]
+    assert row["clusters"] == 2 and row["filters_per_cluster"] == 4
+    # rate 0.5 keeps about half of each cluster's channels: the loop runs about half the MACs,
+    # and padding to the largest cluster can only add to them
+    assert 0.25 <= row["kept"] <= 0.75 and row["padded_macs"] >= row["kept"]
+    assert (table[["masked_ms", "loop_vs_masked", "padded_vs_masked"]] > 0).all().all()
 
 
 def test_merged_resnet_saves_and_rebuilds(tmp_path, one_thread):
