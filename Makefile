@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# constraints.txt pins a tested torch/torchvision pair; pyproject.toml keeps ranges.
-	$(PY) -m pip install -c constraints.txt -e '.[dev]'
+	# No pip cache: torch and its CUDA libraries take several GB already, twice with a cache.
+	$(PY) -m pip install --no-cache-dir -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP)
