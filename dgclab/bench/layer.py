@@ -26,12 +26,17 @@ keeps C/4 channels on average but each image-head its own count), in the gather 
 the fused kernel and in its PyTorch formulation (which pads every image-head to the batch's
 largest keep).
 
-Targets (issue #2): gather <= 0.5x dense on both 3x3 shapes, <= 1.5x on the 1x1 shape.
+``--device cuda`` prints only the GPU table: the same shapes in float32, float16 and bfloat16,
+with the Triton gather (``layers/dgc_triton.py``) beside cuDNN, eager and from CUDA graphs.
+
+Targets (issue #2): gather <= 0.5x dense on both 3x3 shapes, <= 1.5x on the 1x1 shape; on the
+GPU (issue #20) <= 0.6x dense at 256->256 3x3 14^2 in float16.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -44,7 +49,7 @@ from ..layers import (
 from ..layers import dgc as dgc_module
 from ..layers import dgc_gather
 from .memory import PeakTensorMemory
-from .timing import interleaved_medians
+from .timing import interleaved_medians, synchronized
 
 # (C_in, C_out, kernel, H=W) from SPEC §1.6, with the official-code timings in ms for reference.
 SHAPES = [
@@ -323,6 +328,66 @@ def _auto_table(rounds: int) -> None:
                   "  ".join(f"{r:5.2f}" for r in ratios))
 
 
+def _cuda_graph(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` captured once in a CUDA graph and replayed (launch overheads gone); raises
+    where ``fn`` cannot be captured (a host sync inside, e.g. ``.item()``)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # warm up outside the graph (cuDNN picks its algorithms here)
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def _cuda_table(batch: int, rounds: int, dtypes: list[torch.dtype]) -> None:
+    """The GPU table (issue #20): at every SPEC shape and dtype, BN-ReLU + cuDNN dense and
+    groups=4 convs, the mask DGC, the Triton gather and the PyTorch gather (``gather-pt``),
+    eager, plus the dense conv replayed from a CUDA graph (``dense-graph``) and the Triton
+    gather likewise where it can be captured; ms per call, ratios against eager dense."""
+    from ..layers import dgc_triton
+
+    print(f"{'dtype':>9} {'shape':>20} {'dense':>7} {'d-graph':>7} {'group4':>7} {'mask':>7} "
+          f"{'gather':>7} {'g-graph':>7} {'g-pt':>7}  {'gather/d':>8} {'g-graph/d-graph':>15}")
+    for dtype in dtypes:
+        for shape, _ in SHAPES:
+            cin, cout, k, hw = shape
+            dense, group, dgc = (m.to("cuda", dtype) for m in _layers(cin, cout, k))
+            x = torch.randn(batch, cin, hw, hw, device="cuda", dtype=dtype)
+
+            def dgc_with(execution, triton=True):
+                def run():
+                    dgc.execution = execution
+                    with dgc_triton.use(triton):
+                        return dgc(x)
+                return run
+
+            with torch.no_grad():
+                candidates = {"dense": lambda: dense(x), "group": lambda: group(x),
+                              "mask": dgc_with("mask"), "gather": dgc_with("gather"),
+                              "gather-pt": dgc_with("gather", triton=False),
+                              "dense-graph": _cuda_graph(lambda: dense(x))}
+                try:
+                    candidates["gather-graph"] = _cuda_graph(dgc_with("gather"))
+                    graph_note = ""
+                except RuntimeError as error:  # a host sync in the layer's forward
+                    graph_note = f"   (gather not capturable: {str(error).splitlines()[0][:60]})"
+                t = interleaved_medians({n: synchronized(f, "cuda") for n, f in candidates.items()},
+                                        rounds=rounds, warmup=3)
+            ms = {n: v * 1e3 for n, v in t.items()}
+            g_graph = ms.get("gather-graph", float("nan"))
+            target = " (target <= 0.6)" if (dtype == torch.float16 and shape[:3] == (256, 256, 3)) \
+                else ""
+            print(f"{str(dtype)[6:]:>9} {_label(shape):>20} {ms['dense']:7.3f} "
+                  f"{ms['dense-graph']:7.3f} {ms['group']:7.3f} {ms['mask']:7.3f} "
+                  f"{ms['gather']:7.3f} {g_graph:7.3f} {ms['gather-pt']:7.3f}  "
+                  f"{ms['gather'] / ms['dense']:8.2f} {g_graph / ms['dense-graph']:15.2f}"
+                  f"{target}{graph_note}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dgclab.bench layer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -340,11 +405,23 @@ def main(argv=None) -> int:
                         help="only SCC's executions against grouped and dense 1x1 convs")
     parser.add_argument("--block", type=int, default=5,
                         help="calls in a row per round for the steady-state table (default 5)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="cuda: only the GPU table (float32, float16, bfloat16; the Triton "
+                             "gather against cuDNN)")
     args = parser.parse_args(argv)
     if min(args.batch, args.threads, args.rounds) <= 0 or args.block < 2:
         parser.error(f"batch, threads and rounds must be positive and block >= 2, got "
                      f"{args.batch}, {args.threads}, {args.rounds}, {args.block}")
     torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA GPU is visible to torch")
+        from ..layers import dgc_triton
+        print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, batch {args.batch}, "
+              f"eval, heads 4, pruning rate 0.75, medians over {args.rounds} interleaved rounds "
+              f"(ms per call); Triton {'available' if dgc_triton.available() else 'MISSING'}")
+        _cuda_table(args.batch, args.rounds, [torch.float32, torch.float16, torch.bfloat16])
+        return 0
     if args.auto:
         print(f"torch {torch.__version__}, {args.threads} threads, eval, heads 4, medians over "
               f"{args.rounds} interleaved rounds; gather: "

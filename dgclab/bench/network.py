@@ -17,6 +17,9 @@ inputs), per-image medians of interleaved rounds, for:
 
 It prints the ratios DGC / dense and DGC / group beside the MAC ratios (paper convention) and
 the targets of the network-speed issue, whichever way they fall.
+
+``--device cuda [--dtype float16]`` runs the same tables on a GPU (DGC's gather there is the
+Triton kernel, ``layers/dgc_triton.py``), every timed call followed by a CUDA synchronize.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch.nn.functional as F
 from ..analysis import count_macs
 from ..layers import dgc_layers, make_conv, set_progress
 from ..models import dydensenet86, dyresnet18, resnet_cifar
-from .timing import interleaved_medians
+from .timing import interleaved_medians, synchronized
 
 __all__ = ["twin", "calibrate", "profile", "NETWORKS", "main"]
 
@@ -120,7 +123,8 @@ def _calibrated_nets(make, size: tuple[int, ...]) -> dict[str, nn.Module]:
     return nets
 
 
-def _inference(rounds: int, imagenet: bool) -> None:
+def _inference(rounds: int, imagenet: bool, device: str = "cpu",
+               dtype: torch.dtype = torch.float32) -> None:
     print(f"{'network':>22} {'batch':>5} {'dense':>9} {'group':>9} {'dgc':>9}  {'dgc/dense':>9} "
           f"{'dgc/group':>9}  {'MACs dgc/dense':>14} {'dgc/group':>9}   (ms per image)")
     for name, make, size, batches in NETWORKS:
@@ -128,11 +132,13 @@ def _inference(rounds: int, imagenet: bool) -> None:
             continue
         nets = _calibrated_nets(make, size)
         macs = {n: count_macs(m, (1, *size)) for n, m in nets.items()}
+        nets = {n: m.to(device, dtype) for n, m in nets.items()}
         for batch in batches:
-            x = torch.randn(batch, *size)
+            x = torch.randn(batch, *size, device=device, dtype=dtype)
             with torch.no_grad():
-                t = interleaved_medians({n: (lambda m=m: m(x)) for n, m in nets.items()},
-                                        rounds=rounds)
+                t = interleaved_medians(
+                    {n: synchronized(lambda m=m: m(x), device) for n, m in nets.items()},
+                    rounds=rounds)
             ms = {n: v * 1e3 / batch for n, v in t.items()}
             print(f"{name:>22} {batch:>5} {ms['dense']:9.3f} {ms['group']:9.3f} {ms['dgc']:9.3f}  "
                   f"{ms['dgc'] / ms['dense']:9.2f} {ms['dgc'] / ms['group']:9.2f}  "
@@ -173,17 +179,19 @@ def _profiles() -> None:
                 print(profile(nets[label], x))
 
 
-def _training(rounds: int, batch: int) -> None:
+def _training(rounds: int, batch: int, device: str = "cpu") -> None:
     print(f"\ntraining step of resnet_cifar(20, w32), batch {batch} (forward, backward, SGD step; "
           f"ms per step)")
     print(f"{'schedule':>22} {'dense':>9} {'group':>9} {'dgc':>9}  {'dgc/dense':>9} "
           f"{'dgc/group':>9}")
     torch.manual_seed(0)
-    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    x = torch.randn(batch, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
     for label, progress in (("k = 0", 0.0), ("mid schedule (p 0.4)", 0.4), ("final k", 1.0)):
         dgc = resnet_cifar(20, width=32, conv="dgc", in_channels=1)
         set_progress(dgc, progress)
         nets = {"dense": twin(dgc, "dense"), "group": twin(dgc, "group"), "dgc": dgc}
+        nets = {n: m.to(device) for n, m in nets.items()}
         steps = {}
         for n, m in nets.items():
             opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
@@ -192,7 +200,7 @@ def _training(rounds: int, batch: int) -> None:
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(m(x), y).backward()
                 opt.step()
-            steps[n] = step
+            steps[n] = synchronized(step, device)
         t = interleaved_medians(steps, rounds=rounds, warmup=2)
         ms = {n: v * 1e3 for n, v in t.items()}
         print(f"{label:>22} {ms['dense']:9.1f} {ms['group']:9.1f} {ms['dgc']:9.1f}  "
@@ -208,22 +216,31 @@ def main(argv=None) -> int:
     parser.add_argument("--train-batch", type=int, default=128)
     parser.add_argument("--no-imagenet", action="store_true", help="skip DyResNet-18 at 224x224")
     parser.add_argument("--no-train", action="store_true", help="skip the training steps")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                        help="of the inference tables (training steps stay float32)")
     parser.add_argument("--profile", action="store_true",
                         help="also print where resnet_cifar(20, w32)'s time goes, per op, DGC "
                              "and dense, batch 1 and 64")
     args = parser.parse_args(argv)
     if min(args.threads, args.rounds, args.train_rounds, args.train_batch) <= 0:
         parser.error("threads, rounds, train-rounds and train-batch must be positive")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is visible to torch")
+    if args.device == "cpu" and args.dtype != "float32":
+        parser.error(f"--dtype {args.dtype} is for --device cuda (CPU convs run float32 here)")
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, eval, final k, medians of "
+    where = (f"{args.threads} threads" if args.device == "cpu"
+             else f"{torch.cuda.get_device_name()}, {args.dtype}")
+    print(f"torch {torch.__version__}, {where}, eval, final k, medians of "
           f"{args.rounds} interleaved rounds; twins: every DGC layer -> BN-ReLU + dense / "
           f"group conv of its shape")
     print("targets (network-speed issue): dgc/group <= 1.2 at batch 64 and <= 1.5 at batch 1, "
           "dgc/dense <= 0.8 at batch 1; DyResNet-18 <= 0.8x dense at batch 8; training step at "
           "the final k <= 1.0x dense\n")
-    _inference(args.rounds, not args.no_imagenet)
+    _inference(args.rounds, not args.no_imagenet, args.device, getattr(torch, args.dtype))
     if not args.no_train:
-        _training(args.train_rounds, args.train_batch)
+        _training(args.train_rounds, args.train_batch, args.device)
     if args.profile:
         _profiles()
     return 0

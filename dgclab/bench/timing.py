@@ -6,6 +6,8 @@ import statistics
 import time
 from collections.abc import Callable
 
+import torch
+
 
 def interleaved_medians(
     candidates: dict[str, Callable[[], object]], rounds: int = 15, warmup: int = 3,
@@ -41,3 +43,16 @@ def interleaved_medians(
                 if block == 1 or i > 0:
                     samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(ts) for name, ts in samples.items()}
+
+
+def synchronized(fn: Callable[[], object], device: str | torch.device) -> Callable[[], object]:
+    """``fn`` followed by a wait for the device, where it is a GPU: CUDA runs kernels
+    asynchronously, so a timer around ``fn`` alone would see the launches only."""
+    if torch.device(device).type != "cuda":
+        return fn
+
+    def run():
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+    return run

@@ -3,7 +3,7 @@
 - ``base.py``: the layer protocol (``GroupingConv``) and the functions that walk a model by it.
 - ``registry.py``: ``CONV_KINDS``, ``make_conv``, ``register_conv``: every conv kind by name.
 - ``dgc.py`` (+ ``dgc_functional.py``, ``dgc_gather.py``, ``dgc_schedule.py``,
-  ``dgc_network.py``, ``cpu_kernel.py``): dynamic group convolution (SPEC §1).
+  ``dgc_network.py``, ``cpu_kernel.py``, ``dgc_triton.py``): dynamic group convolution (SPEC §1).
 - ``group.py``: the static group conv (SPEC §2).
 - ``scc.py``: the sliding-channel conv of DSXplore (SPEC §3).
 - ``lgc.py``: the learned group conv of CondenseNet and its condensed form (SPEC §2).

@@ -29,7 +29,10 @@ Two executions compute the same numbers, NaN and Inf included:
   fused C++ kernel does the same per image and head, BN-ReLU included (``cpu_kernel.py``), and
   convolves each image-head's own kept channels however many; the PyTorch gather runs equal
   groups, so under the threshold rule it pads every image-head to the batch's largest keep
-  (the padding's gates are 0).
+  (the padding's gates are 0). On CUDA a Triton kernel (``dgc_triton.py``) does it as an
+  implicit GEMM over each image-head's own kept channels, float32, float16 and bfloat16; its
+  backward is the PyTorch gather's. Until a GPU has measured it, "auto" on CUDA follows the
+  PyTorch gather's keep-fraction rule below (README, "GPU").
 
 This file is the layer alone (about 520 lines: its state, its layer-protocol methods and its
 forward read best in one place). The functional core (``select_channels``, ``dgc_mask_conv``:
@@ -106,10 +109,12 @@ AUTO_GATHER_MAX_KEEP_AUTOGRAD = 0.25
 def _kept_first(saliency: torch.Tensor, keep_mask: torch.Tensor) -> torch.Tensor:
     """(B, heads, K) indices with every image-head's kept channels first, K the largest keep
     count of the batch; the rest of a row are dropped channels (gate 0), the padding that lets
-    the PyTorch gather run equal groups. NaN saliencies that are kept sort first too."""
+    the PyTorch gather run equal groups. NaN saliencies that are kept sort first too. Sorted,
+    so that the first ``keep_mask.sum(-1)`` entries of a row are its kept channels (the Triton
+    kernel reads no further)."""
     width = int(keep_mask.sum(-1).max()) if keep_mask.numel() else 1
     key = torch.where(keep_mask, saliency.detach(), float("-inf"))  # a kept NaN stays NaN
-    return key.topk(max(width, 1), dim=-1, sorted=False).indices
+    return key.topk(max(width, 1), dim=-1, sorted=True).indices
 
 
 def _autocast(device_type: str) -> bool:
@@ -524,9 +529,11 @@ class DGCConv2d(GroupingConv, nn.Module):
         self.last_lasso = g.mean(dim=(0, 2)).sum() if len(g) else g.sum()
 
         weight = torch.stack([h.conv.weight for h in self.heads_list])  # (heads, Co_h, C, kh, kw)
+        counts = None  # (B, heads) kept channels per image-head, where they vary
         if threshold is not None:
             keep_mask = select_above_threshold(g, threshold)  # (B, heads, C)
             keep_idx = None if execution == "mask" else _kept_first(g, keep_mask)  # (B, heads, K)
+            counts = keep_mask.sum(-1)
         elif execution == "mask":
             keep_mask = select_channels(g, k)  # (B, heads, C)
             keep_idx = None
@@ -545,7 +552,9 @@ class DGCConv2d(GroupingConv, nn.Module):
             # the gather gives the same NaNs instead of skipping them.
             b, c = g.shape[0], self.in_channels
             keep_idx = torch.arange(c, device=g.device).expand(b, self.heads, c)
-        return dgc_gather_conv(x, gate, keep_idx, weight, self.stride, self.padding, self.dilation)
+            counts = None
+        return dgc_gather_conv(x, gate, keep_idx, weight, self.stride, self.padding, self.dilation,
+                               counts=counts)
 
     def _kernel_forward(self, x: torch.Tensor, k: int, threshold: float | None) -> torch.Tensor:
         """CPU float32 inference: the whole layer in one call of the fused kernel
@@ -595,7 +604,13 @@ class DGCConv2d(GroupingConv, nn.Module):
                 f"expected {self.in_channels} input channels, got {x.shape[1]} "
                 f"(input shape {tuple(x.shape)})"
             )
-        dtype = self.headconv_0.conv.weight.dtype
+        weight = self.headconv_0.conv.weight
+        if x.device != weight.device:
+            raise ValueError(
+                f"the input is on {x.device} but the layer's parameters are on {weight.device}: "
+                f"move one to the other (model.to(device) or x.to(device))"
+            )
+        dtype = weight.dtype
         if not x.is_floating_point() or (x.dtype != dtype and not _autocast(x.device.type)):
             raise TypeError(
                 f"DGCConv2d expects an input of its parameters' dtype, got dtype={x.dtype} for "

@@ -17,13 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
-from . import cpu_kernel
+from . import cpu_kernel, dgc_triton
 from .dgc_functional import dgc_mask_conv, interleave_heads
 
 __all__ = [
     "GATHER_CHUNK_BYTES",
     "GATHER_CHUNK_SAMPLES",
     "dgc_gather_conv",
+    "gather_conv_torch",
     "gather_scratch",
     "release_scratch",
 ]
@@ -77,6 +78,7 @@ def dgc_gather_conv(
     dilation=1,
     *,
     norm: tuple[torch.Tensor, torch.Tensor] | None = None,
+    counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fast execution: convolve only the kept channels of every (sample, head) pair.
 
@@ -94,7 +96,8 @@ def dgc_gather_conv(
     Under autograd the whole batch is one chunk (the backward keeps every chunk's gathers).
 
     In CPU float32 inference the fused C++ kernel (``cpu_kernel.py``) does all of this per
-    image and head instead, applying ``norm`` as it copies the kept channels.
+    image and head instead, applying ``norm`` as it copies the kept channels; on CUDA the Triton
+    kernel (``dgc_triton.py``) does, reading the kept channels in place.
 
     Args:
         x: (B, C, H, W) the layer's input, already normalised unless ``norm`` is given.
@@ -103,13 +106,15 @@ def dgc_gather_conv(
         weight: (heads, Co_h, C, kh, kw).
         norm: optional per-channel ``(scale, shift)``: ``x`` is first mapped to
             ``relu(x * scale + shift)`` (a folded eval-mode BN-ReLU; NaN stays NaN).
+        counts: optional (B, heads): image-head (b, h) keeps only its first ``counts[b, h]``
+            listed channels, the others having gate 0 (DGC-G's variable keep, ``keep_idx``
+            from ``_kept_first``). The Triton kernel then reads no more; the other executions
+            read every listed channel (the same numbers for a finite input).
 
     Returns:
         (B, heads * Co_h, H', W') with heads interleaved, equal to ``dgc_mask_conv``.
     """
-    b, c, h, w = x.shape
-    heads, co_h, _, kh, kw = weight.shape
-    keep = keep_idx.shape[-1]
+    b, c = x.shape[:2]
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     gate_kept = gate.gather(-1, keep_idx)  # (B, heads, keep)
     scale, shift = norm if norm is not None else (None, None)
@@ -121,6 +126,27 @@ def dgc_gather_conv(
         x = F.relu(x * scale.view(1, c, 1, 1) + shift.view(1, c, 1, 1))
     if b == 0:  # nothing to gather: the mask formulation gives the empty output, in the graph
         return dgc_mask_conv(x, gate, weight, stride, padding, dilation, gate_on="input")
+    if dgc_triton.applies(x):
+        return dgc_triton.gather_conv(x, gate_kept, keep_idx, weight, stride, padding, dilation,
+                                      counts=counts)
+    return gather_conv_torch(x, gate_kept, keep_idx, weight, stride, padding, dilation)
+
+
+def gather_conv_torch(
+    x: torch.Tensor,
+    gate_kept: torch.Tensor,
+    keep_idx: torch.Tensor,
+    weight: torch.Tensor,
+    stride=(1, 1),
+    padding=(0, 0),
+    dilation=(1, 1),
+) -> torch.Tensor:
+    """``dgc_gather_conv``'s PyTorch path, on any device: the gates of the listed channels
+    ``gate_kept`` (B, heads, keep), a non-empty batch, ``x`` normalised; arguments as there."""
+    b, c, h, w = x.shape
+    heads, co_h, _, kh, kw = weight.shape
+    keep = keep_idx.shape[-1]
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     pointwise = (kh, kw) == (1, 1) and padding == (0, 0)
     if pointwise:
         # A 1x1 conv is a matmul per (sample, head): (Co_h x keep) @ (keep x H'W').
@@ -137,7 +163,7 @@ def dgc_gather_conv(
             + torch.arange(co_h, device=x.device).view(1, 1, co_h, 1) * c
         )
 
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, gate, weight)):
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, gate_kept, weight)):
         # Autograd keeps every chunk's gathered inputs and filter columns for the backward, so
         # chunks save no memory; one chunk saves the per-chunk ops and their backward (CopySlices,
         # index_add into zeros): 25 % off a training step of resnet8 w32 at k = 3/4 C.
