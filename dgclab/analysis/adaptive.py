@@ -34,7 +34,7 @@ from .macs import count_macs
 from .selection import realized_macs
 
 __all__ = ["PER_IMAGE_COLUMNS", "SWEEP_COLUMNS", "compute_per_image", "compute_sweep",
-           "layer_pruning_rates"]
+           "dropped_fraction", "layer_pruning_rates"]
 
 PER_IMAGE_COLUMNS = ("id", "label", "prediction", "correct", "pruning_rate", "dgc_macs", "macs")
 """``compute_per_image``'s columns: ``pruning_rate`` the fraction of channels the image's heads
@@ -77,8 +77,7 @@ def compute_per_image(model: nn.Module, loader: Iterable) -> pd.DataFrame:
     if size is None:
         raise ValueError("compute_per_image needs a loader with at least one batch")
     table = realized_macs(rec)
-    dropped = [1 - rec.selections(name).sum(-1).double() / rec.layer_info(name)["in_channels"]
-               for name in rec.layer_names if rec.is_dynamic(name)]  # (N, heads) each
+    dropped = [dropped_fraction(rec, name) for name in rec.layer_names if rec.is_dynamic(name)]
     per_layer = count_macs(model, size, per_layer=True)
     rest = int(per_layer.loc[per_layer["kind"].ne("dgc").fillna(True), "macs"].sum())
     prediction = torch.cat(predictions).numpy()
@@ -161,6 +160,13 @@ def compute_sweep(
     return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
 
 
+def dropped_fraction(recording, name: str) -> torch.Tensor:
+    """(N, heads) float64: the fraction of layer ``name``'s input channels each image-head of a
+    recording dropped (1 - kept / C_in)."""
+    c = recording.layer_info(name)["in_channels"]
+    return 1 - recording.selections(name).sum(-1).double() / c
+
+
 def layer_pruning_rates(recording) -> pd.DataFrame:
     """Per DGC layer of a recording: the fraction of its input channels the heads dropped.
 
@@ -177,7 +183,7 @@ def layer_pruning_rates(recording) -> pd.DataFrame:
         if not recording.is_dynamic(name):
             continue
         c = recording.layer_info(name)["in_channels"]
-        dropped = 1 - recording.selections(name).sum(-1).double().mean(-1) / c  # (N,)
+        dropped = dropped_fraction(recording, name).mean(-1)  # (N,)
         if dropped.numel() == 0:
             raise ValueError("the recording holds no samples")
         rows.append({"layer": name, "in_channels": c, "mean": float(dropped.mean()),
