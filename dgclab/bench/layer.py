@@ -164,25 +164,28 @@ def _label(shape) -> str:
     return f"{cin}->{cout} {k}x{k} {hw}^2"
 
 
+def _dgc_call(dgc: DGCConv2d, x: torch.Tensor, execution: str, use, kernel: bool = True):
+    """A call of ``dgc(x)`` in ``execution`` with a kernel on or off: ``use`` is
+    ``cpu_kernel.use`` or ``dgc_triton.use``."""
+    def run():
+        dgc.execution = execution
+        with use(kernel):
+            return dgc(x)
+    return run
+
+
 def _speed_table(layers, rounds: int, block: int) -> None:
     """One table: every shape's five candidates timed round-robin, ratios against dense."""
     print(f"{'shape':>22} {'dense':>8} {'group4':>8} {'mask':>8} {'gather':>8} {'gather-pt':>9}  "
           f"{'group/d':>7} {'mask/d':>7} {'gather/d':>8} {'g-pt/d':>7}  target")
     for shape, official, dense, group, dgc, x in layers:
         k = shape[2]
-
-        def dgc_with(execution, kernel=True):
-            def run():
-                dgc.execution = execution
-                with cpu_kernel.use(kernel):
-                    return dgc(x)
-            return run
-
         with torch.no_grad():
             t = interleaved_medians(
                 {"dense": lambda: dense(x), "group": lambda: group(x),
-                 "mask": dgc_with("mask"), "gather": dgc_with("gather"),
-                 "gather-pt": dgc_with("gather", kernel=False)},
+                 "mask": _dgc_call(dgc, x, "mask", cpu_kernel.use),
+                 "gather": _dgc_call(dgc, x, "gather", cpu_kernel.use),
+                 "gather-pt": _dgc_call(dgc, x, "gather", cpu_kernel.use, kernel=False)},
                 rounds=rounds, block=block,
             )
         ms = {n: v * 1e3 for n, v in t.items()}
@@ -357,21 +360,16 @@ def _cuda_table(batch: int, rounds: int, dtypes: list[torch.dtype]) -> None:
             cin, cout, k, hw = shape
             dense, group, dgc = (m.to("cuda", dtype) for m in _layers(cin, cout, k))
             x = torch.randn(batch, cin, hw, hw, device="cuda", dtype=dtype)
-
-            def dgc_with(execution, triton=True):
-                def run():
-                    dgc.execution = execution
-                    with dgc_triton.use(triton):
-                        return dgc(x)
-                return run
-
             with torch.no_grad():
                 candidates = {"dense": lambda: dense(x), "group": lambda: group(x),
-                              "mask": dgc_with("mask"), "gather": dgc_with("gather"),
-                              "gather-pt": dgc_with("gather", triton=False),
+                              "mask": _dgc_call(dgc, x, "mask", dgc_triton.use),
+                              "gather": _dgc_call(dgc, x, "gather", dgc_triton.use),
+                              "gather-pt": _dgc_call(dgc, x, "gather", dgc_triton.use,
+                                                     kernel=False),
                               "dense-graph": _cuda_graph(lambda: dense(x))}
                 try:
-                    candidates["gather-graph"] = _cuda_graph(dgc_with("gather"))
+                    candidates["gather-graph"] = _cuda_graph(
+                        _dgc_call(dgc, x, "gather", dgc_triton.use))
                     graph_note = ""
                 except RuntimeError as error:  # a host sync in the layer's forward
                     graph_note = f"   (gather not capturable: {str(error).splitlines()[0][:60]})"
