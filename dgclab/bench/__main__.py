@@ -7,6 +7,7 @@ import sys
 BENCHMARKS = {
     "accuracy": "dgclab.bench.accuracy",
     "adaptive": "dgclab.bench.adaptive",
+    "family": "dgclab.bench.family",
     "gcn": "dgclab.bench.gcn",
     "groups": "dgclab.bench.groups",
     "layer": "dgclab.bench.layer",

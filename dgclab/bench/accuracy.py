@@ -35,8 +35,8 @@ import torch
 from .._atomic import atomic_write_bytes, atomic_write_text
 from ..data import dataset_info
 from ..layers import CONV_KINDS, set_progress
-from ..models.registry import build_model
 from ..train import Trainer, TrainConfig
+from ..train.run_folder import model_of
 from .network import calibrate
 from .timing import interleaved_medians
 
@@ -50,7 +50,8 @@ def _config(conv: str, seed: int, args) -> TrainConfig:
                        weight_decay=1e-4, lasso_lambda=1e-5, seed=seed, device="cpu")
 
 
-def _finished(run: Path, epochs: int) -> bool:
+def is_finished(run: Path, epochs: int) -> bool:
+    """Whether the run folder ``run`` (or its published copy) has ``epochs`` rows of metrics."""
     metrics = run / "metrics.csv"
     return metrics.is_file() and len(pd.read_csv(metrics)) >= epochs
 
@@ -73,19 +74,50 @@ class _EpochLog:
               f"{row['epoch_seconds']:.0f} s", flush=True)
 
 
+def train_run(conv: str, seed: int, args) -> Path:
+    """Train (or resume) the run of ``conv`` and ``seed`` and publish it, unless published.
+
+    Args:
+        conv: a kind of ``CONV_KINDS``.
+        seed: the run's seed.
+        args: the settings (``out``, ``results``, ``epochs``, ``progress`` and what
+            ``_config`` reads: ``depth``, ``width``, ``data_root``, ``batch_size``), as ``main``
+            parses them; ``dgclab.bench.family`` passes its own namespace.
+
+    Returns:
+        The published folder, ``args.results / f"{conv}-seed{seed}"``.
+    """
+    name = f"{conv}-seed{seed}"
+    run, published = args.out / name, args.results / name
+    if is_finished(published, args.epochs):
+        print(f"{published}: finished, skipped", flush=True)
+        return published
+    if not is_finished(run, args.epochs):
+        print(f"{run}: training", flush=True)
+        Trainer(_config(conv, seed, args), run, resume=True, progress=args.progress,
+                callbacks=[_EpochLog(run)]).fit()
+    _publish(run, args.results)
+    return published
+
+
 def train_all(args) -> None:
+    """``train_run`` for every seed, and within a seed every conv of ``args.configs``."""
     for seed in range(args.seeds):
         for conv in args.configs:
-            name = f"{conv}-seed{seed}"
-            run, published = args.out / name, args.results / name
-            if _finished(published, args.epochs):
-                print(f"{published}: finished, skipped", flush=True)
-                continue
-            if not _finished(run, args.epochs):
-                print(f"{run}: training", flush=True)
-                Trainer(_config(conv, seed, args), run, resume=True, progress=args.progress,
-                        callbacks=[_EpochLog(run)]).fit()
-            _publish(run, args.results)
+            train_run(conv, seed, args)
+
+
+def timing_model(config: TrainConfig) -> torch.nn.Module:
+    """A freshly built model of ``config``'s architecture, as it runs at the end of training.
+
+    ``set_progress(model, 1.0)`` puts every layer at its end of training (DGC: the final k;
+    LGC: every condensing stage), and ``calibrate`` gives the BNs statistics of their own
+    activations, as a trained net has (``bench.network``). Returns the model in eval mode.
+    """
+    model = model_of(config)
+    set_progress(model, 1.0)
+    info = dataset_info(config.dataset, config.data_root)
+    return calibrate(model, (info.in_channels, info.image_size, info.image_size))
 
 
 def _latency_ms(models: dict[str, torch.nn.Module], size, batch: int, rounds: int) -> dict[str, float]:
@@ -101,7 +133,7 @@ def summarize(args) -> pd.DataFrame:
     for conv in args.configs:
         for seed in range(args.seeds):
             run = args.results / f"{conv}-seed{seed}"
-            if not _finished(run, args.epochs):
+            if not is_finished(run, args.epochs):
                 continue
             metrics = pd.read_csv(run / "metrics.csv")
             last = metrics.iloc[-1]
@@ -109,13 +141,7 @@ def summarize(args) -> pd.DataFrame:
                          "paper_macs": last.paper_macs, "realized_macs": last.realized_macs,
                          "train_minutes": metrics.epoch_seconds.sum() / 60})
             if conv not in models:
-                info = dataset_info("fashion-mnist")
-                model = build_model(f"resnet{args.depth}", in_channels=info.in_channels,
-                                    num_classes=info.num_classes, width=args.width, conv=conv,
-                                    heads=4, pruning_rate=0.75)
-                set_progress(model, 1.0)  # every layer at its end of training (DGC: final k)
-                # BN statistics of its own activations, as a trained net has (bench.network)
-                models[conv] = calibrate(model, (info.in_channels, 28, 28))
+                models[conv] = timing_model(_config(conv, seed, args))
     size = (1, 1, 28, 28)
     if not rows:
         print("no finished runs yet")

@@ -220,6 +220,7 @@ def run_self_grouping(
     progress: bool = False,
     callbacks: Sequence = (),
     log: Callable[[str], None] | None = print,
+    until: Callable[[pd.DataFrame], bool] | None = None,
 ) -> pd.DataFrame:
     """Run (or resume) the staged SG-CNN schedule on a trained model; see the module docstring.
 
@@ -247,6 +248,9 @@ def run_self_grouping(
         progress: tqdm bars while fine-tuning.
         callbacks: ``Trainer`` callbacks of every stage's fine-tuning.
         log: receives one line per stage; None: silent.
+        until: called with the stage table after every stage (finished now or earlier); the
+            schedule stops after the first stage where it returns True (a later call with the
+            same folder and a laxer ``until`` goes on from there). None: every stage.
 
     Returns:
         ``stages.csv`` as a DataFrame, columns ``STAGE_COLUMNS``: one row for the input (stage
@@ -314,6 +318,8 @@ def run_self_grouping(
         folder = out / f"stage-{stage:02d}"
         if (table["stage"] == stage).any():
             previous = folder / MODEL_PT
+            if until is not None and until(table[table["stage"] <= stage]):
+                break
             continue
         model, _, _ = load_self_grouped(previous, device=target)
         grouping = self_group(model, groups=groups, rate=rate, seed=seed, init=init)
@@ -345,6 +351,8 @@ def run_self_grouping(
             f"{result['macs'] / 1e6:.2f}M MACs, test acc {result['test_acc_before']:.4f} -> "
             f"{result['test_acc_after']:.4f} after {epochs} epoch(s) "
             f"({result['finetune_seconds']:.0f} s)")
+        if until is not None and until(table):
+            break
     return table.astype({"stage": "int64", "clusters": "int64", "macs": "int64",
                          "params": "int64"}).reset_index(drop=True)
 

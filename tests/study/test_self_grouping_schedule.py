@@ -124,6 +124,22 @@ def test_killed_schedule_resumes_to_the_uninterrupted_result(straight, dense, tm
     assert run_self_grouping(dense, out, **TINY)["stage"].tolist() == [0, 1, 2]
 
 
+def test_until_stops_after_the_first_stage_it_accepts_and_goes_on_later(straight, dense,
+                                                                        tmp_path, one_thread):
+    out = tmp_path / "until"
+    seen = []
+
+    def after_stage_one(table):
+        seen.append(table["stage"].max())
+        return table["stage"].max() >= 1
+
+    assert run_self_grouping(dense, out, until=after_stage_one, **TINY)["stage"].tolist() == [0, 1]
+    assert seen == [1] and not (out / "stage-02").exists()
+    # a finished stage is asked again on a rerun; a laxer rule goes on to the end
+    table = run_self_grouping(dense, out, until=lambda t: False, **TINY)
+    pd.testing.assert_frame_equal(_without_time(table), _without_time(straight[1]))
+
+
 def test_other_settings_are_refused(straight, dense):
     with pytest.raises(ValueError, match="stages was"):
         run_self_grouping(dense, straight[0], **(TINY | {"stages": (0.3, 0.7)}))
