@@ -3,7 +3,8 @@
 (Captum), notebook explorers (ipywidgets) and a live view of training.
 
 One concept per module: ``history`` (a run over epochs), ``cost`` (MACs), ``adaptive`` (MACs
-per image under DGC-G's threshold, the anytime curve), ``selection`` (what
+per image under DGC-G's threshold, the anytime curve), ``family`` (the channel-grouping family
+side by side: accuracy against cost, what each method's groups read), ``selection`` (what
 the DGC heads select), ``attribution``, ``widgets``, ``live``; ``style`` holds the palette,
 the figure helpers and the conventions every plot follows, ``inputs`` the checks of what a plot
 reads.
@@ -17,6 +18,14 @@ from .attribution import (
     top_channel_maps,
 )
 from .cost import plot_accuracy_vs_macs, plot_macs
+from .family import (
+    FamilyExplorer,
+    connectivity_layers,
+    family_connectivity,
+    family_explorer,
+    plot_connectivity,
+    plot_family_pareto,
+)
 from .history import plot_dead_filters, plot_k_schedule, plot_learning_curves, plot_schedule_curve
 from .live import LiveTrainingView, RecordingSnapshots, plot_training_state
 from .selection import (
@@ -39,12 +48,16 @@ from .widgets import (
 __all__ = [
     "DiversityExplorer",
     "EpochExplorer",
+    "FamilyExplorer",
     "ImageExplorer",
     "LiveTrainingView",
     "RecordingSnapshots",
     "ThresholdExplorer",
+    "connectivity_layers",
     "diversity_explorer",
     "epoch_explorer",
+    "family_connectivity",
+    "family_explorer",
     "image_attributions",
     "image_explorer",
     "image_selection",
@@ -52,7 +65,9 @@ __all__ = [
     "plot_anytime_curve",
     "plot_channel_usage",
     "plot_cheapest_and_dearest",
+    "plot_connectivity",
     "plot_dead_filters",
+    "plot_family_pareto",
     "plot_head_overlap",
     "plot_image_explanation",
     "plot_k_schedule",
