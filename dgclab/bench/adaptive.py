@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Subset
 from .._atomic import atomic_write_text
 from ..analysis import compute_per_image, compute_sweep, layer_pruning_rates
 from ..data import load_dataset
-from ..layers import calibrate_threshold, set_threshold
+from ..layers import calibrate_threshold, dgc_layers, set_threshold
 from ..record import record
 from ..train import load_model
 from .tables import markdown_table
@@ -59,6 +59,13 @@ def main(argv=None) -> int:
           f"{config.selection} rule at xi {config.pruning_rate}; {len(loader.dataset)} test "
           f"images, {args.threads} threads\n")
 
+    trained = [layer.threshold for _, layer in dgc_layers(model)][:1]
+    if trained and trained[0] is not None:  # a DGC-G net: first as it was trained
+        frame = compute_per_image(model, loader)
+        p = frame["macs"].quantile([0.1, 0.5, 0.9]) / 1e6
+        print(f"as trained (threshold {trained[0]:.4g}): accuracy {frame['correct'].mean():.4f}, "
+              f"pruning rate {frame['pruning_rate'].mean():.3f}, MACs per image (M) 10th / 50th "
+              f"/ 90th percentile {p.iloc[0]:.3f} / {p.iloc[1]:.3f} / {p.iloc[2]:.3f}\n")
     sweep = compute_sweep(model, loader, rates, calibration_batches=args.calibration_batches)
     print("anytime curve (MACs per image, whole network):\n")
     print(markdown_table(sweep.assign(**{c: sweep[c] / 1e6 for c in sweep.columns

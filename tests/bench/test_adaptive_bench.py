@@ -13,9 +13,10 @@ from helpers import tiny
 
 
 @pytest.mark.filterwarnings("ignore:calibrate_threshold")  # 96 images: coarse rates
-def test_adaptive_bench_writes_its_tables(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("selection", ["head-wise", "threshold"])
+def test_adaptive_bench_writes_its_tables(tmp_path, monkeypatch, capsys, selection):
     run = tmp_path / "run"
-    Trainer(tiny(epochs=1), run, progress=False).fit()
+    Trainer(tiny(epochs=1, selection=selection), run, progress=False).fit()
     export_model(run, tmp_path / "model.pt")
     monkeypatch.setattr(adaptive, "load_dataset",  # synthetic images in place of Fashion-MNIST
                         lambda name, root, augment: load_dataset("synthetic", subset=96,
@@ -30,3 +31,5 @@ def test_adaptive_bench_writes_its_tables(tmp_path, monkeypatch, capsys):
         assert len(pd.read_csv(tmp_path / "out" / f"per_image_{rule}.csv")) == 96
     out = capsys.readouterr().out
     assert "threshold - head-wise accuracy per xi" in out and "by class" in out
+    # a DGC-G net is first measured as it was trained, with its own threshold
+    assert ("as trained (threshold" in out) == (selection == "threshold")
