@@ -175,3 +175,20 @@ def warmed(model: nn.Module, shape, seed: int = 0) -> nn.Module:
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.5, 0.5)
     return model.eval()
+
+
+# A tiny dense ResNet-8 on synthetic data, as `dgclab export` would write it: the input of the
+# model transformations' tests (bench transforms, bench family).
+DENSE_TINY = TrainConfig(model="resnet8", width=4, conv="dense", dataset="synthetic",
+                         download=False)
+
+
+def write_dense_export(path, config: TrainConfig = DENSE_TINY):
+    """Save a freshly built (seed 0) model of ``config`` in the export format; returns path."""
+    from dgclab.study.self_grouping import EXPORT_FORMAT
+    from dgclab.train.run_folder import model_of
+
+    torch.manual_seed(0)
+    torch.save({"format": EXPORT_FORMAT, "config": config.to_dict(),
+                "model": model_of(config).state_dict(), "epoch": 0, "metrics": {}}, path)
+    return path

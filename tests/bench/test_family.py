@@ -15,22 +15,18 @@ from dgclab.analysis import count_macs, merge_similar
 from dgclab.bench import accuracy, family
 from dgclab.bench.transforms import save_merged
 from dgclab.models import condense
-from dgclab.study.self_grouping import EXPORT_FORMAT
 from dgclab.train import METRIC_COLUMNS, TrainConfig
 from dgclab.train.run_folder import model_of
 
-CONFIG = TrainConfig(model="resnet8", width=4, conv="dense", dataset="synthetic",
-                     download=False)
+from helpers import DENSE_TINY, write_dense_export
+
+CONFIG = DENSE_TINY
 SIZE = (1, 1, 28, 28)
 
 
 @pytest.fixture
 def dense(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "dense.pt"
-    torch.save({"format": EXPORT_FORMAT, "config": CONFIG.to_dict(),
-                "model": model_of(CONFIG).state_dict(), "epoch": 0, "metrics": {}}, path)
-    return path
+    return write_dense_export(tmp_path / "dense.pt")
 
 
 def _fake_run(folder, config, acc, epochs=2, macs=1e6):

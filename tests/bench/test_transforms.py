@@ -10,21 +10,17 @@ import torch
 from dgclab.analysis import merge_similar
 from dgclab.bench.transforms import forward_times, layer_sweep, load_merged, main, save_merged
 from dgclab.models import resnet_cifar
-from dgclab.study.self_grouping import EXPORT_FORMAT, run_self_grouping
-from dgclab.train import TrainConfig
+from dgclab.study.self_grouping import run_self_grouping
 from dgclab.train.run_folder import model_of
 
-CONFIG = TrainConfig(model="resnet8", width=4, conv="dense", dataset="synthetic",
-                     download=False)
+from helpers import DENSE_TINY, write_dense_export
+
+CONFIG = DENSE_TINY
 
 
 @pytest.fixture
 def dense(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "dense.pt"
-    torch.save({"format": EXPORT_FORMAT, "config": CONFIG.to_dict(),
-                "model": model_of(CONFIG).state_dict(), "epoch": 0, "metrics": {}}, path)
-    return path
+    return write_dense_export(tmp_path / "dense.pt")
 
 
 def test_forward_times_table(one_thread):
