@@ -15,7 +15,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "remove_stale_temporaries"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_csv", "atomic_write_text",
+           "remove_stale_temporaries"]
 
 # ``tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp")``: a dot, the target's name, a dot, the
 # random part (letters, digits and underscores), ".tmp".
@@ -53,6 +54,11 @@ def atomic_write_bytes(path, data: bytes) -> None:
 def atomic_write_text(path, text: str) -> None:
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def atomic_write_csv(path, frame) -> None:
+    """Write the DataFrame ``frame`` to the CSV file ``path`` (without the index), atomically."""
+    atomic_write_text(path, frame.to_csv(index=False))
 
 
 def remove_stale_temporaries(folder) -> list[Path]:

@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -78,7 +77,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
-from .._atomic import atomic_write_text
+from .._atomic import atomic_write_csv
 from ..analysis import count_macs, merge_similar, to_grouped
 from ..checks import check_float, check_int, check_type
 from ..data import dataset_info, load_dataset
@@ -314,7 +313,7 @@ def merged_at(model: str | Path, run: str | Path, target_macs: float, *,
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
         loader = DataLoader(Subset(train, pick[:similarity_images].tolist()), 256)
         ratio, search = closest_ratio(dense, loader, target_macs, _input_size(base), ratios)
-        _write_csv(run / RATIOS_CSV, search)
+        atomic_write_csv(run / RATIOS_CSV, search)
         say(f"merge ratio closest to {target_macs:.0f} MACs: {ratio:g} "
             f"({int(search['macs'][search['ratio'] == ratio].iloc[0])} MACs)")
     if (run / MODEL_PT).is_file():  # merge_example writes it last
@@ -329,12 +328,6 @@ def merged_at(model: str | Path, run: str | Path, target_macs: float, *,
 # --------------------------------------------------------------------------------------------
 # Training and publishing
 # --------------------------------------------------------------------------------------------
-
-
-def _write_csv(path: Path, frame: pd.DataFrame) -> None:
-    buf = io.StringIO()
-    frame.to_csv(buf, index=False)
-    atomic_write_text(path, buf.getvalue())
 
 
 def _read_derived(results: Path) -> pd.DataFrame:
@@ -356,7 +349,7 @@ def _record_derived(results: Path, row: dict) -> None:
     table = pd.concat([keep, new], ignore_index=True) if len(keep) else new
     table["order"] = table["method"].map(DERIVED.index)
     table = table.sort_values(["order", "seed"]).drop(columns="order")
-    _write_csv(results / DERIVED_CSV, table)
+    atomic_write_csv(results / DERIVED_CSV, table)
 
 
 def _check_size(path: Path) -> None:
@@ -390,7 +383,7 @@ def _publish_derived(method: str, seed: int, args, target_macs: float, base_run:
                "detail": f"stage {result['stage']} of {len(SG_SETTINGS['stages'])}, "
                          f"cp {result['rate']:g}"}
         save = save_self_grouped
-        _write_csv(args.results / f"sg-cnn-seed{seed}-stages.csv", result["stages"])
+        atomic_write_csv(args.results / f"sg-cnn-seed{seed}-stages.csv", result["stages"])
     else:
         result = merged_at(args.dense, run, target_macs, seed=seed, progress=args.progress,
                            log=log, **MERGE_SETTINGS)
@@ -400,7 +393,7 @@ def _publish_derived(method: str, seed: int, args, target_macs: float, base_run:
                "finetune_seconds": result["finetune_seconds"],
                "detail": f"ratio {result['ratio']:g}"}
         save = save_merged
-        _write_csv(args.results / f"merged-seed{seed}-ratios.csv", result["ratios"])
+        atomic_write_csv(args.results / f"merged-seed{seed}-ratios.csv", result["ratios"])
     row |= {"method": method, "seed": seed, "base_run": base_run, "export": export.name}
     save(model, config, export, metrics=row)
     _check_size(export)
@@ -544,7 +537,7 @@ def summarize(args) -> pd.DataFrame:
                               rounds=args.rounds).set_index("model")
         for column in ("params", "ms_per_image_b1", "ms_per_image_b64"):
             table[column] = table["method"].map(times[column]).astype(float)
-    _write_csv(args.results / SUMMARY_CSV, table)
+    atomic_write_csv(args.results / SUMMARY_CSV, table)
 
     print(f"\nresnet_cifar({DEPTH}, width {WIDTH}) on Fashion-MNIST, {args.epochs} epochs from "
           f"scratch; derived methods from {args.dense} to about the static-group MACs "

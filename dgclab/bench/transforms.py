@@ -29,7 +29,6 @@ several widths, rates and batches: where the clusters' convs are big enough to p
 from __future__ import annotations
 
 import argparse
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,7 +37,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
-from .._atomic import atomic_write_bytes, atomic_write_text
+from .._atomic import atomic_write_bytes, atomic_write_csv
 from ..analysis import SelfGroupedConv2d, count_macs, merge_similar, to_grouped
 from ..analysis.channel_similarity import block_widths, resize_blocks_
 from ..data import dataset_info, load_dataset
@@ -258,12 +257,6 @@ def merge_example(model_path, out, *, ratio: float = 0.5, epochs: int = 1,
 # --------------------------------------------------------------------------------------------
 
 
-def _write_csv(path: Path, frame: pd.DataFrame) -> None:
-    buf = io.StringIO()
-    frame.to_csv(buf, index=False)
-    atomic_write_text(path, buf.getvalue())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dgclab.bench transforms``; returns the exit status."""
     p = argparse.ArgumentParser(prog="python -m dgclab.bench transforms", description=__doc__,
@@ -310,8 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         times = forward_times({"dense": dense, f"merged-{args.ratio:g}": merged}, input_size,
                               rounds=args.rounds)
         results = Path(args.merge_results)
-        _write_csv(results / "merge.csv", pd.DataFrame([row]))
-        _write_csv(results / "timing.csv", times)
+        atomic_write_csv(results / "merge.csv", pd.DataFrame([row]))
+        atomic_write_csv(results / "timing.csv", times)
         print(markdown_table(pd.DataFrame([row])), "\n", flush=True)
         print(markdown_table(times), "\n", flush=True)
     if args.sg_run is not None:
@@ -321,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   else [int(s) for s in args.timing_stages.split(",") if s])
         times = time_schedule(dense, run, input_size, rounds=args.rounds, stages=stages)
         atomic_write_bytes(results / STAGES_CSV, (run / STAGES_CSV).read_bytes())
-        _write_csv(results / args.timing_out, times)
+        atomic_write_csv(results / args.timing_out, times)
         print(markdown_table(pd.read_csv(run / STAGES_CSV)), "\n", flush=True)
         print(markdown_table(times), flush=True)
     return 0

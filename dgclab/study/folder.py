@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._atomic import atomic_write_bytes, atomic_write_text
+from .._atomic import atomic_write_bytes, atomic_write_csv, atomic_write_text
 from .grid import GRID, Arm
 from .summary import format_report, summarize
 
@@ -92,6 +92,9 @@ class StudyResult:
     filters: pd.DataFrame = field(default_factory=pd.DataFrame)
     figures: list[Path] = field(default_factory=list)
 
+
+
+write_table = atomic_write_csv  # a study table: CSV without the index, written atomically
 
 def load_study(out: str | os.PathLike) -> StudyResult:
     """Read a study folder's tables (empty tables for what is not there yet); writes nothing.
@@ -274,13 +277,6 @@ def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
     if not path.is_file():
         return pd.DataFrame(columns=columns)
     return pd.read_csv(path)
-
-
-def write_table(path: Path, frame: pd.DataFrame) -> None:
-    """Write ``frame`` to the CSV file ``path`` (without the index), atomically."""
-    buf = io.StringIO()
-    frame.to_csv(buf, index=False)
-    atomic_write_text(path, buf.getvalue())
 
 
 def _save(fig, path: Path) -> Path:

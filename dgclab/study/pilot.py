@@ -64,7 +64,6 @@ Command line (``main``)::
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -75,7 +74,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .._atomic import atomic_write_text
+from .._atomic import atomic_write_csv
 from ..analysis import filter_sparsity
 from ..data import dataset_info, load_dataset
 from ..models.basicnet import BASICNET_HALF_WIDTHS, basicnet
@@ -365,8 +364,8 @@ class _PilotLog:
         filters = per_filter.assign(epoch=epoch)[FILTER_COLUMNS]
         self.table = _replace_epoch(self.table, pd.DataFrame([result]), epoch)
         self.filters = _replace_epoch(self.filters, filters, epoch)
-        _write_csv(self.out / FILTERS_CSV, self.filters)  # pilot.csv last: it says "done"
-        _write_csv(self.out / PILOT_CSV, self.table)
+        atomic_write_csv(self.out / FILTERS_CSV, self.filters)  # pilot.csv last: it says "done"
+        atomic_write_csv(self.out / PILOT_CSV, self.table)
         total = result["filters"]
         self.say(
             f"epoch {epoch}/{self.max_epochs} step {result['step']}: train loss "
@@ -401,12 +400,6 @@ def _replace_epoch(table: pd.DataFrame, rows: pd.DataFrame, epoch: int) -> pd.Da
 
 def _read(path: Path, columns: list[str]) -> pd.DataFrame:
     return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=columns)
-
-
-def _write_csv(path: Path, frame: pd.DataFrame) -> None:
-    buf = io.StringIO()
-    frame.to_csv(buf, index=False)
-    atomic_write_text(path, buf.getvalue())
 
 
 def _is_int(value) -> bool:

@@ -39,7 +39,6 @@ Command line (``main``)::
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import time
@@ -52,7 +51,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader
 
-from .._atomic import atomic_write_text
+from .._atomic import atomic_write_csv, atomic_write_text
 from ..analysis import count_macs
 from ..analysis.self_grouping import INITS, ChannelMask, _channel_mask, self_group, to_grouped
 from ..checks import check_choice, check_float, check_int, check_type
@@ -196,12 +195,6 @@ def _grouped_stats(model: nn.Module, input_size) -> dict:
             "params": sum(p.numel() for p in runnable.parameters())}
 
 
-def _write_csv(path: Path, frame: pd.DataFrame) -> None:
-    buf = io.StringIO()
-    frame.to_csv(buf, index=False)
-    atomic_write_text(path, buf.getvalue())
-
-
 def run_self_grouping(
     model: str | os.PathLike,
     out: str | os.PathLike,
@@ -309,7 +302,7 @@ def run_self_grouping(
             "test_loss_before": row["test_loss"], "test_acc_before": row["test_acc"],
             "test_loss_after": row["test_loss"], "test_acc_after": row["test_acc"],
             "finetune_seconds": 0.0}], columns=STAGE_COLUMNS)
-        _write_csv(out / STAGES_CSV, table)
+        atomic_write_csv(out / STAGES_CSV, table)
     say(f"self-grouping {model_path} in {out}: stage 0 (input) test acc "
         f"{float(table.loc[table.stage == 0, 'test_acc_after'].iloc[0]):.4f}")
 
@@ -324,7 +317,7 @@ def run_self_grouping(
         model, _, _ = load_self_grouped(previous, device=target)
         grouping = self_group(model, groups=groups, rate=rate, seed=seed, init=init)
         folder.mkdir(parents=True, exist_ok=True)
-        _write_csv(folder / GROUPS_CSV, grouping)
+        atomic_write_csv(folder / GROUPS_CSV, grouping)
         if (folder / BEFORE_JSON).is_file():  # measured before a kill; the model is the same
             before = json.loads((folder / BEFORE_JSON).read_text())
         else:
@@ -345,7 +338,7 @@ def run_self_grouping(
         save_self_grouped(model, base, folder / MODEL_PT, metrics=result)
         table = pd.concat([table, pd.DataFrame([result], columns=STAGE_COLUMNS)],
                           ignore_index=True)
-        _write_csv(out / STAGES_CSV, table)  # last: the row says the stage is done
+        atomic_write_csv(out / STAGES_CSV, table)  # last: the row says the stage is done
         previous = folder / MODEL_PT
         say(f"stage {stage}/{len(rates)} rate {rate:g}: kept {result['kept']:.3f}, "
             f"{result['macs'] / 1e6:.2f}M MACs, test acc {result['test_acc_before']:.4f} -> "
