@@ -31,6 +31,14 @@ from ..train import load_model
 from .tables import markdown_table
 
 
+def _spread(frame: pd.DataFrame) -> str:
+    """A ``compute_per_image`` table in one line: MACs per image (M) at the 10th / 50th / 90th
+    percentile, accuracy, mean pruning rate."""
+    p = frame["macs"].quantile([0.1, 0.5, 0.9]) / 1e6
+    return (f"{p.iloc[0]:.3f} / {p.iloc[1]:.3f} / {p.iloc[2]:.3f}, accuracy "
+            f"{frame['correct'].mean():.4f}, pruning rate {frame['pruning_rate'].mean():.3f}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dgclab.bench adaptive", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,13 +67,10 @@ def main(argv=None) -> int:
           f"{config.selection} rule at xi {config.pruning_rate}; {len(loader.dataset)} test "
           f"images, {args.threads} threads\n")
 
-    trained = [layer.threshold for _, layer in dgc_layers(model)][:1]
-    if trained and trained[0] is not None:  # a DGC-G net: first as it was trained
-        frame = compute_per_image(model, loader)
-        p = frame["macs"].quantile([0.1, 0.5, 0.9]) / 1e6
-        print(f"as trained (threshold {trained[0]:.4g}): accuracy {frame['correct'].mean():.4f}, "
-              f"pruning rate {frame['pruning_rate'].mean():.3f}, MACs per image (M) 10th / 50th "
-              f"/ 90th percentile {p.iloc[0]:.3f} / {p.iloc[1]:.3f} / {p.iloc[2]:.3f}\n")
+    trained = next((layer.threshold for _, layer in dgc_layers(model)), None)
+    if trained is not None:  # a DGC-G net: first as it was trained
+        print(f"as trained (threshold {trained:.4g}), MACs per image (M), 10th / 50th / 90th "
+              f"percentile: {_spread(compute_per_image(model, loader))}\n")
     sweep = compute_sweep(model, loader, rates, calibration_batches=args.calibration_batches)
     print("anytime curve (MACs per image, whole network):\n")
     print(markdown_table(sweep.assign(**{c: sweep[c] / 1e6 for c in sweep.columns
@@ -88,9 +93,7 @@ def main(argv=None) -> int:
     set_threshold(model, None)
     print(f"\nat xi {config.pruning_rate}: MACs per image (M), 10th / 50th / 90th percentile")
     for rule, frame in frames.items():
-        p = frame["macs"].quantile([0.1, 0.5, 0.9]) / 1e6
-        print(f"  {rule:>9}: {p.iloc[0]:.3f} / {p.iloc[1]:.3f} / {p.iloc[2]:.3f}, accuracy "
-              f"{frame['correct'].mean():.4f}, pruning rate {frame['pruning_rate'].mean():.3f}")
+        print(f"  {rule:>9}: {_spread(frame)}")
     print(f"\nat xi {config.pruning_rate}: mean pruning rate per DGC layer")
     print(markdown_table(pd.DataFrame(layers).reset_index(names="layer")))
     threshold = frames["threshold"]

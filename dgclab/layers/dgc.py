@@ -533,7 +533,7 @@ class DGCConv2d(GroupingConv, nn.Module):
         if threshold is not None:
             keep_mask = select_above_threshold(g, threshold)  # (B, heads, C)
             keep_idx = None if execution == "mask" else _kept_first(g, keep_mask)  # (B, heads, K)
-            counts = keep_mask.sum(-1)
+            counts = None if keep_idx is None else keep_mask.sum(-1)
         elif execution == "mask":
             keep_mask = select_channels(g, k)  # (B, heads, C)
             keep_idx = None
