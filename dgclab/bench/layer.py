@@ -47,7 +47,7 @@ from ..layers import (
     CondensedConv2d, DGCConv2d, LearnedGroupConv2d, SlidingChannelConv2d, cpu_kernel, make_conv,
 )
 from ..layers import dgc as dgc_module
-from ..layers import dgc_gather
+from ..layers import dgc_gather, dgc_triton
 from .memory import PeakTensorMemory
 from .timing import interleaved_medians, synchronized
 
@@ -351,8 +351,6 @@ def _cuda_table(batch: int, rounds: int, dtypes: list[torch.dtype]) -> None:
     groups=4 convs, the mask DGC, the Triton gather and the PyTorch gather (``gather-pt``),
     eager, plus the dense conv replayed from a CUDA graph (``dense-graph``) and the Triton
     gather likewise where it can be captured; ms per call, ratios against eager dense."""
-    from ..layers import dgc_triton
-
     print(f"{'dtype':>9} {'shape':>20} {'dense':>7} {'d-graph':>7} {'group4':>7} {'mask':>7} "
           f"{'gather':>7} {'g-graph':>7} {'g-pt':>7}  {'gather/d':>8} {'g-graph/d-graph':>15}")
     for dtype in dtypes:
@@ -414,7 +412,6 @@ def main(argv=None) -> int:
     if args.device == "cuda":
         if not torch.cuda.is_available():
             parser.error("--device cuda: no CUDA GPU is visible to torch")
-        from ..layers import dgc_triton
         print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, batch {args.batch}, "
               f"eval, heads 4, pruning rate 0.75, medians over {args.rounds} interleaved rounds "
               f"(ms per call); Triton {'available' if dgc_triton.available() else 'MISSING'}")
