@@ -39,6 +39,8 @@ import warnings
 import torch
 from torch.nn.modules.utils import _pair
 
+from .base import conv_output_hw
+
 __all__ = ["SUPPORTED_DTYPES", "applies", "available", "enabled", "gather_conv", "use"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -162,8 +164,7 @@ def _launch(x, gate_kept, keep_idx, counts, weight, stride, padding, dilation) -
     heads, co_h, _, kh, kw = weight.shape
     keep = keep_idx.shape[-1]
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    ho, wo = conv_output_hw((h, w), (kh, kw), stride, padding, dilation)
     out = x.new_empty(b, co_h * heads, ho, wo)
     if out.numel() == 0:
         return out
