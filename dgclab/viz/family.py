@@ -37,7 +37,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from ..analysis import ChannelMask, SelfGroupedConv2d
+from ..analysis import SelfGroupedConv2d
+from ..analysis.self_grouping import _channel_mask
 from ..layers import GroupingConv
 from ..layers.lgc import CondensedConv2d
 from ..modes import eval_mode
@@ -274,11 +275,6 @@ def _reads(model: nn.Module, name: str, layer: nn.Module, x: torch.Tensor) -> to
     if mask is not None:  # masked in place: the clusters as to_grouped builds them
         return SelfGroupedConv2d(layer, mask.cluster, mask.mask > 0).connectivity()
     return torch.ones(1, layer.in_channels, dtype=torch.bool)  # dense: one group reads all
-
-
-def _channel_mask(module: nn.Module) -> ChannelMask | None:
-    params = getattr(getattr(module, "parametrizations", None), "weight", None)
-    return next((p for p in params if isinstance(p, ChannelMask)), None) if params else None
 
 
 def _one_image(image) -> torch.Tensor:
