@@ -44,7 +44,8 @@ from torch.nn.modules.utils import _pair
 from torch.utils.flop_counter import FlopCounterMode
 
 from dgclab.checks import check_choice
-from dgclab.layers import CONVENTIONS, GroupingConv, conv_channel_macs, conv_kind, conv_output_hw
+from dgclab.layers import (CONVENTIONS, GroupingConv, conv_channel_macs, conv_kind,
+                           conv_output_hw, cpu_kernel)
 from dgclab.layers.dgc import DGCConv2d
 from dgclab.modes import eval_mode, last_forward_kept
 from dgclab.record import paused
@@ -230,8 +231,10 @@ def count_macs(
     Runs one forward of zeros of shape ``input_size`` under ``torch.no_grad()``, on the model's
     device and dtype, with the model temporarily in eval mode (every module's mode and every
     grouping layer's ``last_*`` attributes are restored afterwards) and inside
-    ``dgclab.record.paused()`` (a live ``Recorder`` of the model does not record it). Counts
-    are for the whole batch divided by the batch size, i.e. per image.
+    ``dgclab.record.paused()`` (a live ``Recorder`` of the model does not record it), with
+    dgclab's C++ kernel off (``cpu_kernel.use(False)``: every layer takes its PyTorch
+    execution, which computes the same). Counts are for the whole batch divided by the batch
+    size, i.e. per image.
 
     What is counted: convs and linear layers from ``FlopCounterMode`` (FLOPs / 2), plus linear
     bias, ReLU and pooling from forward hooks (``HOOK_COSTS``; a module called twice counts
@@ -314,8 +317,10 @@ def _probe(model: nn.Module, size: tuple, counted: dict[str, nn.Module], convent
     handles = []
     try:
         handles = [m.register_forward_hook(make_hook(n)) for n, m in counted.items()]
+        # the C++ kernel off: FlopCounterMode sees PyTorch's convs (a self-grouped conv's loop
+        # of small convs, the same MACs as its kernel call), never an op it cannot count
         with eval_mode(model), last_forward_kept(model), torch.no_grad(), paused(), \
-                FlopCounterMode(display=False) as fc:
+                cpu_kernel.use(False), FlopCounterMode(display=False) as fc:
             model(x)
     finally:
         for handle in handles:

@@ -27,7 +27,9 @@ channel any more, the largest ``centroid_k[j]``, the one place where a mask can 
 fine-tuning (the paper retrains after each step, SGD lr 0.01, wd 1e-4) keeps the masked weights
 at zero while the kept ones learn. This is the authors' execution, a dense masked conv with no
 speed-up; ``to_grouped`` builds the execution that computes only what the groups read:
-``SelfGroupedConv2d``, one small conv per cluster, equal to the masked conv.
+``SelfGroupedConv2d``, equal to the masked conv: each cluster over its own channels, in CPU
+float32 inference every cluster of a layer in one call of dgclab's C++ kernel
+(``torch.ops.dgclab.cluster_conv2d``), elsewhere one small conv per cluster.
 """
 
 from __future__ import annotations
@@ -43,9 +45,14 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from dgclab.checks import check_choice, check_float, check_int, check_type
+from dgclab.layers import cpu_kernel
 from dgclab.layers.base import GroupingConv
 
-__all__ = ["ChannelMask", "INITS", "SelfGroupedConv2d", "TABLE_COLUMNS", "self_group", "to_grouped"]
+__all__ = ["ChannelMask", "EXECUTIONS", "INITS", "SelfGroupedConv2d", "TABLE_COLUMNS", "self_group",
+           "to_grouped"]
+
+EXECUTIONS = ("loop", "padded")
+"""How ``SelfGroupedConv2d`` computes its clusters (its docstring)."""
 
 INITS = ("random", "k-means++")
 """k-means initialisations: the paper's random rows, or k-means++ (see ``self_group``)."""
@@ -251,20 +258,28 @@ class SelfGroupedConv2d(nn.Module):
 
     Two executions, equal to the masked dense conv and to each other:
 
-    * ``"loop"``: one ``index_select`` gathers every cluster's input channels (a channel read
-      by two clusters is gathered twice), cluster k's filters convolve its own slice
-      (``convs[k]``, an ``nn.Conv2d`` over ``|S_k|`` channels), and one more ``index_select``
-      puts the outputs back into the original filter order: exactly the clusters' MACs, but G
-      small convs, each a call whose fixed cost can outweigh its MACs;
+    * ``"loop"`` (the default): each cluster convolves its own input channels with its own
+      filters, exactly the clusters' MACs. In CPU float32 inference (``cpu_kernel.applies``)
+      and with zero padding, every cluster of the layer runs in one call of dgclab's C++ op
+      (``torch.ops.dgclab.cluster_conv2d``, ``dgclab/layers/csrc/dgc_cpu.cpp``): per image and
+      cluster its channels are read in place and laid out as GEMM columns beside its conv's
+      weight, one sgemm, the rows written at the cluster's output channels, so nothing of the
+      batch's size is gathered and a layer is one dispatch. Elsewhere (autograd, another
+      device or dtype, the kernel off: ``cpu_kernel.use(False)``) it is PyTorch's: one
+      ``index_select`` gathers every cluster's input channels (a channel read by two clusters is
+      gathered twice), cluster k's filters convolve its own slice (``convs[k]``, an
+      ``nn.Conv2d`` over ``|S_k|`` channels), and one more ``index_select`` puts the outputs
+      back into the original filter order: G small convs, each a call whose fixed cost can
+      outweigh its MACs. ``convs`` are the parameters either way; the loop is what trains.
     * ``"padded"``: every cluster padded to the largest one (``max |S_k|`` channels, the
       padding reading channel 0 through zero weights, and ``max |filters_k|`` filters), all G
       clusters in one conv with ``groups=G``: one call, at the padded MACs
       (``padded_fraction``). Its weight is laid out from ``convs`` once and kept while they
-      do not change.
+      do not change. Inference only, kept for the comparison (README, "Self-grouping
+      convolution"): KMeans clusters differ in size, and it is slower than the masked conv.
 
-    ``execution`` is ``"loop"`` by default: what ``count_macs`` counts (its forward probe runs
-    the inner convs) and what trains (``convs`` are the parameters). ``"padded"`` is for
-    inference only; ``"auto"`` runs padded without autograd and the loop under it.
+    ``count_macs`` counts the PyTorch loop's inner convs (it runs its probe with the kernel
+    off), the same MACs as the kernel's.
 
     Not a layer of dgclab's protocol (``GroupingConv``): a protocol layer is built from a shape
     by the conv registry and recorded as ``heads`` equal groups dividing ``out_channels``;
@@ -288,6 +303,7 @@ class SelfGroupedConv2d(nn.Module):
             raise ValueError(f"conv must be an nn.Conv2d with groups=1, got {conv!r}")
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.stride = conv.kernel_size, conv.stride
+        self._zero_padding = conv.padding_mode == "zeros"  # what the kernel pads with
         self.padding, self.dilation = conv.padding, conv.dilation
         weight = conv.weight.detach()  # (O, C, kh, kw), masked
         cluster, mask = cluster.to(weight.device), mask.to(weight.device).bool()
@@ -311,6 +327,9 @@ class SelfGroupedConv2d(nn.Module):
         self.register_buffer("gather", torch.cat(channels))  # (sum_k |S_k|,)
         # out channel o sits at place order[o] of the concatenated cluster outputs
         self.register_buffer("order", torch.argsort(torch.cat(filters)))  # (O,)
+        # the clusters' filters one after another, the kernel's `filters`; not saved (order's
+        # inverse), so that state dicts from before the kernel load
+        self.register_buffer("filters", torch.cat(filters), persistent=False)  # (O,)
         self.register_buffer("cluster", cluster.long().clone())
         # the padded execution: cluster k's channels at [k * S, k * S + |S_k|) of the gather,
         # its filters at [k * F, k * F + |filters_k|) of the output, S and F the largest sizes
@@ -356,7 +375,8 @@ class SelfGroupedConv2d(nn.Module):
 
     @execution.setter
     def execution(self, value: str) -> None:
-        self._execution = check_choice("execution", value, ("auto", "loop", "padded"))
+        self._execution = check_choice("execution", value, EXECUTIONS)
+
 
     @property
     def channel_groups(self) -> int:
@@ -372,18 +392,22 @@ class SelfGroupedConv2d(nn.Module):
         return groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        execution = self._execution
-        if execution == "auto":
-            grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-            execution = "loop" if grad else "padded"
-        if execution == "padded":
+        if self._execution == "padded":
             if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
                 raise ValueError("execution='padded' computes without autograd (its weight is a "
-                                 "detached copy); use 'loop' or 'auto' to train")
+                                 "detached copy); use 'loop' to train")
             weight, bias = self._padded_weight()
             y = F.conv2d(x.index_select(1, self.padded_gather), weight, bias, self.stride,
                          self.padding, self.dilation, groups=len(self.convs))  # (B, G F, H', W')
             return y.index_select(1, self.padded_place)  # (B, O, H', W')
+        if self._zero_padding and cpu_kernel.applies(x):  # every cluster in one C++ call
+            convs = [conv._parameters for conv in self.convs]  # not Module.__getattr__ G times
+            bias = None
+            if convs[0]["bias"] is not None:  # (O,), in output channel order
+                bias = torch.cat([p["bias"] for p in convs])[self.order]
+            return torch.ops.dgclab.cluster_conv2d(
+                x, self.gather, self.filters, [p["weight"] for p in convs], bias, self.stride,
+                self.padding, self.dilation)  # (B, O, H', W')
         xs = x.index_select(1, self.gather).split(self.sizes, dim=1)  # (B, |S_k|, H, W) each
         ys = [conv(xk) for conv, xk in zip(self.convs, xs)]  # (B, |filters_k|, H', W') each
         return torch.cat(ys, dim=1).index_select(1, self.order)  # (B, O, H', W')
@@ -396,12 +420,18 @@ class SelfGroupedConv2d(nn.Module):
                 f"execution={self._execution} (padded: {self.padded_fraction:.2f}x the MACs)")
 
 
-def to_grouped(model: nn.Module) -> nn.Module:
+def to_grouped(model: nn.Module, execution: str = "loop") -> nn.Module:
     """A copy of ``model`` in which every self-grouped conv is a ``SelfGroupedConv2d``.
 
     The original is unchanged. The copy computes the same outputs as the masked model (to
     float rounding) with ``kept`` of each layer's conv MACs; its weights are copies, so
     training one does not train the other.
+
+    Args:
+        model: a model with convs grouped by ``self_group``.
+        execution: of every ``SelfGroupedConv2d`` (its docstring): "loop" (each cluster over
+            its own channels; in CPU float32 inference all in one call of the C++ kernel) or
+            "padded"; an attribute of each layer, which can be changed later.
 
     Raises:
         TypeError: ``model`` is not a Module.
@@ -414,6 +444,7 @@ def to_grouped(model: nn.Module) -> nn.Module:
         'SelfGroupedConv2d'
     """
     check_type("model", model, nn.Module)
+    check_choice("execution", execution, EXECUTIONS)
     grouped = copy.deepcopy(model)
     names = [n for n, m in grouped.named_modules() if _channel_mask(m) is not None]
     if not names:
@@ -421,5 +452,7 @@ def to_grouped(model: nn.Module) -> nn.Module:
     for name in names:
         conv = grouped.get_submodule(name)
         param = _channel_mask(conv)
-        grouped.set_submodule(name, SelfGroupedConv2d(conv, param.cluster, param.mask > 0))
+        layer = SelfGroupedConv2d(conv, param.cluster, param.mask > 0)
+        layer.execution = execution
+        grouped.set_submodule(name, layer)
     return grouped

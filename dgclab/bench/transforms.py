@@ -2,8 +2,9 @@
 
 * SG-CNN (Guo et al., arXiv 2009.13803; ``dgclab.analysis.self_group``): reads a finished (or
   partly finished) staged schedule (``python -m dgclab.study.self_grouping``) and times every
-  stage's masked dense model (the authors' execution) against ``to_grouped`` of it (one conv
-  per cluster), next to the dense input. Its stage table is copied to ``--sg-results``.
+  stage's masked dense model (the authors' execution) against ``to_grouped`` of it (each
+  cluster over its own channels; in CPU inference one C++ call a layer), next to the dense
+  input. Its stage table is copied to ``--sg-results``.
 * Channel-similarity pruning (Zhang et al., arXiv 1908.02620, dgclab's reading of the metric;
   ``dgclab.analysis.merge_similar``): merges the dense model at ``--ratio`` (correlations from
   ``--similarity-images`` unaugmented training images), evaluates it, fine-tunes it with the
@@ -38,9 +39,10 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
 from .._atomic import atomic_write_bytes, atomic_write_csv
-from ..analysis import SelfGroupedConv2d, count_macs, merge_similar, to_grouped
+from ..analysis import count_macs, merge_similar, to_grouped
 from ..analysis.channel_similarity import block_widths, resize_blocks_
 from ..data import dataset_info, load_dataset
+from ..layers import cpu_kernel
 from ..study.self_grouping import STAGES_CSV, load_self_grouped
 from ..train import Trainer, TrainConfig
 from ..train.checkpoint import atomic_torch_save, load_checkpoint
@@ -49,7 +51,7 @@ from ..train.run_folder import load_weights, model_of
 from .tables import markdown_table
 from .timing import interleaved_medians
 
-__all__ = ["MERGED_FORMAT", "forward_times", "layer_sweep", "load_merged", "main",
+__all__ = ["MERGED_FORMAT", "WithoutKernel", "forward_times", "layer_sweep", "load_merged", "main",
            "merge_example", "save_merged", "time_schedule"]
 
 MERGED_FORMAT = "dgclab-merged/1"
@@ -94,8 +96,9 @@ def time_schedule(dense: nn.Module, run: Path, input_size: Sequence[int],
                   rounds: int = 15, stages: Sequence[int] | None = None) -> pd.DataFrame:
     """Forward times of a self-grouping schedule's finished stages (or of ``stages`` among
     them): the dense input, and per stage its masked model (``masked-<stage>``) and
-    ``to_grouped`` of it, one conv per cluster (``grouped-<stage>``) and all clusters padded
-    into one grouped conv (``padded-<stage>``; ``SelfGroupedConv2d``'s two executions).
+    ``to_grouped`` of it: each cluster over its own channels (``grouped-<stage>``: in one call of
+    the C++ kernel where it is built; ``grouped-pt-<stage>`` beside it, PyTorch's one conv per
+    cluster) and all clusters padded into one grouped conv (``padded-<stage>``).
     """
     table = pd.read_csv(run / STAGES_CSV)
     finished = [int(s) for s in table["stage"][table["stage"] > 0]]
@@ -104,12 +107,23 @@ def time_schedule(dense: nn.Module, run: Path, input_size: Sequence[int],
         masked, _, _ = load_self_grouped(run / f"stage-{stage:02d}" / "model.pt")
         models[f"masked-{stage}"] = masked
         models[f"grouped-{stage}"] = to_grouped(masked).eval()
-        padded = to_grouped(masked).eval()
-        for m in padded.modules():
-            if isinstance(m, SelfGroupedConv2d):
-                m.execution = "padded"
-        models[f"padded-{stage}"] = padded
+        if cpu_kernel.available():
+            models[f"grouped-pt-{stage}"] = WithoutKernel(to_grouped(masked).eval())
+        models[f"padded-{stage}"] = to_grouped(masked, "padded").eval()
     return forward_times(models, input_size, rounds=rounds)
+
+
+class WithoutKernel(nn.Module):
+    """``model`` with dgclab's C++ kernel off in its forward (``cpu_kernel.use(False)``): its
+    PyTorch execution, timed beside the kernel's."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with cpu_kernel.use(False):
+            return self.model(x)
 
 
 SWEEP_LAYERS = ((64, 28), (128, 14), (256, 14), (512, 7))  # (channels, map side)
@@ -124,17 +138,21 @@ def layer_sweep(layers: Sequence[tuple[int, int]] = SWEEP_LAYERS,
 
     Each layer is a 3x3 conv (C -> C, padding 1, no bias, seeded Gaussian weights) grouped by
     ``self_group(groups, rate)``; its masked dense conv (the authors' execution) is timed
-    round-robin against ``to_grouped`` of it, ``execution="loop"`` (one conv per cluster) and
-    ``"padded"`` (one grouped conv at the padded MACs), eval and ``torch.no_grad()``.
+    round-robin against ``to_grouped`` of it, ``execution="loop"`` (each cluster over its own
+    channels: every cluster in one call of the C++ kernel where it is built, and beside it
+    PyTorch's one conv per cluster, ``loop-pt``) and ``"padded"`` (one grouped conv at the
+    padded MACs), eval and ``torch.no_grad()``.
 
     Returns:
         One row per (channels, side, rate, batch): ``kept`` (MACs of the loop over the dense
         conv's), ``filters_per_cluster`` (mean), ``padded_macs`` (the padded execution's MACs
         over the dense conv's), ``masked_ms`` (per call) and ``loop_vs_masked`` /
-        ``padded_vs_masked`` (time ratios; below 1 is faster than the masked conv).
+        ``padded_vs_masked`` / ``loop_pt_vs_masked`` (time ratios; below 1 is faster than the
+        masked conv).
     """
     from ..analysis import self_group
 
+    kernel = cpu_kernel.available()
     rows = []
     for channels, side in layers:
         for rate in rates:
@@ -142,24 +160,25 @@ def layer_sweep(layers: Sequence[tuple[int, int]] = SWEEP_LAYERS,
             masked = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False))
             self_group(masked, groups=groups, rate=rate, layers=["0"], seed=seed)
             masked.eval()
-            loop, padded = to_grouped(masked).eval(), to_grouped(masked).eval()
-            padded[0].execution = "padded"
-            layer = loop[0]
+            runs = {"masked": masked, "loop": to_grouped(masked).eval(),
+                    "padded": to_grouped(masked, "padded").eval()}
+            if kernel:
+                runs["loop-pt"] = WithoutKernel(to_grouped(masked).eval())
+            layer = runs["loop"][0]
             kept = sum(c.in_channels * c.out_channels for c in layer.convs) / channels ** 2
             for batch in batches:
                 x = torch.randn(batch, channels, side, side)  # (B, C, H, W)
                 with torch.no_grad():
-                    t = interleaved_medians(
-                        {"masked": lambda: masked(x), "loop": lambda: loop(x),
-                         "padded": lambda: padded(x)},
-                        rounds=rounds * (4 if batch == 1 else 1), warmup=2)
-                rows.append({"channels": channels, "side": side, "rate": rate, "batch": batch,
-                             "clusters": layer.channel_groups, "kept": round(kept, 3),
-                             "filters_per_cluster": channels / layer.channel_groups,
-                             "padded_macs": round(kept * layer.padded_fraction, 2),
-                             "masked_ms": round(t["masked"] * 1e3, 3),
-                             "loop_vs_masked": round(t["loop"] / t["masked"], 2),
-                             "padded_vs_masked": round(t["padded"] / t["masked"], 2)})
+                    t = interleaved_medians({n: (lambda m=m: m(x)) for n, m in runs.items()},
+                                            rounds=rounds * (4 if batch == 1 else 1), warmup=2)
+                row = {"channels": channels, "side": side, "rate": rate, "batch": batch,
+                       "clusters": layer.channel_groups, "kept": round(kept, 3),
+                       "filters_per_cluster": channels / layer.channel_groups,
+                       "padded_macs": round(kept * layer.padded_fraction, 2),
+                       "masked_ms": round(t["masked"] * 1e3, 3)}
+                row.update({f"{e.replace('-', '_')}_vs_masked": round(t[e] / t["masked"], 2)
+                            for e in runs if e != "masked"})
+                rows.append(row)
     return pd.DataFrame(rows)
 
 

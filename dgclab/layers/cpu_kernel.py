@@ -12,6 +12,9 @@ instead of its PyTorch formulation:
   ``last_saliency`` and ``last_selection`` as every execution does.
 * ``torch.ops.dgclab.gather_conv2d``: the conv part alone, with the channels and gates given,
   behind the functional ``dgc_gather_conv``.
+* ``torch.ops.dgclab.cluster_conv2d``: a self-grouped conv (SG-CNN's clusters of any sizes,
+  ``dgclab.analysis.SelfGroupedConv2d``), every cluster in one call, each over its own input
+  channels with its own filters.
 
 The kernel is compiled on first use with ``torch.utils.cpp_extension.load`` (a C++ compiler with
 OpenMP, and ninja, a dependency of dgclab; 10-20 s once), into a folder per torch version under

@@ -4,6 +4,7 @@ shrink, the grouped execution against the masked model, its MACs, and argument c
 from __future__ import annotations
 
 import copy
+import shutil
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from dgclab.analysis import count_macs
+from dgclab.layers import cpu_kernel
 from dgclab.analysis.self_grouping import (
     TABLE_COLUMNS,
     ChannelMask,
@@ -179,10 +181,11 @@ def check_grouped(model: nn.Module, shape) -> None:
     grouped = [m for m in fast.modules() if isinstance(m, SelfGroupedConv2d)]
     with torch.no_grad():
         reference = model.eval()(x)
-        for execution in ("loop", "padded", "auto"):  # auto: padded without autograd
+        for execution, kernel in (("loop", True), ("loop", False), ("padded", True)):
             for m in grouped:
                 m.execution = execution
-            assert torch.allclose(fast.eval()(x), reference, atol=TOL), execution
+            with cpu_kernel.use(kernel):  # the loop in one C++ call, or PyTorch's
+                assert torch.allclose(fast.eval()(x), reference, atol=TOL), (execution, kernel)
 
 
 def test_to_grouped_equals_the_masked_small_cnn():
@@ -213,6 +216,8 @@ def test_grouped_model_trains():
         fast(torch.randn(4, 3, 8, 8))
     with pytest.raises(ValueError, match="execution"):
         grouped[0].execution = "fast"
+    with pytest.raises(ValueError, match="execution"):
+        to_grouped(model, execution="auto")
 
 
 def test_the_padded_weight_follows_training():
@@ -233,6 +238,86 @@ def test_the_padded_weight_follows_training():
             if isinstance(m, SelfGroupedConv2d):
                 m.execution = "padded"
         assert torch.allclose(fast(x), loop, atol=TOL) and not torch.allclose(loop, before)
+
+
+needs_compiler = pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None,
+    reason="no C++ compiler: the kernel cannot be built here (the loop stays PyTorch's)")
+
+
+def one_grouped_conv(c_in, c_out, k, stride, padding, dilation, bias, padding_mode="zeros",
+                     groups=5, rate=0.6):
+    """(masked model, its SelfGroupedConv2d): one conv, clusters of uneven sizes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, padding, dilation, bias=bias,
+                                    padding_mode=padding_mode))
+    self_group(model, groups=groups, rate=rate, layers=["0"])
+    return model.eval(), to_grouped(model)[0].eval()
+
+
+@needs_compiler
+@pytest.mark.parametrize("k,stride,padding,dilation,bias", [
+    (3, 1, 1, 1, False), (3, 1, 1, 1, True), (3, 2, 1, 1, False), (1, 1, 0, 1, True),
+    (3, 1, 2, 2, False), (1, 2, 0, 1, False), (3, 1, 0, 1, True)])
+@pytest.mark.parametrize("size", [(9, 9), (5, 37)])  # im2col + GEMM; rows for direct_rows
+def test_kernel_loop_equals_the_masked_conv(k, stride, padding, dilation, bias, size):
+    assert cpu_kernel.load(), f"the CPU kernel did not build: {cpu_kernel.build_error()!r}"
+    masked, layer = one_grouped_conv(16, 24, k, stride, padding, dilation, bias)
+    assert len({c.out_channels for c in layer.convs}) > 1  # uneven clusters
+    x = torch.randn(3, 16, *size)
+    with torch.no_grad():
+        reference = masked(x)
+        with cpu_kernel.use(False):
+            pytorch = layer(x)
+        with torch.autograd.profiler.profile() as prof:
+            kernel = layer(x)
+        empty = layer(x[:0])  # an empty batch
+    assert any("cluster_conv2d" in e.name for e in prof.function_events)
+    assert torch.allclose(kernel, reference, atol=TOL)
+    assert torch.allclose(pytorch, reference, atol=TOL)
+    assert empty.shape == (0, *reference.shape[1:])
+
+
+@needs_compiler
+def test_the_kernel_runs_only_where_it_applies():
+    assert cpu_kernel.load()
+    masked, layer = one_grouped_conv(8, 12, 3, 1, 1, 1, False)
+    x = torch.randn(2, 8, 6, 6)
+    with torch.autograd.profiler.profile() as prof, torch.no_grad():
+        layer(x)
+    assert any("cluster_conv2d" in e.name for e in prof.function_events)
+    with torch.autograd.profiler.profile() as prof:
+        y = layer(x)  # autograd: PyTorch's loop, which trains
+    assert not any("cluster_conv2d" in e.name for e in prof.function_events)
+    y.sum().backward()
+    assert all(p.grad is not None for p in layer.parameters())
+    with torch.no_grad():  # float64, and a padding the kernel does not do: PyTorch's loop
+        assert torch.allclose(layer.double()(x.double()), masked.double()(x.double()))
+    reflect, reflect_layer = one_grouped_conv(8, 12, 3, 1, 1, 1, False, padding_mode="reflect")
+    with torch.autograd.profiler.profile() as prof, torch.no_grad():
+        assert torch.allclose(reflect_layer(x), reflect(x), atol=TOL)
+    assert not any("cluster_conv2d" in e.name for e in prof.function_events)
+
+
+@needs_compiler
+def test_cluster_conv2d_refuses_bad_lists():
+    assert cpu_kernel.load()
+    _, layer = one_grouped_conv(8, 12, 3, 1, 1, 1, False)
+    x = torch.randn(1, 8, 6, 6)
+    weights = [c.weight.detach() for c in layer.convs]
+    op = torch.ops.dgclab.cluster_conv2d
+    with pytest.raises(RuntimeError, match="out of range"):
+        op(x, layer.gather + 8, layer.filters, weights, None, [1, 1], [1, 1], [1, 1])
+    with pytest.raises(RuntimeError, match="permutation"):
+        op(x, layer.gather, layer.filters * 0, weights, None, [1, 1], [1, 1], [1, 1])
+    with pytest.raises(RuntimeError, match="must list"):
+        op(x, layer.gather[1:], layer.filters, weights, None, [1, 1], [1, 1], [1, 1])
+
+
+def test_state_dict_is_unchanged_by_the_kernel_buffers():
+    _, layer = one_grouped_conv(8, 12, 3, 1, 1, 1, False)
+    assert "filters" not in layer.state_dict()  # saved files from before the kernel load
+    assert torch.equal(layer.filters[layer.order], torch.arange(12))
 
 
 @pytest.mark.parametrize("rate", [0.5, 0.75])

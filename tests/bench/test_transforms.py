@@ -9,6 +9,7 @@ import torch
 
 from dgclab.analysis import merge_similar
 from dgclab.bench.transforms import forward_times, layer_sweep, load_merged, main, save_merged
+from dgclab.layers import cpu_kernel
 from dgclab.models import resnet_cifar
 from dgclab.study.self_grouping import run_self_grouping
 from dgclab.train.run_folder import model_of
@@ -42,6 +43,7 @@ def test_layer_sweep_table(one_thread):
     # and padding to the largest cluster can only add to them
     assert 0.25 <= row["kept"] <= 0.75 and row["padded_macs"] >= row["kept"]
     assert (table[["masked_ms", "loop_vs_masked", "padded_vs_masked"]] > 0).all().all()
+    assert ("loop_pt_vs_masked" in table) == cpu_kernel.available()
 
 
 def test_merged_resnet_saves_and_rebuilds(tmp_path, one_thread):
@@ -74,7 +76,8 @@ def test_command_line_end_to_end(dense, tmp_path, one_thread, capsys):
                  "--ratio", "0.5", "--subset", "32", "--similarity-images", "64",
                  "--rounds", "1", "--threads", "1"]) == 0
     timing = pd.read_csv(tmp_path / "sg-results" / "timing.csv")
-    assert timing["model"].tolist() == ["dense", "masked-1", "grouped-1", "padded-1"]
+    kernel = ["grouped-pt-1"] if cpu_kernel.available() else []  # PyTorch's loop beside it
+    assert timing["model"].tolist() == ["dense", "masked-1", "grouped-1", *kernel, "padded-1"]
     assert timing["macs"].iloc[2] < timing["macs"].iloc[1] == timing["macs"].iloc[0]
     assert len(pd.read_csv(tmp_path / "sg-results" / "stages.csv")) == 2
     merge = pd.read_csv(tmp_path / "cs-results" / "merge.csv")

@@ -1,4 +1,5 @@
-// Fused CPU inference kernels for DGCConv2d's gather execution (dgclab/layers/dgc.py).
+// Fused CPU inference kernels for DGCConv2d's gather execution (dgclab/layers/dgc.py) and for
+// self-grouped convs.
 //
 // dgc_forward: the whole layer in one call, so that a small layer at batch 1 pays one dispatch
 // instead of some forty: the eval-mode BN-ReLU folded to relu(x * scale + shift), the global
@@ -13,6 +14,10 @@
 //
 // gather_conv2d: the conv part alone, for dgc_gather_conv (dgc_gather.py): the channels and
 // gates given by the caller.
+//
+// cluster_conv2d: a self-grouped conv (SelfGroupedConv2d, dgclab/analysis/self_grouping.py),
+// every cluster of the layer in one call: the same per-image conv over a channel list, with
+// each cluster's own compact weight and filter count.
 //
 // NaN and Inf give the numbers of dgc.py's mask execution, the reference: relu keeps NaN, as
 // torch.relu does (v < 0 ? 0 : v, never v > 0 ? v : 0), and the gate multiplies the input
@@ -124,8 +129,8 @@ struct Geometry {
 // One thread's buffers for one image-head, kept from call to call (grown when needed).
 struct Scratch {
   std::vector<float> padded, col, wk;
-  std::vector<int64_t> channels;
-  std::vector<float> gates, order;
+  std::vector<int64_t> channels, iota;
+  std::vector<float> gates, order, rows;
 };
 Scratch& scratch() {
   thread_local Scratch s;
@@ -214,7 +219,7 @@ DGCLAB_VECTOR_CLONES void direct_rows(const Geometry& g, const float* padded, co
   }
 }
 
-// All co_h filters of an image-head by direct_rows, in blocks of 8, 4 and 1.
+// All co_h filters of an image-head by direct_rows, in blocks of 8, 4, 2 and 1.
 void direct_conv(const Geometry& g, const float* padded, const int64_t* sel, int64_t count,
                  const float* w, int64_t so, int64_t sc, int64_t st, int64_t co_h, float* out,
                  int64_t ldc) {
@@ -223,26 +228,20 @@ void direct_conv(const Geometry& g, const float* padded, const int64_t* sel, int
     direct_rows<8>(g, padded, sel, count, w + o * so, so, sc, st, out + o * ldc, ldc);
   for (; o + 4 <= co_h; o += 4)
     direct_rows<4>(g, padded, sel, count, w + o * so, so, sc, st, out + o * ldc, ldc);
+  for (; o + 2 <= co_h; o += 2)
+    direct_rows<2>(g, padded, sel, count, w + o * so, so, sc, st, out + o * ldc, ldc);
   for (; o < co_h; ++o)
     direct_rows<1>(g, padded, sel, count, w + o * so, so, sc, st, out + o * ldc, ldc);
 }
 
-// One image-head: convolve `count` input channels of image x_img (C planes of h x w), listed
-// in `sel` with their gates, by the head's filters (`filters`, one head's bank in the layout
-// `packed` says), optionally through the folded BN-ReLU (scale, shift per channel), into
-// co_h output planes `ldc` floats apart. The gate multiplies the input before the zero padding
-// is added, as in the official formulation.
-void conv_image_head(const Geometry& g, const float* x_img, const int64_t* sel,
-                     const float* gates, int64_t count, const float* scale, const float* shift,
-                     const float* wh, bool packed, int64_t co_h, float* out, int64_t ldc) {
-  if (count == 0) {  // every channel dropped (saliency ties): the head's output is 0
-    for (int64_t o = 0; o < co_h; ++o) std::fill(out + o * ldc, out + o * ldc + g.n_out, 0.f);
-    return;
-  }
-  Scratch& s = scratch();
-  const int64_t depth = count * g.taps;
+// The `count` input channels of image x_img listed in `sel`, each times its gate (after the
+// folded BN-ReLU when scale and shift are given), into zero-padded planes in the thread's
+// buffer, with direct_rows' slack after the last.
+const float* padded_planes(const Geometry& g, const float* x_img, const int64_t* sel,
+                           const float* gates, int64_t count, const float* scale,
+                           const float* shift, Scratch& s) {
   float* padded = sized(s.padded, count * g.plane + kChunk);
-  std::fill(padded + count * g.plane, padded + count * g.plane + kChunk, 0.f);  // direct_rows' slack
+  std::fill(padded + count * g.plane, padded + count * g.plane + kChunk, 0.f);
   const bool normalise = scale != nullptr;
   for (int64_t i = 0; i < count; ++i) {
     const int64_t ch = sel[i];
@@ -253,7 +252,60 @@ void conv_image_head(const Geometry& g, const float* x_img, const int64_t* sel,
                one_row ? 1 : g.h, one_row ? g.h * g.w : g.w, normalise,
                normalise ? scale[ch] : 1.f, normalise ? shift[ch] : 0.f, gates[i]);
   }
-  if (g.sh == 1 && g.sw == 1 && !g.direct && g.wo > kDirectMinWidth) {
+  return padded;
+}
+
+// im2col of `count` padded planes: row (i, tap) of `col` holds the tap's window over the output
+// grid (n_out floats), rows `ld` floats apart (ld > n_out: other images' columns beside it).
+void im2col(const Geometry& g, const float* padded, int64_t count, float* col, int64_t ld) {
+  for (int64_t i = 0; i < count; ++i) {
+    const float* src = padded + i * g.plane;
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        float* dst = col + (i * g.taps + ky * g.kw + kx) * ld;
+        const float* window = src + ky * g.dh * g.wp + kx * g.dw;
+        if (g.sw == 1) {
+          copy_block(window, g.sh * g.wp, dst, g.wo, g.ho, g.wo);
+        } else {
+          for (int64_t oy = 0; oy < g.ho; ++oy)
+            for (int64_t ox = 0; ox < g.wo; ++ox)
+              dst[oy * g.wo + ox] = window[oy * g.sh * g.wp + ox * g.sw];
+        }
+      }
+    }
+  }
+}
+
+// Whether conv_image_head accumulates rows in registers (direct_rows) rather than im2col + GEMM.
+bool uses_direct_rows(const Geometry& g) {
+  return g.sh == 1 && g.sw == 1 && !g.direct && g.wo > kDirectMinWidth;
+}
+
+// One image-head: convolve `count` input channels of image x_img (C planes of h x w), listed
+// in `sel` with their gates, by the head's filters (`filters`, one head's bank in the layout
+// `packed` says), optionally through the folded BN-ReLU (scale, shift per channel), into
+// co_h output planes `ldc` floats apart. The gate multiplies the input before the zero padding
+// is added, as in the official formulation. With `compact`, the filters are instead already
+// the kept channels' taps, (co_h, count, taps) row-major (a self-grouped cluster's own conv
+// weight), and `wh` and `packed` are not read.
+void conv_image_head(const Geometry& g, const float* x_img, const int64_t* sel,
+                     const float* gates, int64_t count, const float* scale, const float* shift,
+                     const float* wh, bool packed, int64_t co_h, float* out, int64_t ldc,
+                     const float* compact = nullptr) {
+  if (count == 0) {  // every channel dropped (saliency ties): the head's output is 0
+    for (int64_t o = 0; o < co_h; ++o) std::fill(out + o * ldc, out + o * ldc + g.n_out, 0.f);
+    return;
+  }
+  Scratch& s = scratch();
+  const int64_t depth = count * g.taps;
+  const float* padded = padded_planes(g, x_img, sel, gates, count, scale, shift, s);
+  if (uses_direct_rows(g)) {
+    if (compact != nullptr) {  // w(o, i, t) at compact[(o * count + i) * taps + t]
+      s.iota.resize(count);
+      for (int64_t i = 0; i < count; ++i) s.iota[i] = i;
+      direct_conv(g, padded, s.iota.data(), count, compact, depth, g.taps, 1, co_h, out, ldc);
+      return;
+    }
     // (out, channel, tap) or packed (channel, tap, out) strides of w(o, i, t)
     const int64_t so = packed ? 1 : g.c * g.taps, sc = packed ? g.taps * co_h : g.taps,
                   st = packed ? co_h : 1;
@@ -261,42 +313,33 @@ void conv_image_head(const Geometry& g, const float* x_img, const int64_t* sel,
     return;
   }
   const float* a_mat = padded;
-  if (!g.direct) {  // im2col: row (i, tap) holds the tap's window over the output grid
+  if (!g.direct) {
     float* col = sized(s.col, depth * g.n_out);
-    for (int64_t i = 0; i < count; ++i) {
-      const float* src = padded + i * g.plane;
-      for (int64_t ky = 0; ky < g.kh; ++ky) {
-        for (int64_t kx = 0; kx < g.kw; ++kx) {
-          float* dst = col + (i * g.taps + ky * g.kw + kx) * g.n_out;
-          const float* window = src + ky * g.dh * g.wp + kx * g.dw;
-          if (g.sw == 1) {
-            copy_block(window, g.sh * g.wp, dst, g.wo, g.ho, g.wo);
-          } else {
-            for (int64_t oy = 0; oy < g.ho; ++oy)
-              for (int64_t ox = 0; ox < g.wo; ++ox)
-                dst[oy * g.wo + ox] = window[oy * g.sh * g.wp + ox * g.sw];
-          }
-        }
-      }
-    }
+    im2col(g, padded, count, col, g.n_out);
     a_mat = col;
   }
   // The kept channels' taps of every filter of the head: wk (co_h x depth, row-major) read
-  // from nn.Conv2d's layout, or (depth x co_h) from the packed one, a block per channel.
-  float* wk = sized(s.wk, co_h * depth);
-  if (packed) {
-    const int64_t block = g.taps * co_h;
-    for (int64_t i = 0; i < count; ++i)
-      std::copy(wh + sel[i] * block, wh + (sel[i] + 1) * block, wk + i * block);
-  } else {
-    for (int64_t o = 0; o < co_h; ++o) {
-      const float* filter = wh + o * g.c * g.taps;
-      float* row = wk + o * depth;
-      for (int64_t i = 0; i < count; ++i) {  // a few taps each: a loop, not a memmove call
-        const float* taps = filter + sel[i] * g.taps;
-        for (int64_t t = 0; t < g.taps; ++t) row[i * g.taps + t] = taps[t];
+  // from nn.Conv2d's layout, or (depth x co_h) from the packed one, a block per channel; a
+  // compact bank is the first already.
+  const bool transposed = packed && compact == nullptr;
+  const float* wk = compact;
+  if (compact == nullptr) {
+    float* buf = sized(s.wk, co_h * depth);
+    if (packed) {
+      const int64_t block = g.taps * co_h;
+      for (int64_t i = 0; i < count; ++i)
+        std::copy(wh + sel[i] * block, wh + (sel[i] + 1) * block, buf + i * block);
+    } else {
+      for (int64_t o = 0; o < co_h; ++o) {
+        const float* filter = wh + o * g.c * g.taps;
+        float* row = buf + o * depth;
+        for (int64_t i = 0; i < count; ++i) {  // a few taps each: a loop, not a memmove call
+          const float* taps = filter + sel[i] * g.taps;
+          for (int64_t t = 0; t < g.taps; ++t) row[i * g.taps + t] = taps[t];
+        }
       }
     }
+    wk = buf;
   }
   // Row-major out (co_h x n_out) = wk (co_h x depth) * A (depth x n_out), rows `ldc` apart. In
   // BLAS's column-major terms: out^T (n_out x co_h) = A^T (n_out x depth) * wk^T (depth x co_h),
@@ -304,9 +347,10 @@ void conv_image_head(const Geometry& g, const float* x_img, const int64_t* sel,
   // wk^T already ("N"); the packed one is wk^T row-major, transposed ("T").
   const int m_ = static_cast<int>(g.n_out), n_ = static_cast<int>(co_h),
             k_ = static_cast<int>(depth), lda = static_cast<int>(g.direct ? g.plane : g.n_out),
-            ldb = static_cast<int>(packed ? co_h : depth), ldc_ = static_cast<int>(ldc);
+            ldb = static_cast<int>(transposed ? co_h : depth), ldc_ = static_cast<int>(ldc);
   const float one = 1.f, zero = 0.f;
-  sgemm_("N", packed ? "T" : "N", &m_, &n_, &k_, &one, a_mat, &lda, wk, &ldb, &zero, out, &ldc_);
+  sgemm_("N", transposed ? "T" : "N", &m_, &n_, &k_, &one, a_mat, &lda, wk, &ldb, &zero, out,
+         &ldc_);
 }
 
 at::Tensor gather_conv2d(const at::Tensor& x_in, const std::optional<at::Tensor>& scale_in,
@@ -364,6 +408,89 @@ at::Tensor gather_conv2d(const at::Tensor& x_in, const std::optional<at::Tensor>
       conv_image_head(g, xp + n * c * g.h * g.w, ip + bh * keep, gp + bh * keep, keep, sp, tp,
                       banks[head], pack, co_h, yp + (n * co_h * heads + head) * g.n_out,
                       heads * g.n_out);
+    }
+  });
+  return y;
+}
+
+// A self-grouped conv (SelfGroupedConv2d, dgclab/analysis/self_grouping.py) in one call:
+// cluster k convolves its own input channels, the same for every image (`channels`, the
+// clusters' lists one after another), by its own small conv's weight (F_k, S_k, kh, kw), and
+// its F_k outputs are output channels `filters` (the clusters' filter lists one after another,
+// a permutation of 0 .. O - 1). Per image and cluster one conv_image_head over the compact
+// weight into a per-thread buffer, then each row to its output channel, plus its bias. Clusters
+// of any sizes, one dispatch, nothing of the batch's size gathered: what the layer's loop of
+// small nn.Conv2d calls computes, the clusters' MACs only.
+at::Tensor cluster_conv2d(const at::Tensor& x_in, const at::Tensor& channels_in,
+                          const at::Tensor& filters_in, at::TensorList weights,
+                          const std::optional<at::Tensor>& bias_in, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_float_cpu(x_in, "x");
+  TORCH_CHECK(x_in.dim() == 4, "cluster_conv2d: x must be (B, C, H, W), got ", x_in.sizes());
+  const int64_t clusters = static_cast<int64_t>(weights.size());
+  TORCH_CHECK(clusters >= 1, "cluster_conv2d: give at least one cluster's weight");
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor channels = channels_in.to(at::kLong).contiguous();
+  const at::Tensor filters = filters_in.to(at::kLong).contiguous();
+  const int64_t b = x.size(0), c = x.size(1);
+  std::vector<at::Tensor> w(clusters);
+  std::vector<int64_t> ch_off(clusters + 1, 0), f_off(clusters + 1, 0);
+  for (int64_t k = 0; k < clusters; ++k) {
+    check_float_cpu(weights[k], "weights");
+    TORCH_CHECK(weights[k].dim() == 4 && weights[k].size(2) == weights[0].size(2) &&
+                    weights[k].size(3) == weights[0].size(3) && weights[k].size(1) <= c,
+                "cluster_conv2d: cluster ", k, "'s weight ", weights[k].sizes(),
+                " is not (F_k, S_k <= C=", c, ", kh, kw) with the first cluster's kernel");
+    w[k] = weights[k].contiguous();
+    ch_off[k + 1] = ch_off[k] + w[k].size(1);
+    f_off[k + 1] = f_off[k] + w[k].size(0);
+  }
+  const int64_t out_c = f_off[clusters];
+  TORCH_CHECK(channels.dim() == 1 && channels.numel() == ch_off[clusters] && filters.dim() == 1 &&
+                  filters.numel() == out_c,
+              "cluster_conv2d: channels ", channels.sizes(), " and filters ", filters.sizes(),
+              " must list every cluster's ", ch_off[clusters], " channels and ", out_c,
+              " filters");
+  const int64_t* cp = channels.data_ptr<int64_t>();
+  const int64_t* fp = filters.data_ptr<int64_t>();
+  for (int64_t i = 0; i < channels.numel(); ++i)
+    TORCH_CHECK(cp[i] >= 0 && cp[i] < c, "cluster_conv2d: channel index ", cp[i],
+                " out of range [0, ", c, ")");
+  std::vector<bool> seen(out_c, false);
+  for (int64_t i = 0; i < out_c; ++i) {
+    TORCH_CHECK(fp[i] >= 0 && fp[i] < out_c && !seen[fp[i]], "cluster_conv2d: filters must be a "
+                "permutation of 0 .. ", out_c - 1, ", got ", fp[i], " at ", i);
+    seen[fp[i]] = true;
+  }
+  at::Tensor bias;
+  if (bias_in.has_value()) {
+    bias = bias_in->to(at::kFloat).contiguous();
+    TORCH_CHECK(bias.dim() == 1 && bias.numel() == out_c, "cluster_conv2d: bias must be (",
+                out_c, ",), got ", bias.sizes());
+  }
+  const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  const Geometry g(x, w[0].size(2), w[0].size(3), stride, padding, dilation);
+  at::Tensor y = at::empty({b, out_c, g.ho, g.wo}, x.options());
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, clusters * b, 1, [&](int64_t begin, int64_t end) {
+    Scratch& s = scratch();
+    for (int64_t item = begin; item < end; ++item) {  // cluster-major: its weight stays cached
+      const int64_t k = item / b, n = item % b;
+      const int64_t count = ch_off[k + 1] - ch_off[k], co = f_off[k + 1] - f_off[k];
+      if (co == 0) continue;
+      float* gates = sized(s.gates, count);
+      std::fill(gates, gates + count, 1.f);
+      float* rows = sized(s.rows, co * g.n_out);
+      conv_image_head(g, xp + n * c * g.h * g.w, cp + ch_off[k], gates, count, nullptr, nullptr,
+                      nullptr, false, co, rows, g.n_out, w[k].data_ptr<float>());
+      for (int64_t f = 0; f < co; ++f) {
+        const int64_t o = fp[f_off[k] + f];
+        const float add = bp != nullptr ? bp[o] : 0.f;
+        const float* src = rows + f * g.n_out;
+        float* dst = yp + (n * out_c + o) * g.n_out;
+        for (int64_t p = 0; p < g.n_out; ++p) dst[p] = src[p] + add;
+      }
     }
   });
   return y;
@@ -551,9 +678,13 @@ TORCH_LIBRARY(dgclab, m) {
   m.def(
       "gather_conv2d(Tensor x, Tensor? scale, Tensor? shift, Tensor gate, Tensor keep_idx, "
       "Tensor weight, int[] stride, int[] padding, int[] dilation) -> Tensor");
+  m.def(
+      "cluster_conv2d(Tensor x, Tensor channels, Tensor filters, Tensor[] weights, Tensor? bias, "
+      "int[] stride, int[] padding, int[] dilation) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(dgclab, CPU, m) {
   m.impl("dgc_forward", &dgc_forward);
   m.impl("gather_conv2d", &gather_conv2d);
+  m.impl("cluster_conv2d", &cluster_conv2d);
 }
