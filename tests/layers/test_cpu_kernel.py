@@ -47,6 +47,14 @@ def test_kernel_matches_gather_and_mask(kernel, cin, cout, ksize, stride, paddin
         torch.testing.assert_close(lasso, lasso_g, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("batch", [1, 3])  # the filters read as nn.Conv2d keeps them, packed
+def test_kernel_im2col_gemm_for_many_filters_per_head(kernel, batch):
+    """A head with more than kPlaneMaxFilters (64) filters on a narrow stride-1 map takes
+    im2col + GEMM, not direct_plane."""
+    layer = make_layer(16, 136, 3, padding=1, heads=2, k=5, squeeze_rate=2).eval()  # 68 a head
+    assert_three_ways_agree(layer, torch.randn(batch, 16, 7, 9))
+
+
 @pytest.mark.parametrize("heads", [1, 2, 4, 8])
 def test_kernel_batch_one_and_ties(kernel, heads):
     """Batch 1; a ReLU'd input with many zero channels, so that saliency ties drop together

@@ -180,10 +180,13 @@ std::vector<const float*> filter_banks(const std::vector<const float*>& heads, i
 
 // Stride-1 kxk convs over output rows wider than kDirectMinWidth skip im2col and GEMM:
 // direct_rows accumulates output rows in vector registers, a chunk of kChunk pixels of NB
-// filters at a time. (Narrower rows waste too much of a chunk: 7x7 and 14x14 planes were
-// slower this way than by GEMM.) The padded buffer has kChunk floats of slack for the
-// chunk's overhang.
+// filters at a time. (Narrower rows waste too much of a chunk: direct_plane below takes those
+// maps.) The padded buffer has slack for the chunk's overhang.
 constexpr int64_t kDirectMinWidth = 16;
+// Where im2col + GEMM would run (stride 1, rows of at most kDirectMinWidth), direct_plane runs
+// instead for up to this many filters per image-head or cluster: faster at 7x7-16x16 maps for
+// 2-64 filters, DGC heads and SG-CNN clusters alike (measured; README, "Speed").
+constexpr int64_t kPlaneMaxFilters = 64;
 constexpr int kChunk = 32;
 
 // NB output rows of a stride-1 conv, pixels [x0, x0 + kChunk) of each (fewer at the row's end),
@@ -219,29 +222,71 @@ DGCLAB_VECTOR_CLONES void direct_rows(const Geometry& g, const float* padded, co
   }
 }
 
-// All co_h filters of an image-head by direct_rows, in blocks of 8, 4, 2 and 1.
+// Stride-1 convs over narrow maps, for few filters: the padded plane read as one long row.
+// Output pixel (oy, ox) is lane oy * wp + ox of that row (the wp - wo lanes past each output row
+// are computed and dropped), so chunks of kChunk lanes cover the whole plane without im2col.
+// Lanes past the last plane read into the padded buffer's slack (padded_planes); every lane that
+// is stored reads inside its plane.
+template <int NB>
+DGCLAB_VECTOR_CLONES void direct_plane(const Geometry& g, const float* padded, const int64_t* sel,
+                                       int64_t count, const float* w, int64_t so, int64_t sc,
+                                       int64_t st, float* out, int64_t ldc) {
+  const int64_t lanes = g.ho * g.wp;
+  for (int64_t x0 = 0; x0 < lanes; x0 += kChunk) {
+    float acc[NB][kChunk] = {};
+    for (int64_t i = 0; i < count; ++i) {
+      const float* plane = padded + i * g.plane + x0;
+      const float* wi = w + sel[i] * sc;
+      for (int64_t ky = 0; ky < g.kh; ++ky) {
+        for (int64_t kx = 0; kx < g.kw; ++kx) {
+          const float* in = plane + ky * g.dh * g.wp + kx * g.dw;
+          const int64_t t = ky * g.kw + kx;
+          for (int b = 0; b < NB; ++b) {
+            const float wb = wi[b * so + t * st];
+            for (int j = 0; j < kChunk; ++j) acc[b][j] += wb * in[j];
+          }
+        }
+      }
+    }
+    const int64_t n = std::min<int64_t>(kChunk, lanes - x0);
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t oy = (x0 + j) / g.wp, ox = (x0 + j) % g.wp;
+      if (ox < g.wo)
+        for (int b = 0; b < NB; ++b) out[b * ldc + oy * g.wo + ox] = acc[b][j];
+    }
+  }
+}
+
+// All co_h filters of an image-head by direct_rows (Plane: direct_plane), in blocks of 8, 4, 2
+// and 1.
+template <bool Plane>
 void direct_conv(const Geometry& g, const float* padded, const int64_t* sel, int64_t count,
                  const float* w, int64_t so, int64_t sc, int64_t st, int64_t co_h, float* out,
                  int64_t ldc) {
+  auto run = [&](auto nb, int64_t o) {
+    constexpr int NB = decltype(nb)::value;
+    if constexpr (Plane) {
+      direct_plane<NB>(g, padded, sel, count, w + o * so, so, sc, st, out + o * ldc, ldc);
+    } else {
+      direct_rows<NB>(g, padded, sel, count, w + o * so, so, sc, st, out + o * ldc, ldc);
+    }
+  };
   int64_t o = 0;
-  for (; o + 8 <= co_h; o += 8)
-    direct_rows<8>(g, padded, sel, count, w + o * so, so, sc, st, out + o * ldc, ldc);
-  for (; o + 4 <= co_h; o += 4)
-    direct_rows<4>(g, padded, sel, count, w + o * so, so, sc, st, out + o * ldc, ldc);
-  for (; o + 2 <= co_h; o += 2)
-    direct_rows<2>(g, padded, sel, count, w + o * so, so, sc, st, out + o * ldc, ldc);
-  for (; o < co_h; ++o)
-    direct_rows<1>(g, padded, sel, count, w + o * so, so, sc, st, out + o * ldc, ldc);
+  for (; o + 8 <= co_h; o += 8) run(std::integral_constant<int, 8>{}, o);
+  for (; o + 4 <= co_h; o += 4) run(std::integral_constant<int, 4>{}, o);
+  for (; o + 2 <= co_h; o += 2) run(std::integral_constant<int, 2>{}, o);
+  for (; o < co_h; ++o) run(std::integral_constant<int, 1>{}, o);
 }
 
 // The `count` input channels of image x_img listed in `sel`, each times its gate (after the
 // folded BN-ReLU when scale and shift are given), into zero-padded planes in the thread's
-// buffer, with direct_rows' slack after the last.
+// buffer, with direct_rows' and direct_plane's slack after the last.
 const float* padded_planes(const Geometry& g, const float* x_img, const int64_t* sel,
                            const float* gates, int64_t count, const float* scale,
                            const float* shift, Scratch& s) {
-  float* padded = sized(s.padded, count * g.plane + kChunk);
-  std::fill(padded + count * g.plane, padded + count * g.plane + kChunk, 0.f);
+  const int64_t slack = kChunk + g.wp;  // what direct_rows and direct_plane read past the end
+  float* padded = sized(s.padded, count * g.plane + slack);
+  std::fill(padded + count * g.plane, padded + count * g.plane + slack, 0.f);
   const bool normalise = scale != nullptr;
   for (int64_t i = 0; i < count; ++i) {
     const int64_t ch = sel[i];
@@ -299,17 +344,24 @@ void conv_image_head(const Geometry& g, const float* x_img, const int64_t* sel,
   Scratch& s = scratch();
   const int64_t depth = count * g.taps;
   const float* padded = padded_planes(g, x_img, sel, gates, count, scale, shift, s);
-  if (uses_direct_rows(g)) {
-    if (compact != nullptr) {  // w(o, i, t) at compact[(o * count + i) * taps + t]
+  const bool rows = uses_direct_rows(g);
+  const bool plane = !rows && g.sh == 1 && g.sw == 1 && !g.direct && co_h <= kPlaneMaxFilters;
+  if (rows || plane) {
+    // w(o, i, t) at w[o * so + sel[i] * sc + t * st]: compact (o, i, t) with sel the identity,
+    // or the head's bank as nn.Conv2d keeps it, (out, channel, tap), or packed (channel, tap, out)
+    const int64_t* wsel = sel;
+    int64_t so = packed ? 1 : g.c * g.taps, sc = packed ? g.taps * co_h : g.taps,
+            st = packed ? co_h : 1;
+    const float* w = wh;
+    if (compact != nullptr) {
       s.iota.resize(count);
       for (int64_t i = 0; i < count; ++i) s.iota[i] = i;
-      direct_conv(g, padded, s.iota.data(), count, compact, depth, g.taps, 1, co_h, out, ldc);
-      return;
+      wsel = s.iota.data(), w = compact, so = depth, sc = g.taps, st = 1;
     }
-    // (out, channel, tap) or packed (channel, tap, out) strides of w(o, i, t)
-    const int64_t so = packed ? 1 : g.c * g.taps, sc = packed ? g.taps * co_h : g.taps,
-                  st = packed ? co_h : 1;
-    direct_conv(g, padded, sel, count, wh, so, sc, st, co_h, out, ldc);
+    if (plane)
+      direct_conv<true>(g, padded, wsel, count, w, so, sc, st, co_h, out, ldc);
+    else
+      direct_conv<false>(g, padded, wsel, count, w, so, sc, st, co_h, out, ldc);
     return;
   }
   const float* a_mat = padded;
