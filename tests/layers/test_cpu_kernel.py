@@ -49,10 +49,11 @@ def test_kernel_matches_gather_and_mask(kernel, cin, cout, ksize, stride, paddin
 
 @pytest.mark.parametrize("batch", [1, 3])  # the filters read as nn.Conv2d keeps them, packed
 def test_kernel_im2col_gemm_for_many_filters_per_head(kernel, batch):
-    """A head with more than kPlaneMaxFilters (64) filters on a narrow stride-1 map takes
-    im2col + GEMM, not direct_plane."""
-    layer = make_layer(16, 136, 3, padding=1, heads=2, k=5, squeeze_rate=2).eval()  # 68 a head
-    assert_three_ways_agree(layer, torch.randn(batch, 16, 7, 9))
+    """A head with more than kPlaneMaxFilters (32) filters on a narrow stride-1 map takes
+    im2col + GEMM, unless the map is small (kSmallMap output pixels)."""
+    layer = make_layer(16, 80, 3, padding=1, heads=2, k=5, squeeze_rate=2).eval()  # 40 a head
+    assert_three_ways_agree(layer, torch.randn(batch, 16, 9, 9))  # 81 output pixels: GEMM
+    assert_three_ways_agree(layer, torch.randn(batch, 16, 7, 7))  # 49: direct_plane
 
 
 @pytest.mark.parametrize("heads", [1, 2, 4, 8])

@@ -184,9 +184,12 @@ std::vector<const float*> filter_banks(const std::vector<const float*>& heads, i
 // maps.) The padded buffer has slack for the chunk's overhang.
 constexpr int64_t kDirectMinWidth = 16;
 // Where im2col + GEMM would run (stride 1, rows of at most kDirectMinWidth), direct_plane runs
-// instead for up to this many filters per image-head or cluster: faster at 7x7-16x16 maps for
-// 2-64 filters, DGC heads and SG-CNN clusters alike (measured; README, "Speed").
-constexpr int64_t kPlaneMaxFilters = 64;
+// instead for up to kPlaneMaxFilters filters per image-head or cluster, or up to
+// kPlaneMaxFiltersSmallMap on maps of at most kSmallMap output pixels. Measured for DGC layers
+// (4 heads, 3x3, k = 0 and 3/4 C) and SG-CNN clusters on 7x7-16x16 maps, batch 1 and 64: faster
+// than GEMM for 2-32 filters everywhere, and for 64 filters on 7x7 maps; 64 filters on a 14x14
+// map at batch 64 are a little faster by GEMM (README, "Speed").
+constexpr int64_t kPlaneMaxFilters = 32, kPlaneMaxFiltersSmallMap = 64, kSmallMap = 64;
 constexpr int kChunk = 32;
 
 // NB output rows of a stride-1 conv, pixels [x0, x0 + kChunk) of each (fewer at the row's end),
@@ -345,7 +348,9 @@ void conv_image_head(const Geometry& g, const float* x_img, const int64_t* sel,
   const int64_t depth = count * g.taps;
   const float* padded = padded_planes(g, x_img, sel, gates, count, scale, shift, s);
   const bool rows = uses_direct_rows(g);
-  const bool plane = !rows && g.sh == 1 && g.sw == 1 && !g.direct && co_h <= kPlaneMaxFilters;
+  const bool plane = !rows && g.sh == 1 && g.sw == 1 && !g.direct &&
+                     (co_h <= kPlaneMaxFilters ||
+                      (co_h <= kPlaneMaxFiltersSmallMap && g.n_out <= kSmallMap));
   if (rows || plane) {
     // w(o, i, t) at w[o * so + sel[i] * sc + t * st]: compact (o, i, t) with sel the identity,
     // or the head's bank as nn.Conv2d keeps it, (out, channel, tap), or packed (channel, tap, out)
