@@ -192,11 +192,33 @@ constexpr int64_t kDirectMinWidth = 16;
 constexpr int64_t kPlaneMaxFilters = 32, kPlaneMaxFiltersSmallMap = 64, kSmallMap = 64;
 constexpr int kChunk = 32;
 
+// One chunk of kChunk output lanes of NB filters, accumulated over the kept planes and taps:
+// acc[b][j] += w(b, i, tap) * lane0[i * plane + tap offset + j], with
+// w(o, i, t) = w[o * so + sel[i] * sc + t * st]. The accumulators have fixed sizes so that the
+// compiler keeps them in vector registers (inlined into the vector clones below).
+template <int NB>
+inline __attribute__((always_inline)) void accumulate_chunk(
+    const Geometry& g, const float* lane0, const int64_t* sel, int64_t count, const float* w,
+    int64_t so, int64_t sc, int64_t st, float (&acc)[NB][kChunk]) {
+  for (int64_t i = 0; i < count; ++i) {
+    const float* plane = lane0 + i * g.plane;
+    const float* wi = w + sel[i] * sc;
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        const float* in = plane + ky * g.dh * g.wp + kx * g.dw;
+        const int64_t t = ky * g.kw + kx;
+        for (int b = 0; b < NB; ++b) {
+          const float wb = wi[b * so + t * st];
+          for (int j = 0; j < kChunk; ++j) acc[b][j] += wb * in[j];
+        }
+      }
+    }
+  }
+}
+
 // NB output rows of a stride-1 conv, pixels [x0, x0 + kChunk) of each (fewer at the row's end),
-// accumulated over the kept planes and taps: out[o] += w(o, i, tap) * shifted plane i, with
-// w(o, i, t) = w[o * so + sel[i] * sc + t * st]. The accumulators have fixed sizes so that
-// the compiler keeps them in vector registers; the input may be read up to kChunk floats past
-// a row (the padded buffer has that much slack), those lanes are never stored.
+// by accumulate_chunk; the input may be read up to kChunk floats past a row (the padded buffer
+// has that much slack), those lanes are never stored.
 template <int NB>
 DGCLAB_VECTOR_CLONES void direct_rows(const Geometry& g, const float* padded, const int64_t* sel,
                                       int64_t count, const float* w, int64_t so, int64_t sc,
@@ -204,20 +226,7 @@ DGCLAB_VECTOR_CLONES void direct_rows(const Geometry& g, const float* padded, co
   for (int64_t oy = 0; oy < g.ho; ++oy) {
     for (int64_t x0 = 0; x0 < g.wo; x0 += kChunk) {
       float acc[NB][kChunk] = {};
-      for (int64_t i = 0; i < count; ++i) {
-        const float* plane = padded + i * g.plane + oy * g.wp + x0;
-        const float* wi = w + sel[i] * sc;
-        for (int64_t ky = 0; ky < g.kh; ++ky) {
-          for (int64_t kx = 0; kx < g.kw; ++kx) {
-            const float* in = plane + ky * g.dh * g.wp + kx * g.dw;
-            const int64_t t = ky * g.kw + kx;
-            for (int b = 0; b < NB; ++b) {
-              const float wb = wi[b * so + t * st];
-              for (int j = 0; j < kChunk; ++j) acc[b][j] += wb * in[j];
-            }
-          }
-        }
-      }
+      accumulate_chunk<NB>(g, padded + oy * g.wp + x0, sel, count, w, so, sc, st, acc);
       const int64_t n = std::min<int64_t>(kChunk, g.wo - x0);
       for (int b = 0; b < NB; ++b)
         for (int64_t j = 0; j < n; ++j) out[b * ldc + oy * g.wo + x0 + j] = acc[b][j];
@@ -237,20 +246,7 @@ DGCLAB_VECTOR_CLONES void direct_plane(const Geometry& g, const float* padded, c
   const int64_t lanes = g.ho * g.wp;
   for (int64_t x0 = 0; x0 < lanes; x0 += kChunk) {
     float acc[NB][kChunk] = {};
-    for (int64_t i = 0; i < count; ++i) {
-      const float* plane = padded + i * g.plane + x0;
-      const float* wi = w + sel[i] * sc;
-      for (int64_t ky = 0; ky < g.kh; ++ky) {
-        for (int64_t kx = 0; kx < g.kw; ++kx) {
-          const float* in = plane + ky * g.dh * g.wp + kx * g.dw;
-          const int64_t t = ky * g.kw + kx;
-          for (int b = 0; b < NB; ++b) {
-            const float wb = wi[b * so + t * st];
-            for (int j = 0; j < kChunk; ++j) acc[b][j] += wb * in[j];
-          }
-        }
-      }
-    }
+    accumulate_chunk<NB>(g, padded + x0, sel, count, w, so, sc, st, acc);
     const int64_t n = std::min<int64_t>(kChunk, lanes - x0);
     for (int64_t j = 0; j < n; ++j) {
       const int64_t oy = (x0 + j) / g.wp, ox = (x0 + j) % g.wp;
