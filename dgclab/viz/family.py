@@ -92,14 +92,15 @@ def plot_family_pareto(summary: pd.DataFrame, ax: Axes | None = None) -> Figure:
         points are one ``PathCollection`` of ``ax``, in the summary's order.
 
     Raises:
-        ValueError: ``summary`` is no DataFrame, lacks a column, or holds no finished method.
+        TypeError: ``summary`` is no DataFrame.
+        ValueError: ``summary`` lacks a column, or holds no finished method.
 
     Example:
         >>> summary = pd.read_csv("data/bench-family/summary.csv")  # doctest: +SKIP
         >>> plot_family_pareto(summary)  # doctest: +SKIP
     """
     if not isinstance(summary, pd.DataFrame):
-        raise ValueError(f"summary must be a pandas DataFrame, got {type(summary).__name__}")
+        raise TypeError(f"summary must be a pandas DataFrame, got {type(summary).__name__}")
     require_columns(summary, PARETO_COLUMNS, "summary")
     seeds = summary["seeds"].fillna(0).to_numpy(float)
     done = (seeds > 0) & np.isfinite(summary["acc_mean"].to_numpy(float)) \
@@ -191,10 +192,11 @@ def connectivity_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     conv kind, so an index names the same layer in each.
 
     Raises:
-        ValueError: ``model`` is no ``nn.Module``, or has no conv at all.
+        TypeError: ``model`` is no ``nn.Module``.
+        ValueError: ``model`` has no conv at all.
     """
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     found: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
         if any(name.startswith(outer + ".") or outer == "" for outer, _ in found):
@@ -236,14 +238,15 @@ def family_connectivity(models: Mapping[str, nn.Module], layer_index: int,
         Method name -> (rows, C_in) bool CPU tensor, in ``models``' order.
 
     Raises:
-        ValueError: empty ``models``, a value that is no ``nn.Module``, a ``layer_index``
-            outside a model's positions (the message names the model and its count), an
-            image of another shape.
+        TypeError: a value of ``models`` that is no ``nn.Module``, a ``layer_index`` that is
+            no int, an ``image`` that is no tensor.
+        ValueError: empty ``models``, a ``layer_index`` outside a model's positions (the
+            message names the model and its count), an image of another shape.
     """
     if not isinstance(models, Mapping) or not models:
         raise ValueError("models must be a non-empty mapping method name -> nn.Module")
     if not isinstance(layer_index, (int, np.integer)) or isinstance(layer_index, bool):
-        raise ValueError(f"layer_index must be an int, got {layer_index!r}")
+        raise TypeError(f"layer_index must be an int, got {layer_index!r}")
     x = _one_image(image)
     panels = {}
     for method, model in models.items():
@@ -280,7 +283,7 @@ def _reads(model: nn.Module, name: str, layer: nn.Module, x: torch.Tensor) -> to
 def _one_image(image) -> torch.Tensor:
     """``image`` as a (1, C, H, W) float tensor."""
     if not isinstance(image, torch.Tensor):
-        raise ValueError(f"image must be a torch.Tensor (C, H, W), got {type(image).__name__}")
+        raise TypeError(f"image must be a torch.Tensor (C, H, W), got {type(image).__name__}")
     if image.dim() == 3:
         image = image[None]
     if image.dim() != 4 or image.shape[0] != 1:

@@ -106,7 +106,7 @@ def test_pareto_refuses_bad_summaries():
         plot_family_pareto(summary(seeds=0))
     with pytest.raises(ValueError, match="paper_macs"):
         plot_family_pareto(summary().drop(columns="paper_macs"))
-    with pytest.raises(ValueError, match="DataFrame"):
+    with pytest.raises(TypeError, match="DataFrame"):
         plot_family_pareto(summary().to_dict())
 
 
