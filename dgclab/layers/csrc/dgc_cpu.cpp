@@ -300,13 +300,13 @@ const float* padded_planes(const Geometry& g, const float* x_img, const int64_t*
 }
 
 // im2col of `count` padded planes: row (i, tap) of `col` holds the tap's window over the output
-// grid (n_out floats), rows `ld` floats apart (ld > n_out: other images' columns beside it).
-void im2col(const Geometry& g, const float* padded, int64_t count, float* col, int64_t ld) {
+// grid (n_out floats).
+void im2col(const Geometry& g, const float* padded, int64_t count, float* col) {
   for (int64_t i = 0; i < count; ++i) {
     const float* src = padded + i * g.plane;
     for (int64_t ky = 0; ky < g.kh; ++ky) {
       for (int64_t kx = 0; kx < g.kw; ++kx) {
-        float* dst = col + (i * g.taps + ky * g.kw + kx) * ld;
+        float* dst = col + (i * g.taps + ky * g.kw + kx) * g.n_out;
         const float* window = src + ky * g.dh * g.wp + kx * g.dw;
         if (g.sw == 1) {
           copy_block(window, g.sh * g.wp, dst, g.wo, g.ho, g.wo);
@@ -320,9 +320,17 @@ void im2col(const Geometry& g, const float* padded, int64_t count, float* col, i
   }
 }
 
-// Whether conv_image_head accumulates rows in registers (direct_rows) rather than im2col + GEMM.
+// Which of the register-blocked direct kernels conv_image_head runs for a stride-1 k x k conv
+// (a 1x1 stride-1 conv without padding is a GEMM over the planes as they are): direct_rows on
+// rows wider than kDirectMinWidth, direct_plane on narrower ones for few enough filters
+// (kPlaneMaxFilters); otherwise im2col + GEMM.
 bool uses_direct_rows(const Geometry& g) {
   return g.sh == 1 && g.sw == 1 && !g.direct && g.wo > kDirectMinWidth;
+}
+bool uses_direct_plane(const Geometry& g, int64_t filters) {
+  return g.sh == 1 && g.sw == 1 && !g.direct && g.wo <= kDirectMinWidth &&
+         (filters <= kPlaneMaxFilters ||
+          (filters <= kPlaneMaxFiltersSmallMap && g.n_out <= kSmallMap));
 }
 
 // One image-head: convolve `count` input channels of image x_img (C planes of h x w), listed
@@ -343,11 +351,8 @@ void conv_image_head(const Geometry& g, const float* x_img, const int64_t* sel,
   Scratch& s = scratch();
   const int64_t depth = count * g.taps;
   const float* padded = padded_planes(g, x_img, sel, gates, count, scale, shift, s);
-  const bool rows = uses_direct_rows(g);
-  const bool plane = !rows && g.sh == 1 && g.sw == 1 && !g.direct &&
-                     (co_h <= kPlaneMaxFilters ||
-                      (co_h <= kPlaneMaxFiltersSmallMap && g.n_out <= kSmallMap));
-  if (rows || plane) {
+  const bool plane = uses_direct_plane(g, co_h);
+  if (plane || uses_direct_rows(g)) {
     // w(o, i, t) at w[o * so + sel[i] * sc + t * st]: compact (o, i, t) with sel the identity,
     // or the head's bank as nn.Conv2d keeps it, (out, channel, tap), or packed (channel, tap, out)
     const int64_t* wsel = sel;
@@ -368,7 +373,7 @@ void conv_image_head(const Geometry& g, const float* x_img, const int64_t* sel,
   const float* a_mat = padded;
   if (!g.direct) {
     float* col = sized(s.col, depth * g.n_out);
-    im2col(g, padded, count, col, g.n_out);
+    im2col(g, padded, count, col);
     a_mat = col;
   }
   // The kept channels' taps of every filter of the head: wk (co_h x depth, row-major) read
@@ -526,17 +531,18 @@ at::Tensor cluster_conv2d(const at::Tensor& x_in, const at::Tensor& channels_in,
   at::Tensor y = at::empty({b, out_c, g.ho, g.wo}, x.options());
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
+  int64_t widest = 0;
+  for (int64_t k = 0; k < clusters; ++k) widest = std::max(widest, ch_off[k + 1] - ch_off[k]);
+  const std::vector<float> ones(widest, 1.f);  // every channel's gate: no gating here
   at::parallel_for(0, clusters * b, 1, [&](int64_t begin, int64_t end) {
     Scratch& s = scratch();
     for (int64_t item = begin; item < end; ++item) {  // cluster-major: its weight stays cached
       const int64_t k = item / b, n = item % b;
       const int64_t count = ch_off[k + 1] - ch_off[k], co = f_off[k + 1] - f_off[k];
       if (co == 0) continue;
-      float* gates = sized(s.gates, count);
-      std::fill(gates, gates + count, 1.f);
       float* rows = sized(s.rows, co * g.n_out);
-      conv_image_head(g, xp + n * c * g.h * g.w, cp + ch_off[k], gates, count, nullptr, nullptr,
-                      nullptr, false, co, rows, g.n_out, w[k].data_ptr<float>());
+      conv_image_head(g, xp + n * c * g.h * g.w, cp + ch_off[k], ones.data(), count, nullptr,
+                      nullptr, nullptr, false, co, rows, g.n_out, w[k].data_ptr<float>());
       for (int64_t f = 0; f < co; ++f) {
         const int64_t o = fp[f_off[k] + f];
         const float add = bp != nullptr ? bp[o] : 0.f;
