@@ -7,13 +7,26 @@ below report as they do in a test module.
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 
 from dgclab.layers import DGCConv2d, cpu_kernel
 from dgclab.record import Recording
 from dgclab.train import TrainConfig
+
+
+# ---- the C++ kernel ----------------------------------------------------------------------------
+
+needs_compiler = pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None,
+    reason="no C++ compiler: the kernel cannot be built here (layers keep their PyTorch path)",
+)
+"""Marks a test of dgclab's C++ kernel (``dgclab.layers.cpu_kernel``): it must build wherever a
+compiler is present, CI included."""
 
 
 # ---- DGC layers ---------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ shrink, the grouped execution against the masked model, its MACs, and argument c
 from __future__ import annotations
 
 import copy
-import shutil
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from dgclab.analysis import count_macs
-from dgclab.layers import cpu_kernel
 from dgclab.analysis.self_grouping import (
     TABLE_COLUMNS,
     ChannelMask,
@@ -21,7 +19,10 @@ from dgclab.analysis.self_grouping import (
     self_group,
     to_grouped,
 )
+from dgclab.layers import cpu_kernel
 from dgclab.models import resnet_cifar
+
+from helpers import needs_compiler
 
 TOL = 1e-5
 
@@ -238,11 +239,6 @@ def test_the_padded_weight_follows_training():
             if isinstance(m, SelfGroupedConv2d):
                 m.execution = "padded"
         assert torch.allclose(fast(x), loop, atol=TOL) and not torch.allclose(loop, before)
-
-
-needs_compiler = pytest.mark.skipif(
-    shutil.which("c++") is None and shutil.which("g++") is None,
-    reason="no C++ compiler: the kernel cannot be built here (the loop stays PyTorch's)")
 
 
 def one_grouped_conv(c_in, c_out, k, stride, padding, dilation, bias, padding_mode="zeros",

@@ -4,7 +4,6 @@ and the mask formulation, and the conditions under which the layer takes it."""
 from __future__ import annotations
 
 import itertools
-import shutil
 
 import pytest
 import torch
@@ -15,12 +14,10 @@ from dgclab.layers.dgc import select_top_channels
 
 from helpers import (
     LAYER_SHAPES, assert_three_ways_agree, fixed_saliency, forward_three_ways, make_layer,
+    needs_compiler,
 )
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("c++") is None and shutil.which("g++") is None,
-    reason="no C++ compiler: the kernel cannot be built here (layers keep their PyTorch path)",
-)
+pytestmark = needs_compiler
 
 
 @pytest.fixture(scope="module")
