@@ -377,7 +377,6 @@ class SelfGroupedConv2d(nn.Module):
     def execution(self, value: str) -> None:
         self._execution = check_choice("execution", value, EXECUTIONS)
 
-
     @property
     def channel_groups(self) -> int:
         """G, the number of clusters."""

@@ -93,8 +93,8 @@ class StudyResult:
     figures: list[Path] = field(default_factory=list)
 
 
-
 write_table = atomic_write_csv  # a study table: CSV without the index, written atomically
+
 
 def load_study(out: str | os.PathLike) -> StudyResult:
     """Read a study folder's tables (empty tables for what is not there yet); writes nothing.
