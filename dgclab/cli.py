@@ -39,7 +39,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         subset=args.subset, augment=not args.no_augment, epochs=args.epochs,
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay,
-        lasso_lambda=args.lasso_lambda, seed=args.seed, device=args.device,
+        lasso_lambda=args.lasso_lambda, schedule_end=args.schedule_end,
+        saliency_init=args.saliency_init, seed=args.seed, device=args.device,
         sync_bn=args.sync_bn, workers=args.workers, download=not args.no_download,
     )
     trainer = Trainer(config, args.out, resume=args.resume, progress=not args.no_progress)
@@ -157,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--momentum", type=float, default=d.momentum)
     train.add_argument("--weight-decay", type=float, default=d.weight_decay)
     train.add_argument("--lasso-lambda", type=float, default=d.lasso_lambda)
+    train.add_argument("--schedule-end", type=float, default=d.schedule_end,
+                       help="ablation: progress at which DGC's k is final (official 0.75)")
+    train.add_argument("--saliency-init", type=float, default=d.saliency_init,
+                       help="ablation: scale of DGC's saliency fc2 weights at init (official 1)")
     train.add_argument("--seed", type=int, default=d.seed)
     train.add_argument("--device", default=d.device)
     train.add_argument("--workers", type=int, default=d.workers)

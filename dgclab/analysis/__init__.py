@@ -3,7 +3,8 @@
 self-grouping convolution (SG-CNN, SPEC §4: ``self_group``, ``to_grouped``), channel-similarity
 pruning (SPEC §6, dgclab's reading of the metric: ``channel_similarity``, ``merge_similar``),
 compute that adapts to the image under DGC-G's threshold (``compute_per_image``,
-``compute_sweep``), and a training-time metric tracker."""
+``compute_sweep``), how selections move during training (``selection_churn``,
+``saliency_stats``, ``loss_around_k_steps``) and a training-time metric tracker."""
 
 from .macs import conv_output_hw, count_macs, dgc_layer_mac_terms, dgc_layer_macs
 from .selection import (
@@ -20,11 +21,12 @@ from .adaptive import (
     PER_IMAGE_COLUMNS, SWEEP_COLUMNS, compute_per_image, compute_sweep, layer_pruning_rates,
 )
 from .channel_similarity import channel_distance, channel_similarity, merge_similar
+from .dynamics import loss_around_k_steps, saliency_stats, selection_churn
 from .dead_filters import ConvWithBiasMap, PruningReport, remove_dead_filters
 from .pruning_effect import pruning_effect
 from .self_grouping import ChannelMask, SelfGroupedConv2d, self_group, to_grouped
 from .sparsity import bn_relu_pairs, filter_sparsity
-from .tracker import CHEAP_METRICS, EXPENSIVE_METRICS, MetricTracker
+from .tracker import CHEAP_METRICS, EXPENSIVE_METRICS, PROBE_METRICS, STEP_METRICS, MetricTracker
 
 __all__ = [
     "CHEAP_METRICS",
@@ -33,7 +35,9 @@ __all__ = [
     "EXPENSIVE_METRICS",
     "MetricTracker",
     "PER_IMAGE_COLUMNS",
+    "PROBE_METRICS",
     "PruningReport",
+    "STEP_METRICS",
     "SWEEP_COLUMNS",
     "SelfGroupedConv2d",
     "binary_entropy",
@@ -52,12 +56,15 @@ __all__ = [
     "head_jaccard",
     "head_overlap",
     "layer_pruning_rates",
+    "loss_around_k_steps",
     "jaccard_similarity",
     "merge_similar",
     "pruning_effect",
     "realized_macs",
     "remove_dead_filters",
+    "saliency_stats",
     "sample_similarity",
+    "selection_churn",
     "self_group",
     "to_grouped",
 ]

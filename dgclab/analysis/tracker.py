@@ -37,26 +37,55 @@ Metrics (``layer`` is a module name from ``named_modules``):
 ========================  ================================================================
 
 Selection metrics are skipped for a DGC layer that has not run a forward yet.
+
+With a ``probe`` (a fixed batch of images, e.g. the first 512 of the test set) the tracker also
+takes, at every epoch's end and before training (``on_train_begin``; epoch 0 is the
+initialisation), the probe metrics of every DGC layer, in eval mode on the same images each
+time (``dgclab.analysis.dynamics``; issue #21 asks them why DGC lags early):
+
+========================  ================================================================
+``selection_churn``       fraction of the probe's (image, head, channel) keep/drop decisions
+                          that changed since the previous probe snapshot
+``saliency_zero``         fraction of the probe's saliencies g that are exactly 0 (switched
+                          off by the saliency ReLU, whatever k is)
+``kept_zero``             among the kept decisions, the fraction with g = 0
+``saliency_spread``       std / mean of g over a head's channels, mean over images and heads
+``probe_head_jaccard``    head_jaccard on the probe, mean over head pairs
+``chance_head_jaccard``   the Jaccard two heads would have keeping random sets of their
+                          sizes (``head_overlap(chance=True)``'s baseline)
+========================  ================================================================
+
+And, opt-in, the Trainer's per-step logs (layer ``""``): ``loss`` (the step's cross-entropy)
+and ``k_frac`` (mean k / C_in), every step, for ``loss_around_k_steps``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
 
-from dgclab.checks import check_float, check_int
+from dgclab.checks import check_float, check_int, check_type
 from dgclab.layers import dgc_layers
+from dgclab.modes import eval_mode
+from dgclab.record import paused
 
-from .selection import head_jaccard
+from .dynamics import saliency_stats, selection_churn
+from .selection import _mean_chance, head_jaccard
 from .sparsity import check_reiterable, first_inputs, bn_relu_pairs, filter_sparsity
 
-__all__ = ["MetricTracker", "CHEAP_METRICS", "EXPENSIVE_METRICS"]
+__all__ = ["MetricTracker", "CHEAP_METRICS", "EXPENSIVE_METRICS", "PROBE_METRICS", "STEP_METRICS"]
 
 CHEAP_METRICS = ("inactive_channels", "kept_channels", "head_jaccard", "dead_gamma")
 EXPENSIVE_METRICS = ("dead_activation", "selectivity")
+PROBE_METRICS = ("selection_churn", "saliency_zero", "kept_zero", "saliency_spread",
+                 "probe_head_jaccard", "chance_head_jaccard")
+STEP_METRICS = ("loss", "k_frac")
+_ALL_METRICS = CHEAP_METRICS + EXPENSIVE_METRICS + PROBE_METRICS + STEP_METRICS
+_PROBE_BATCH = 256  # probe images per forward
 _SPARSITY_METRICS = ("dead_gamma",) + EXPENSIVE_METRICS
 COLUMNS = ["step", "epoch", "layer", "metric", "value"]
 
@@ -78,6 +107,9 @@ class MetricTracker:
             registration-order heuristic of ``bn_relu_pairs``). Pairs are found once, here.
         gamma_threshold, activation_threshold: as in ``filter_sparsity``.
         max_batches: use only the first batches of the loader.
+        probe: (N, C, H, W) images for the probe metrics, the same at every snapshot (keep
+            them fixed and un-augmented); forwarded in eval mode, 256 at a time, without
+            autograd, on the model's device.
 
     Example:
         >>> tracker = MetricTracker(model, every_n_steps=50)
@@ -101,21 +133,29 @@ class MetricTracker:
         gamma_threshold: float = 1e-3,
         activation_threshold: float = 1e-12,
         max_batches: int | None = None,
+        probe: torch.Tensor | None = None,
     ) -> None:
         valid = isinstance(every_n_steps, int) and not isinstance(every_n_steps, bool)
         if every_n_steps is not None and (not valid or every_n_steps <= 0):
             raise ValueError(f"every_n_steps must be a positive int or None, got {every_n_steps!r}")
+        if probe is not None:
+            check_type("probe", probe, torch.Tensor)
+            if probe.dim() < 2 or probe.shape[0] == 0 or not probe.is_floating_point():
+                raise ValueError(f"probe must be a non-empty float batch of images (N, C, H, W), "
+                                 f"got shape {tuple(probe.shape)} {probe.dtype}")
         if metrics is None:
-            metrics = CHEAP_METRICS + (("dead_activation",) if loader is not None else ())
+            metrics = (CHEAP_METRICS + (("dead_activation",) if loader is not None else ())
+                       + (PROBE_METRICS if probe is not None else ()))
         metrics = tuple(metrics)
-        unknown = [m for m in metrics if m not in CHEAP_METRICS + EXPENSIVE_METRICS]
+        unknown = [m for m in metrics if m not in _ALL_METRICS]
         if unknown:
-            raise ValueError(
-                f"unknown metrics {unknown}; choose from {CHEAP_METRICS + EXPENSIVE_METRICS}"
-            )
+            raise ValueError(f"unknown metrics {unknown}; choose from {_ALL_METRICS}")
         expensive = [m for m in metrics if m in EXPENSIVE_METRICS]
         if expensive and loader is None:
             raise ValueError(f"metrics {expensive} need a loader")
+        probed = [m for m in metrics if m in PROBE_METRICS]
+        if probed and probe is None:
+            raise ValueError(f"metrics {probed} need a probe batch (MetricTracker(probe=...))")
         if loader is not None:
             check_reiterable(loader, "MetricTracker reads it at every epoch's end")
         gamma_threshold = check_float("gamma_threshold", gamma_threshold, min=0)
@@ -130,6 +170,8 @@ class MetricTracker:
         self.gamma_threshold = gamma_threshold
         self.activation_threshold = activation_threshold
         self.max_batches = max_batches
+        self.probe = probe.detach() if probe is not None else None
+        self._last_probe: dict[str, torch.Tensor] = {}  # layer -> its last probe selection
         self.pairs: list[tuple[str, str]] = []
         if any(m in _SPARSITY_METRICS for m in metrics):
             if input_size is not None:
@@ -144,22 +186,38 @@ class MetricTracker:
 
     # ---- the callback protocol ------------------------------------------------------------
 
-    def on_step(self, step: int, epoch: int) -> None:
-        """After an optimizer step: snapshot the cheap metrics every ``every_n_steps`` steps."""
+    def on_step(self, step: int, epoch: int, logs: dict | None = None) -> None:
+        """After an optimizer step: snapshot the cheap metrics every ``every_n_steps`` steps,
+        and log the step's ``loss`` and ``k_frac`` from ``logs`` (the Trainer's) if tracked."""
         if self.every_n_steps is not None and step % self.every_n_steps == 0:
             self.snapshot(step, epoch)
+        if logs is not None:
+            add = self._adder(step, epoch)
+            for metric in STEP_METRICS:
+                if metric in self.metrics and metric in logs:
+                    add("", metric, logs[metric])
 
     def epoch_end(self, epoch: int, step: int) -> None:
-        """After an epoch: cheap metrics (unless already taken at this step), expensive ones."""
+        """After an epoch: cheap metrics (unless already taken at this step), expensive ones,
+        probe ones."""
         if self._last_cheap != (step, epoch):
             self.snapshot(step, epoch)
         if self.loader is not None and any(m in EXPENSIVE_METRICS for m in self.metrics):
             self._snapshot_expensive(step, epoch)
+        if self.probe is not None:
+            self.snapshot_probe(step, epoch)
 
     # ---- the dgclab.train.Trainer callback protocol (epochs there count from 1) ----------------
 
+    def on_train_begin(self, trainer) -> None:
+        """Probe the starting point: the initialisation (rows at epoch 0), or, for a resumed
+        run, the checkpoint's weights, silently, so that the next churn compares with them."""
+        if self.probe is not None:
+            epoch = trainer.epoch
+            self.snapshot_probe(epoch * trainer.steps_per_epoch, epoch, emit=epoch == 0)
+
     def on_step_end(self, trainer, step: int, epoch: int, logs: dict) -> None:
-        self.on_step(step, epoch)
+        self.on_step(step, epoch, logs)
 
     def on_epoch_end(self, trainer, epoch: int, row: dict) -> None:
         self.epoch_end(epoch, int(row["step"]))
@@ -192,6 +250,47 @@ class MetricTracker:
         self._last_cheap = (step, epoch)
         if expensive:
             self._snapshot_expensive(step, epoch)
+
+    def snapshot_probe(self, step: int, epoch: int, emit: bool = True) -> None:
+        """Forward the probe and append the probe metrics of every DGC layer (with
+        ``emit=False`` only remember its selections for the next ``selection_churn``)."""
+        if self.probe is None:
+            raise ValueError("probe metrics need a probe batch (MetricTracker(probe=...))")
+        layers = dgc_layers(self.model)
+        if not layers:
+            return
+        device = next(self.model.parameters()).device
+        sel: dict[str, list] = {name: [] for name, _ in layers}
+        sal: dict[str, list] = {name: [] for name, _ in layers}
+        with torch.no_grad(), eval_mode(self.model), paused():
+            for chunk in self.probe.split(_PROBE_BATCH):
+                self.model(chunk.to(device))
+                for name, layer in layers:
+                    sel[name].append(layer.last_selection.cpu())  # (B, heads, C_in)
+                    sal[name].append(layer.last_saliency.cpu())
+        add = self._adder(step, epoch)
+        for name, layer in layers:
+            selection, saliency = torch.cat(sel[name]), torch.cat(sal[name])  # (N, heads, C_in)
+            previous = self._last_probe.get(name)
+            self._last_probe[name] = selection
+            if not emit:
+                continue
+            if "selection_churn" in self.metrics and previous is not None:
+                add(name, "selection_churn", selection_churn(previous, selection).mean().item())
+            stats = saliency_stats(saliency, selection)
+            for metric, key in (("saliency_zero", "zero"), ("kept_zero", "kept_zero"),
+                                ("saliency_spread", "spread")):
+                if metric in self.metrics:
+                    add(name, metric, stats[key])
+            if layer.heads > 1 and {"probe_head_jaccard", "chance_head_jaccard"} & set(self.metrics):
+                a, b = torch.triu_indices(layer.heads, layer.heads, 1)
+                if "probe_head_jaccard" in self.metrics:
+                    add(name, "probe_head_jaccard", head_jaccard(selection)[:, a, b].double().mean().item())
+                if "chance_head_jaccard" in self.metrics:
+                    sizes = selection.sum(-1).numpy()  # (N, heads)
+                    chance = [_mean_chance(sizes[:, i], sizes[:, j], layer.in_channels)
+                              for i, j in zip(a.tolist(), b.tolist())]
+                    add(name, "chance_head_jaccard", float(np.mean(chance)))
 
     # ---- results ----------------------------------------------------------------------------
 

@@ -18,6 +18,19 @@ tracked), which is what the summary reads. Latency is measured on freshly built 
 same architecture with the final k (the cost of a forward does not depend on the trained
 weights, except through which channels DGC keeps, which the final k bounds).
 
+Every run also writes ``dynamics.csv`` (published with the rest): a ``MetricTracker`` frame
+with the training loss and k of every step and, before training and at every epoch's end, the
+probe metrics of its DGC layers on the first 512 test images (selection churn, saliency zeros
+and spread, head overlap against chance; ``dgclab.analysis.dynamics``). A resumed run keeps the
+rows of its finished epochs.
+
+Besides the conv kinds, ``--configs`` takes the DGC ablations of ``ABLATIONS`` (issue #21): the
+official recipe with one thing changed, labelled as such, e.g. at 8 epochs, seed 0::
+
+    python -m dgclab.bench accuracy --configs dgc,dgc-ramp-half,dgc-flat-init,dgc-no-lasso \
+        --seeds 1 --out ~/.cache/dgclab/bench-accuracy-ablations \
+        --results data/bench-accuracy-ablations
+
 Run it in the background (it takes hours on 2 cores)::
 
     nohup python -m dgclab.bench accuracy > bench-accuracy.log 2>&1 &
@@ -26,6 +39,7 @@ Run it in the background (it takes hours on 2 cores)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 from pathlib import Path
 
@@ -33,6 +47,7 @@ import pandas as pd
 import torch
 
 from .._atomic import atomic_write_bytes, atomic_write_text
+from ..analysis import PROBE_METRICS, STEP_METRICS, MetricTracker
 from ..data import dataset_info
 from ..layers import CONV_KINDS, set_progress
 from ..train import Trainer, TrainConfig
@@ -42,12 +57,24 @@ from .timing import interleaved_medians
 
 DEFAULT_CONVS = ("dense", "group", "dgc")  # the paper's comparison; any kind of CONV_KINDS runs
 
+ABLATIONS = {  # name -> (conv kind, the TrainConfig fields changed from the recipe, what it asks)
+    "dgc-ramp-half": ("dgc", {"schedule_end": 0.5}, "k final at 1/2 of training, not 3/4"),
+    "dgc-flat-init": ("dgc", {"saliency_init": 0.1},
+                      "saliency fc2 weights 10x smaller at init: every g starts near 1"),
+    "dgc-no-lasso": ("dgc", {"lasso_lambda": 0.0}, "the saliency lasso off"),
+}
+PROBE_IMAGES = 512  # the first test images, the probe set of dynamics.csv
+DYNAMICS = "dynamics.csv"
 
-def _config(conv: str, seed: int, args) -> TrainConfig:
-    return TrainConfig(model=f"resnet{args.depth}", width=args.width, conv=conv, heads=4,
-                       pruning_rate=0.75, dataset="fashion-mnist", data_root=args.data_root,
-                       epochs=args.epochs, batch_size=args.batch_size, optimizer="sgd", lr=0.1,
-                       weight_decay=1e-4, lasso_lambda=1e-5, seed=seed, device="cpu")
+
+def _config(name: str, seed: int, args) -> TrainConfig:
+    """The recipe for ``name``: a conv kind, or an ablation of ``ABLATIONS``."""
+    conv, changes, _ = ABLATIONS.get(name, (name, {}, ""))
+    config = TrainConfig(model=f"resnet{args.depth}", width=args.width, conv=conv, heads=4,
+                         pruning_rate=0.75, dataset="fashion-mnist", data_root=args.data_root,
+                         epochs=args.epochs, batch_size=args.batch_size, optimizer="sgd", lr=0.1,
+                         weight_decay=1e-4, lasso_lambda=1e-5, seed=seed, device="cpu")
+    return dataclasses.replace(config, **changes)
 
 
 def is_finished(run: Path, epochs: int) -> bool:
@@ -58,8 +85,41 @@ def is_finished(run: Path, epochs: int) -> bool:
 
 def _publish(run: Path, results: Path) -> None:
     """Copy a finished run's small files into the tracked results folder."""
-    for name in ("config.json", "metrics.csv"):
+    for name in ("config.json", "metrics.csv", DYNAMICS):
+        if name == DYNAMICS and not (run / name).is_file():
+            continue  # a run finished before runs wrote it
         atomic_write_bytes(results / run.name / name, (run / name).read_bytes())
+
+
+class _Dynamics:
+    """A ``MetricTracker`` over the run (per-step loss and k, every DGC layer's k and probe
+    metrics), written to the run folder's ``dynamics.csv`` after every epoch."""
+
+    def __init__(self, run: Path) -> None:
+        self.path = run / DYNAMICS
+        self.tracker: MetricTracker | None = None
+        self.earlier = None  # rows of the epochs finished before a resume
+
+    def on_train_begin(self, trainer) -> None:
+        test = trainer.test_set
+        probe = torch.stack([test[i][0] for i in range(min(PROBE_IMAGES, len(test)))])
+        metrics = ("inactive_channels",) + PROBE_METRICS + STEP_METRICS
+        self.tracker = MetricTracker(trainer.model, metrics=metrics, probe=probe)
+        if self.path.is_file() and trainer.epoch > 0:
+            rows = pd.read_csv(self.path, keep_default_na=False, na_values=[""])
+            self.earlier = rows[rows.epoch <= trainer.epoch]
+        self.tracker.on_train_begin(trainer)
+
+    def on_step_end(self, trainer, step, epoch, logs) -> None:
+        self.tracker.on_step_end(trainer, step, epoch, logs)
+
+    def on_epoch_end(self, trainer, epoch, row) -> None:
+        self.tracker.on_epoch_end(trainer, epoch, row)
+        frames = [f for f in (self.earlier, self.tracker.frame) if f is not None and len(f)]
+        frame = pd.concat(frames, ignore_index=True) if frames else self.tracker.frame
+        buf = io.StringIO()
+        frame.to_csv(buf, index=False, float_format="%.6g")
+        atomic_write_text(self.path, buf.getvalue())
 
 
 class _EpochLog:
@@ -78,7 +138,7 @@ def train_run(conv: str, seed: int, args) -> Path:
     """Train (or resume) the run of ``conv`` and ``seed`` and publish it, unless published.
 
     Args:
-        conv: a kind of ``CONV_KINDS``.
+        conv: a kind of ``CONV_KINDS`` or an ablation of ``ABLATIONS``.
         seed: the run's seed.
         args: the settings (``out``, ``results``, ``epochs``, ``progress`` and what
             ``_config`` reads: ``depth``, ``width``, ``data_root``, ``batch_size``), as ``main``
@@ -95,7 +155,7 @@ def train_run(conv: str, seed: int, args) -> Path:
     if not is_finished(run, args.epochs):
         print(f"{run}: training", flush=True)
         Trainer(_config(conv, seed, args), run, resume=True, progress=args.progress,
-                callbacks=[_EpochLog(run)]).fit()
+                callbacks=[_EpochLog(run), _Dynamics(run)]).fit()
     _publish(run, args.results)
     return published
 
@@ -186,6 +246,10 @@ def summarize(args) -> pd.DataFrame:
         print(f"DGC above static groups of about the same MACs: {'met' if diff > 0 else 'MISSED'} "
               f"({diff:+.2f} points; group {by.paper_macs['group'] / 1e6:.2f}M vs DGC "
               f"{by.paper_macs['dgc'] / 1e6:.2f}M MACs)")
+    for name, (_, _, what) in ABLATIONS.items():
+        if {name, "dgc"} <= set(by.index):
+            diff = 100 * (by.acc_mean[name] - by.acc_mean["dgc"])
+            print(f"ablation {name} ({what}): {diff:+.2f} points against the official DGC")
     return table
 
 
@@ -203,7 +267,8 @@ def main(argv=None) -> int:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--configs", default=",".join(DEFAULT_CONVS),
-                        help=f"comma-separated conv kinds, of {','.join(CONV_KINDS)}")
+                        help=f"comma-separated conv kinds, of {','.join(CONV_KINDS)}, or "
+                             f"ablations, of {','.join(ABLATIONS)}")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training and latency")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--summary-only", action="store_true")
@@ -211,10 +276,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.configs = [c for c in args.configs.split(",") if c]
     args.out, args.results = Path(args.out).expanduser(), Path(args.results)
-    bad = [c for c in args.configs if c not in CONV_KINDS]
+    bad = [c for c in args.configs if c not in CONV_KINDS and c not in ABLATIONS]
     if bad or args.seeds <= 0 or args.epochs <= 0:
-        parser.error(f"configs must come from {tuple(CONV_KINDS)} (got {bad}), seeds and epochs "
-                     f"positive")
+        parser.error(f"configs must come from {tuple(CONV_KINDS) + tuple(ABLATIONS)} (got "
+                     f"{bad}), seeds and epochs positive")
     torch.set_num_threads(args.threads)
     if not args.summary_only:
         train_all(args)

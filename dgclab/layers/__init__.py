@@ -27,6 +27,7 @@ from .dgc_network import (
     follow_threshold,
     mean_pruning_rate,
     saliency_loss,
+    scale_saliency_init,
     set_pruning_progress,
     set_threshold,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "regularization_loss",
     "register_conv",
     "saliency_loss",
+    "scale_saliency_init",
     "scc_banded_conv2d",
     "scc_bands",
     "scc_starts",

@@ -21,7 +21,7 @@ from .dgc import DGCConv2d
 
 __all__ = [
     "calibrate_threshold", "dgc_layers", "follow_threshold", "mean_pruning_rate",
-    "saliency_loss", "set_pruning_progress", "set_threshold",
+    "saliency_loss", "scale_saliency_init", "set_pruning_progress", "set_threshold",
 ]
 
 
@@ -71,6 +71,33 @@ def saliency_loss(model: nn.Module) -> torch.Tensor:
             f"saliency_loss needs a forward first; DGC layers without one: {missing[:5]}"
         )
     return torch.stack([layer.last_lasso for _, layer in layers]).sum()
+
+
+@torch.no_grad()
+def scale_saliency_init(model: nn.Module, scale: float) -> int:
+    """Multiply the fc2 weights of every DGC head's saliency generator by ``scale``.
+
+    An ablation of the initialisation, not part of the paper's recipe (issue #21): the official
+    code draws fc2's weights from Kaiming's normal and sets its bias to 1, so at the start
+    ``g = ReLU(fc2(h))`` is far from 1 and many saliencies are exactly 0. With ``scale = 0.1``
+    every g starts near its bias, 1: each channel kept and scaled alike, as in a plain conv.
+    Apply it to a freshly built model (``TrainConfig(saliency_init=...)`` does, in
+    ``model_of``); the bias is left alone.
+
+    Returns:
+        The number of DGC layers scaled.
+
+    Raises:
+        TypeError: ``model`` is not a module, ``scale`` not a real number.
+        ValueError: a negative, NaN or infinite ``scale``.
+    """
+    check_type("model", model, nn.Module)
+    scale = check_float("scale", scale, min=0)
+    layers = dgc_layers(model)
+    for _, layer in layers:
+        for head in layer.heads_list:
+            head.fc2.weight.mul_(scale)
+    return len(layers)
 
 
 def set_threshold(model: nn.Module, threshold: float | None) -> int:

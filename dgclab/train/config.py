@@ -39,6 +39,11 @@ class TrainConfig:
     momentum: float = 0.9  # SGD only
     weight_decay: float = 1e-4
     lasso_lambda: float = 1e-5  # weight of the DGC saliency lasso, active from step 0
+    # --- ablations of DGC's recipe (issue #21: why DGC lags early); the defaults are official
+    schedule_end: float = 0.75  # progress at which DGC's k is final (official 3/4): the trainer
+    # feeds every layer's schedule progress * 0.75 / schedule_end, warm-up and ramp shrink alike
+    saliency_init: float = 1.0  # scale of DGC's fc2 weights at init (official Kaiming: 1; 0.1
+    # starts every saliency g near its bias, 1; dgclab.layers.scale_saliency_init)
     # --- the run
     seed: int = 0  # model init, data order (seed + epoch) and augmentation
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
@@ -72,8 +77,9 @@ class TrainConfig:
         check_int("seed", self.seed, min=0, max=2**32 - 1)
         check_float("pruning_rate", self.pruning_rate, min=0, max=1, max_inclusive=False)
         check_float("lr", self.lr, min=0, min_inclusive=False)
-        for name in ("momentum", "weight_decay", "lasso_lambda"):
+        for name in ("momentum", "weight_decay", "lasso_lambda", "saliency_init"):
             check_float(name, getattr(self, name), min=0)
+        check_float("schedule_end", self.schedule_end, min=0, max=1, min_inclusive=False)
         return self
 
     def to_dict(self) -> dict:

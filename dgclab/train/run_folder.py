@@ -15,7 +15,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from ..data import dataset_info
-from ..layers import set_threshold
+from ..layers import scale_saliency_init, set_threshold
 from ..models.registry import build_model
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
@@ -108,6 +108,8 @@ def model_of(config: TrainConfig) -> nn.Module:
                         heads=config.heads, pruning_rate=config.pruning_rate)
     if config.selection == "threshold":
         set_threshold(model, 0.0)  # DGC-G; the trainer's ThresholdFollower moves it
+    if config.saliency_init != 1.0:
+        scale_saliency_init(model, config.saliency_init)  # an ablation (issue #21)
     return model
 
 

@@ -317,6 +317,12 @@ class Trainer:
             if fn is not None:
                 fn(self, *args)
 
+    def schedule_progress(self, step: int) -> float:
+        """The progress the layers' schedules see at ``step``: ``step / total_steps``, sped up by
+        ``0.75 / schedule_end`` (exactly 1 for the official 3/4) and capped at 1."""
+        speed = 0.75 / self.config.schedule_end
+        return min(1.0, step / self.total_steps * speed)
+
     def k_frac(self) -> float:
         """Mean over the layers with a k (DGC) of k / C_in (0 for a model without any)."""
         layers = [layer for _, layer in grouping_layers(self.model)
@@ -364,7 +370,7 @@ class Trainer:
                        total=self.steps_per_epoch, disable=not (self.progress and self.is_main))
         for batch, (x, y) in enumerate(batches):
             step = epoch * self.steps_per_epoch + batch
-            set_progress(self.model, step / self.total_steps)  # e.g. DGC's k schedule
+            set_progress(self.model, self.schedule_progress(step))  # e.g. DGC's k
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             logits = self.net(x)
             ce = F.cross_entropy(logits, y)

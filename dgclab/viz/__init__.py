@@ -5,9 +5,9 @@
 One concept per module: ``history`` (a run over epochs), ``cost`` (MACs), ``adaptive`` (MACs
 per image under DGC-G's threshold, the anytime curve), ``family`` (the channel-grouping family
 side by side: accuracy against cost, what each method's groups read), ``selection`` (what
-the DGC heads select), ``attribution``, ``widgets``, ``live``; ``style`` holds the palette,
-the figure helpers and the conventions every plot follows, ``inputs`` the checks of what a plot
-reads.
+the DGC heads select), ``dynamics`` (how the selections move during training),
+``attribution``, ``widgets``, ``live``; ``style`` holds the palette, the figure helpers and the
+conventions every plot follows, ``inputs`` the checks of what a plot reads.
 """
 
 from .adaptive import plot_anytime_curve, plot_cheapest_and_dearest, plot_macs_per_image
@@ -18,6 +18,7 @@ from .attribution import (
     top_channel_maps,
 )
 from .cost import plot_accuracy_vs_macs, plot_macs
+from .dynamics import plot_loss_around_k, plot_selection_dynamics
 from .family import (
     FamilyExplorer,
     connectivity_layers,
@@ -72,10 +73,12 @@ __all__ = [
     "plot_image_explanation",
     "plot_k_schedule",
     "plot_learning_curves",
+    "plot_loss_around_k",
     "plot_macs",
     "plot_macs_per_image",
     "plot_saliency_bars",
     "plot_schedule_curve",
+    "plot_selection_dynamics",
     "plot_selection_heatmap",
     "plot_training_state",
     "threshold_explorer",

@@ -25,16 +25,75 @@ def test_accuracy_summary_reads_published_runs(tmp_path, capsys):
     for conv, acc in (("dense", 0.925), ("group", 0.90), ("dgc", 0.921)):
         _fake_run(results / f"{conv}-seed0", conv, acc)
     _fake_run(results / "dgc-seed1", "dgc", 0.923)
+    _fake_run(results / "dgc-no-lasso-seed0", "dgc", 0.9)
     code = accuracy.main(["--summary-only", "--results", str(results), "--out", str(tmp_path / "o"),
-                          "--epochs", "2", "--width", "8", "--rounds", "1"])
+                          "--epochs", "2", "--width", "8", "--rounds", "1",
+                          "--configs", "dense,group,dgc,dgc-no-lasso"])
     assert code == 0
     out = capsys.readouterr().out
     assert "| dgc | 2 | 92.20 ± 0.14 |" in out
     assert "dense >= 92 %: met" in out
     assert "DGC above static groups of about the same MACs: met" in out
+    assert "ablation dgc-no-lasso (the saliency lasso off): -2.20 points" in out
     summary = pd.read_csv(results / "summary.csv")
-    assert summary.conv.tolist() == ["dense", "group", "dgc"]
+    assert summary.conv.tolist() == ["dense", "group", "dgc", "dgc-no-lasso"]
     assert (summary.ms_per_image_b1 > 0).all()
+
+
+def _args(tmp_path, epochs):
+    import argparse
+
+    return argparse.Namespace(out=tmp_path / "runs", results=tmp_path / "results", epochs=epochs,
+                              progress=False, depth=8, width=8, data_root="data", batch_size=32)
+
+
+def test_ablations_change_one_thing_of_the_recipe(tmp_path):
+    args = _args(tmp_path, 8)
+    dgc = accuracy._config("dgc", 0, args)
+    for name, (conv, changes, _) in accuracy.ABLATIONS.items():
+        config = accuracy._config(name, 0, args)
+        assert config.conv == conv == "dgc"
+        differ = {k for k, v in config.to_dict().items() if v != dgc.to_dict()[k]}
+        assert differ == set(changes)
+    assert dgc.schedule_end == 0.75 and dgc.saliency_init == 1.0 and dgc.lasso_lambda == 1e-5
+
+
+def test_command_line_rejects_an_unknown_config(capsys):
+    with pytest.raises(SystemExit):
+        accuracy.main(["--summary-only", "--configs", "dgc,dgc-bogus"])
+    assert "dgc-bogus" in capsys.readouterr().err
+
+
+def test_runs_write_and_publish_dynamics_and_resume_keeps_their_rows(tmp_path, monkeypatch):
+    from helpers import tiny
+
+    monkeypatch.setattr(accuracy, "_config",
+                        lambda name, seed, args: tiny(subset=64, batch_size=32,
+                                                      epochs=args.epochs))
+    kill = [True]
+
+    class KilledAfterEpoch1(accuracy._Dynamics):
+        def on_epoch_end(self, trainer, epoch, row):
+            super().on_epoch_end(trainer, epoch, row)
+            if kill[0]:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(accuracy, "_Dynamics", KilledAfterEpoch1)
+    with pytest.raises(KeyboardInterrupt):
+        accuracy.train_run("dgc", 0, _args(tmp_path, 2))
+    first = pd.read_csv(tmp_path / "runs" / "dgc-seed0" / accuracy.DYNAMICS)
+    assert set(first.epoch) == {0, 1}  # the initialisation and the finished epoch
+    kill[0] = False
+    published = accuracy.train_run("dgc", 0, _args(tmp_path, 2))
+    dynamics = pd.read_csv(published / accuracy.DYNAMICS)
+    assert set(dynamics.epoch) == {0, 1, 2}
+    pd.testing.assert_frame_equal(dynamics[dynamics.epoch <= 1].reset_index(drop=True), first)
+    churn = dynamics[dynamics.metric == "selection_churn"]
+    assert set(churn.epoch) == {1, 2}  # epoch 2's churn compares with the resumed weights
+    assert dynamics[dynamics.metric == "loss"].step.tolist() == [1, 2, 3, 4]
+    whole = pd.read_csv(accuracy.train_run("dgc", 0, _args(tmp_path / "whole", 2))
+                        / accuracy.DYNAMICS)
+    pd.testing.assert_frame_equal(dynamics, whole)  # as if never killed
 
 
 def test_layer_benchmark_variants_agree():

@@ -39,11 +39,41 @@ class Steps:
 @pytest.mark.parametrize("field,value", [
     ("model", "resnet9"), ("conv", "sparse"), ("dataset", "mnist"), ("optimizer", "lamb"),
     ("epochs", 0), ("batch_size", -1), ("pruning_rate", 1.0), ("lr", 0.0), ("subset", 0),
-    ("weight_decay", -1e-4),
+    ("weight_decay", -1e-4), ("schedule_end", 0.0), ("schedule_end", 1.5),
+    ("saliency_init", -0.1),
 ])
 def test_bad_config_names_the_value(field, value):
     with pytest.raises(ValueError, match=f"{field}={value!r}".replace("(", r"\(")):
         TrainConfig(**{field: value}).validate()
+
+
+def test_schedule_end_speeds_up_every_schedule_and_is_exact_when_official():
+    official, early = Trainer(tiny(), progress=False), Trainer(tiny(schedule_end=0.5),
+                                                              progress=False)
+    total = official.total_steps
+    for step in range(total + 1):  # the official progress is step / total, bit for bit
+        assert official.schedule_progress(step) == step / total
+    assert early.schedule_progress(total // 2) == pytest.approx(0.75)  # k final at 1/2
+    assert early.schedule_progress(total) == 1.0  # capped
+
+
+def test_saliency_init_scales_fc2_weights_only():
+    from dgclab.layers import dgc_layers, scale_saliency_init
+    from dgclab.train.run_folder import model_of
+
+    torch.manual_seed(0)
+    official = model_of(tiny())
+    torch.manual_seed(0)
+    flat = model_of(tiny(saliency_init=0.1))
+    (_, a), (_, b) = dgc_layers(official)[0], dgc_layers(flat)[0]
+    for ha, hb in zip(a.heads_list, b.heads_list):
+        torch.testing.assert_close(hb.fc2.weight, 0.1 * ha.fc2.weight)
+        assert torch.equal(hb.fc2.bias, ha.fc2.bias) and torch.equal(hb.fc1.weight, ha.fc1.weight)
+    with pytest.raises(ValueError, match="scale"):
+        scale_saliency_init(official, -1.0)
+    with pytest.raises(TypeError, match="model"):
+        scale_saliency_init("resnet8", 0.1)
+    assert scale_saliency_init(torch.nn.Linear(2, 2), 0.1) == 0  # no DGC layer: nothing to do
 
 
 def test_sync_bn_needs_cuda(tmp_path):

@@ -1,0 +1,159 @@
+"""How a DGC network's selections move during training: churn, saliency zeros, loss at k steps.
+
+Su et al., "Dynamic Group Convolution for Accelerating Convolutional Neural Networks", ECCV
+2020, arXiv 2007.04242. Trained briefly, DGC lags static groups from the first epoch, while k
+is still near 0 (issue #21). These are the measurements that ask why, on a fixed probe set of
+images seen by the network at every epoch's end (``MetricTracker(probe=...)`` takes them during
+training):
+
+* ``selection_churn``: the fraction of a head's (image, channel) keep/drop decisions that
+  changed between two snapshots. A static group conv has churn 0; heads still searching for
+  what to keep have high churn.
+* ``saliency_stats``: the saliency distribution. ``g = ReLU(fc2(ReLU(fc1(p))))``, so a channel
+  can be switched off by the ReLU (``g = 0``) even when k = 0 keeps it: ``zero`` counts those
+  among all (image, head, channel) saliencies, ``kept_zero`` among the kept ones (kept, but
+  multiplied by 0). ``spread`` is the coefficient of variation of g across a head's channels
+  (std / mean, mean over images and heads): 0 when every channel is scaled alike.
+* ``loss_around_k_steps``: the event-triggered average of the training loss around every step
+  at which k grew, against the loss just before it; does each k step cost the network a jump
+  in loss, and how long until it is recovered?
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..checks import check_int, check_type
+
+__all__ = ["selection_churn", "saliency_stats", "loss_around_k_steps", "LOSS_AROUND_K_COLUMNS"]
+
+LOSS_AROUND_K_COLUMNS = ["offset", "events", "delta_mean", "delta_sem"]
+
+
+def selection_churn(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """Per head, the fraction of (image, channel) decisions that differ between two selections.
+
+    Args:
+        before, after: (N, heads, C) bool, the same N images' selections at two moments (a DGC
+            layer's ``last_selection`` after a forward of the same probe batch).
+
+    Returns:
+        (heads,) float64 in [0, 1]; NaN for N = 0.
+
+    Example:
+        >>> a = torch.tensor([[[True, True, False, False]]])
+        >>> selection_churn(a, torch.tensor([[[True, False, True, False]]]))
+        tensor([0.5000], dtype=torch.float64)
+    """
+    for name, sel in (("before", before), ("after", after)):
+        check_type(name, sel, torch.Tensor)
+        if sel.dim() != 3 or sel.dtype != torch.bool:
+            raise ValueError(f"{name} must be (N, heads, C) bool, got {tuple(sel.shape)} "
+                             f"{sel.dtype}")
+    if before.shape != after.shape:
+        raise ValueError(f"before and after must be the same images' selections, got shapes "
+                         f"{tuple(before.shape)} and {tuple(after.shape)}")
+    n, heads, channels = before.shape
+    if n == 0:
+        return torch.full((heads,), float("nan"), dtype=torch.float64)
+    changed = (before != after).double()  # (N, heads, C)
+    return changed.mean(dim=(0, 2))
+
+
+def saliency_stats(saliency: torch.Tensor, selection: torch.Tensor | None = None) -> dict:
+    """Summary of a layer's saliencies g over a batch of images.
+
+    Args:
+        saliency: (N, heads, C) non-negative saliencies (``last_saliency``).
+        selection: (N, heads, C) bool, the channels kept (``last_selection``); optional.
+
+    Returns:
+        dict of floats: ``zero`` (fraction of saliencies exactly 0: channels the saliency ReLU
+        switched off), ``mean`` (mean g), ``spread`` (std / mean of g over a head's channels,
+        averaged over images and heads; a head whose saliencies are all 0 counts 0), and with
+        ``selection`` ``kept_zero`` (fraction of kept decisions with g = 0, NaN when nothing is
+        kept). NaN everywhere for N = 0.
+    """
+    check_type("saliency", saliency, torch.Tensor)
+    if saliency.dim() != 3:
+        raise ValueError(f"saliency must be (N, heads, C), got shape {tuple(saliency.shape)}")
+    if selection is not None:
+        check_type("selection", selection, torch.Tensor)
+        if selection.shape != saliency.shape or selection.dtype != torch.bool:
+            raise ValueError(f"selection must be bool of the saliency's shape "
+                             f"{tuple(saliency.shape)}, got {tuple(selection.shape)} "
+                             f"{selection.dtype}")
+    nan = float("nan")
+    if saliency.shape[0] == 0:
+        stats = {"zero": nan, "mean": nan, "spread": nan}
+        return stats | ({"kept_zero": nan} if selection is not None else {})
+    g = saliency.detach().double()
+    mean = g.mean(-1)  # (N, heads)
+    std = g.std(-1, correction=0) if g.shape[-1] > 1 else torch.zeros_like(mean)
+    spread = torch.where(mean > 0, std / mean.clamp_min(1e-300), torch.zeros_like(mean))
+    stats = {"zero": float((g == 0).double().mean()), "mean": float(g.mean()),
+             "spread": float(spread.mean())}
+    if selection is not None:
+        kept = int(selection.sum())
+        stats["kept_zero"] = float(((g == 0) & selection).sum()) / kept if kept else nan
+    return stats
+
+
+def loss_around_k_steps(frame: pd.DataFrame, window: int = 20) -> pd.DataFrame:
+    """The training loss around the steps at which k grew, relative to the loss just before.
+
+    An event is a step whose ``k_frac`` (the mean over DGC layers of k / C_in, what the Trainer
+    logs) is larger than the previous step's. For every event at step t and every offset
+    o in [-window, window], ``loss[t + o] - mean(loss[t - window : t])``; averaged over the
+    events whose whole window lies inside the logged steps. Events close together overlap
+    (during DGC's ramp k grows every few steps somewhere in the network); the ``delta_sem``
+    column (standard error over events) says how much of a jump is noise.
+
+    Args:
+        frame: per-step training logs, either wide (columns ``step``, ``loss``, ``k_frac``) or
+            a ``MetricTracker`` frame (long: ``step``, ``layer``, ``metric``, ``value``) with
+            the model-wide metrics ``loss`` and ``k_frac`` (``MetricTracker(metrics=(...,
+            "loss", "k_frac"))``).
+        window: steps on each side, >= 1.
+
+    Returns:
+        DataFrame with one row per offset: ``offset``, ``events`` (how many events were
+        averaged), ``delta_mean``, ``delta_sem`` (NaN with fewer than two events). No rows
+        when there is no event.
+    """
+    check_type("frame", frame, pd.DataFrame)
+    window = check_int("window", window, min=1)
+    steps = _step_series(frame)
+    loss, k = steps["loss"].to_numpy(float), steps["k_frac"].to_numpy(float)
+    events = np.flatnonzero(np.diff(k) > 0) + 1  # positions whose k grew from the previous
+    events = events[(events >= window) & (events + window < len(loss))]
+    if len(events) == 0:
+        return pd.DataFrame(columns=LOSS_AROUND_K_COLUMNS)
+    offsets = np.arange(-window, window + 1)
+    base = np.stack([loss[t - window:t].mean() for t in events])  # (E,)
+    deltas = loss[events[:, None] + offsets[None, :]] - base[:, None]  # (E, 2 * window + 1)
+    n = len(events)
+    sem = deltas.std(0, ddof=1) / math.sqrt(n) if n > 1 else np.full(len(offsets), np.nan)
+    return pd.DataFrame({"offset": offsets, "events": n, "delta_mean": deltas.mean(0),
+                         "delta_sem": sem})
+
+
+def _step_series(frame: pd.DataFrame) -> pd.DataFrame:
+    """Wide per-step ``loss`` and ``k_frac``, sorted by step, from either layout."""
+    if "metric" in frame.columns:
+        missing = {"step", "metric", "value"} - set(frame.columns)
+        if missing:
+            raise ValueError(f"a long frame needs columns step, metric, value; missing "
+                             f"{sorted(missing)}")
+        rows = frame[frame.metric.isin(["loss", "k_frac"])]
+        wide = rows.pivot_table(index="step", columns="metric", values="value", aggfunc="last")
+        frame = wide.reset_index()
+    missing = {"step", "loss", "k_frac"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"per-step logs need step, loss and k_frac; missing {sorted(missing)} "
+                         f"(a MetricTracker logs them with metrics including 'loss', 'k_frac')")
+    return frame.dropna(subset=["loss", "k_frac"]).sort_values("step")
