@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from dgclab.analysis import count_macs
@@ -308,6 +309,34 @@ def test_cluster_conv2d_refuses_bad_lists():
         op(x, layer.gather, layer.filters * 0, weights, None, [1, 1], [1, 1], [1, 1])
     with pytest.raises(RuntimeError, match="must list"):
         op(x, layer.gather[1:], layer.filters, weights, None, [1, 1], [1, 1], [1, 1])
+
+
+@needs_compiler
+@pytest.mark.parametrize("batch", [1, 3])  # one image: per cluster; more: planes shared
+@pytest.mark.parametrize("side,ksize,dilation", [(6, 3, 1), (9, 3, 2), (19, 3, 1), (23, 3, 2),
+                                                 (5, 1, 1)])
+def test_cluster_conv2d_equals_conv2d_for_every_filter_block(batch, side, ksize, dilation):
+    """One cluster per size 1..17: every register block of the direct kernels (8 filters, then
+    a remainder of 1..7 with its lane blocks), on maps read as one long row (side <= 16) and
+    row by row (wider, with an odd number of rows left over), and the 1x1 GEMM."""
+    assert cpu_kernel.load()
+    torch.manual_seed(0)
+    sizes = list(range(1, 18))
+    c, out_c, pad = 10, sum(sizes), ksize // 2
+    x = torch.randn(batch, c, side, side)
+    keep = [torch.randperm(c)[: 1 + f % c].sort().values for f in sizes]
+    weights = [torch.randn(f, len(k), ksize, ksize) for f, k in zip(sizes, keep)]
+    bias = torch.randn(out_c)
+    filters = torch.randperm(out_c)
+    y = torch.ops.dgclab.cluster_conv2d(x, torch.cat(keep), filters, weights, bias, [1, 1],
+                                        [pad, pad], [dilation, dilation])
+    expected = torch.empty_like(y)
+    start = 0
+    for k, w in zip(keep, weights):
+        rows = filters[start:start + len(w)]
+        expected[:, rows] = F.conv2d(x[:, k], w, bias[rows], padding=pad, dilation=dilation)
+        start += len(w)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-4)
 
 
 def test_state_dict_is_unchanged_by_the_kernel_buffers():
