@@ -13,6 +13,7 @@ BENCHMARKS = {
     "layer": "dgclab.bench.layer",
     "macs": "dgclab.bench.macs",
     "network": "dgclab.bench.network",
+    "pruning": "dgclab.bench.pruning",
     "record": "dgclab.bench.record",
     "transforms": "dgclab.bench.transforms",
 }
