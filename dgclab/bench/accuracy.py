@@ -106,7 +106,7 @@ class _Dynamics:
         metrics = ("inactive_channels",) + PROBE_METRICS + STEP_METRICS
         self.tracker = MetricTracker(trainer.model, metrics=metrics, probe=probe)
         if self.path.is_file() and trainer.epoch > 0:
-            rows = pd.read_csv(self.path, keep_default_na=False, na_values=[""])
+            rows = pd.read_csv(self.path)
             self.earlier = rows[rows.epoch <= trainer.epoch]
         self.tracker.on_train_begin(trainer)
 
