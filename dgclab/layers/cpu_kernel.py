@@ -1,4 +1,4 @@
-"""The fused CPU inference kernel of the gather execution (``csrc/dgc_cpu.cpp``).
+"""The fused CPU kernel of the gather execution (``csrc/dgc_cpu.cpp``).
 
 In CPU inference (no autograd, float32) ``DGCConv2d`` in the gather execution runs one C++ op
 instead of its PyTorch formulation:
@@ -11,7 +11,8 @@ instead of its PyTorch formulation:
   It returns the output, the saliencies and the selection, which the layer keeps as
   ``last_saliency`` and ``last_selection`` as every execution does.
 * ``torch.ops.dgclab.gather_conv2d``: the conv part alone, with the channels and gates given,
-  behind the functional ``dgc_gather_conv``.
+  behind the functional ``dgc_gather_conv``; in CPU float32 training it is the forward of
+  ``dgc_gather.KernelGatherConv``, an autograd Function whose backward is PyTorch's.
 * ``torch.ops.dgclab.cluster_conv2d``: a self-grouped conv (SG-CNN's clusters of any sizes,
   ``dgclab.analysis.SelfGroupedConv2d``), every cluster in one call, each over its own input
   channels with its own filters.
@@ -41,8 +42,8 @@ import torch
 from ..checks import check_bool
 
 __all__ = [
-    "available", "applies", "enabled", "set_enabled", "use", "load", "build_error",
-    "build_directory",
+    "available", "applies", "applies_under_autograd", "enabled", "set_enabled", "use", "load",
+    "build_error", "build_directory",
 ]
 
 SOURCE = Path(__file__).with_name("csrc") / "dgc_cpu.cpp"
@@ -182,6 +183,19 @@ def applies(x: torch.Tensor) -> bool:
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_grad_enabled()
+        and not _compiling()
+        and available()
+    )
+
+
+def applies_under_autograd(x: torch.Tensor) -> bool:
+    """Whether a training forward on ``x`` may run its gather conv by the kernel (inside an
+    autograd Function, ``dgc_gather.KernelGatherConv``): CPU, float32, autograd on, not
+    tracing."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and torch.is_grad_enabled()
         and not _compiling()
         and available()
     )

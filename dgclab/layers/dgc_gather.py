@@ -23,7 +23,9 @@ from .dgc_functional import dgc_mask_conv, interleave_heads
 __all__ = [
     "GATHER_CHUNK_BYTES",
     "GATHER_CHUNK_SAMPLES",
+    "KernelGatherConv",
     "dgc_gather_conv",
+    "gather_conv_backward",
     "gather_conv_torch",
     "gather_scratch",
     "release_scratch",
@@ -96,8 +98,9 @@ def dgc_gather_conv(
     Under autograd the whole batch is one chunk (the backward keeps every chunk's gathers).
 
     In CPU float32 inference the fused C++ kernel (``cpu_kernel.py``) does all of this per
-    image and head instead, applying ``norm`` as it copies the kept channels; on CUDA the Triton
-    kernel (``dgc_triton.py``) does, reading the kept channels in place.
+    image and head instead, applying ``norm`` as it copies the kept channels; in CPU float32
+    training it does the forward of ``KernelGatherConv``, whose backward is PyTorch's; on CUDA
+    the Triton kernel (``dgc_triton.py``) does, reading the kept channels in place.
 
     Args:
         x: (B, C, H, W) the layer's input, already normalised unless ``norm`` is given.
@@ -124,6 +127,8 @@ def dgc_gather_conv(
         )
     if norm is not None:
         x = F.relu(x * scale.view(1, c, 1, 1) + shift.view(1, c, 1, 1))
+    if b > 0 and cpu_kernel.applies_under_autograd(x) and gate_kept.dtype == weight.dtype == x.dtype:
+        return KernelGatherConv.apply(x, gate_kept, keep_idx, weight, stride, padding, dilation)
     if b == 0:  # nothing to gather: the mask formulation gives the empty output, in the graph
         return dgc_mask_conv(x, gate, weight, stride, padding, dilation, gate_on="input")
     if dgc_triton.applies(x):
@@ -216,3 +221,99 @@ def gather_conv_torch(
             result = out.new_empty(b, co_h, heads, ho, wo)
         result[s : s + n] = out.view(n, heads, co_h, ho, wo).transpose(1, 2)
     return result.view(b, co_h * heads, *result.shape[-2:])
+
+
+class KernelGatherConv(torch.autograd.Function):
+    """The gather conv under autograd on CPU float32: the C++ kernel's forward, PyTorch's
+    backward.
+
+    Autograd through ``gather_conv_torch`` runs one grouped conv with ``B * heads`` groups of
+    a few channels each, a shape oneDNN's forward handles poorly (in a training step of
+    resnet_cifar(20) it took twice the time of its own backward), and keeps the gathered inputs
+    and filter columns for the backward. Here the forward is the kernel's per image-head direct
+    convs (``torch.ops.dgclab.gather_conv2d``, the inference op), only the layer's own tensors
+    are saved, and ``gather_conv_backward`` gathers again and runs the grouped conv's backward:
+    the gradients autograd derives for ``gather_conv_torch``, from the same ops.
+
+    ``apply(x, gate_kept, keep_idx, weight, stride, padding, dilation)``: arguments as
+    ``gather_conv_torch``'s (pairs for the geometry), float32 CPU tensors, a non-empty batch.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gate_kept, keep_idx, weight, stride, padding, dilation):
+        ctx.save_for_backward(x, gate_kept, keep_idx, weight)
+        ctx.geometry = (stride, padding, dilation)
+        return torch.ops.dgclab.gather_conv2d(x, None, None, gate_kept, keep_idx, weight,
+                                              stride, padding, dilation)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, gate_kept, keep_idx, weight = ctx.saved_tensors
+        grads = gather_conv_backward(grad_out, x, gate_kept, keep_idx, weight, *ctx.geometry,
+                                     needs=ctx.needs_input_grad[:4])
+        return (*grads, None, None, None)
+
+
+def gather_conv_backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    gate_kept: torch.Tensor,
+    keep_idx: torch.Tensor,
+    weight: torch.Tensor,
+    stride=(1, 1),
+    padding=(0, 0),
+    dilation=(1, 1),
+    needs=(True, True, False, True),
+) -> tuple[torch.Tensor | None, ...]:
+    """Gradients of ``gather_conv_torch(x, gate_kept, keep_idx, weight, ...)`` for the output
+    gradient ``grad_out`` (B, heads * Co_h, H', W'), heads interleaved.
+
+    The gathered input of image-head (b, h) is ``x_raw * gate`` over its kept channels; the
+    grouped conv's backward (``aten.convolution_backward``, B * heads groups) gives the
+    gradients of the gathered input and filter columns, from which the chain rule gives
+    ``d gate = sum over pixels of (d gathered input * x_raw)``, ``d x`` = the gated gradient
+    added back at the kept channels, and ``d weight`` = the filter columns' gradients added back
+    at their channels.
+
+    Args:
+        needs: which of (x, gate_kept, keep_idx, weight) want a gradient (keep_idx never does).
+
+    Returns:
+        ``(grad_x, grad_gate_kept, None, grad_weight)``, None where not needed.
+    """
+    b, c, h, w = x.shape
+    heads, co_h, _, kh, kw = weight.shape
+    keep = keep_idx.shape[-1]
+    ho, wo = grad_out.shape[-2:]
+    need_x, need_gate, _, need_w = needs
+    rows = (keep_idx + torch.arange(b, device=x.device).view(b, 1, 1) * c).flatten()
+    x_raw = x.reshape(b * c, h * w).index_select(0, rows)  # (B*heads*keep, HW)
+    x_kept = x_raw * gate_kept.reshape(-1, 1)
+    w_offset = (torch.arange(heads, device=x.device).view(1, heads, 1, 1) * co_h * c
+                + torch.arange(co_h, device=x.device).view(1, 1, co_h, 1) * c)
+    w_idx = (keep_idx.unsqueeze(2) + w_offset).flatten()  # (B*heads*Co_h*keep,)
+    w_kept = weight.reshape(heads * co_h * c, kh * kw).index_select(0, w_idx)
+    # heads block-wise, as the grouped conv's output channels are: (1, B*heads*Co_h, H', W')
+    g = grad_out.reshape(b, co_h, heads, ho, wo).transpose(1, 2).reshape(1, -1, ho, wo)
+    grad_in, grad_w_kept, _ = torch.ops.aten.convolution_backward(
+        g, x_kept.view(1, b * heads * keep, h, w), w_kept.view(b * heads * co_h, keep, kh, kw),
+        None, list(stride), list(padding), list(dilation), False, [0, 0], b * heads,
+        [need_x or need_gate, need_w, False])
+    grad_x = grad_gate = grad_weight = None
+    if need_x or need_gate:
+        grad_in = grad_in.view(b * heads * keep, h * w)  # d(gathered, gated input)
+        if need_gate:
+            grad_gate = (grad_in * x_raw).sum(1).view_as(gate_kept)
+        if need_x:
+            grad_x = x.new_zeros(b * c, h * w).index_add_(0, rows, grad_in * gate_kept.reshape(-1, 1))
+            grad_x = grad_x.view_as(x)
+    if need_w:
+        # added back per kept channel, rows of Co_h * taps: index_add_ walks its rows one by
+        # one, and one row of taps per (filter, channel) would be Co_h times as many
+        taps = kh * kw
+        per_channel = grad_w_kept.view(b, heads, co_h, keep, taps).permute(0, 1, 3, 2, 4)
+        rows_w = (keep_idx + torch.arange(heads, device=x.device).view(1, heads, 1) * c).flatten()
+        grad_weight = weight.new_zeros(heads * c, co_h * taps).index_add_(
+            0, rows_w, per_channel.reshape(b * heads * keep, co_h * taps))
+        grad_weight = grad_weight.view(heads, c, co_h, kh, kw).transpose(1, 2).contiguous()
+    return grad_x, grad_gate, None, grad_weight

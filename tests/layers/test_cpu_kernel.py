@@ -3,6 +3,7 @@ and the mask formulation, and the conditions under which the layer takes it."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -140,6 +141,89 @@ def test_functional_gather_conv_uses_kernel(kernel):
             keep_idx.int(), weight, [1, 1], [1, 1], [1, 1],
         )
     torch.testing.assert_close(other, ref, rtol=1e-4, atol=1e-5)
+
+
+# ---- the kernel under autograd: KernelGatherConv --------------------------------------------
+
+
+def _gather_case(cin, cout, ksize, stride, padding, dilation, heads, dtype=torch.float32, seed=0):
+    """Leaves x, saliency and weight of a gather conv, its kept channels (mask and indices;
+    the gate is ``saliency * keep_mask``, as in the layer) and its geometry."""
+    torch.manual_seed(seed)
+    kh, kw = (ksize, ksize) if isinstance(ksize, int) else ksize
+    stride, padding, dilation = (torch.nn.modules.utils._pair(v) for v in (stride, padding,
+                                                                           dilation))
+    x = torch.randn(3, cin, 7, 6, dtype=dtype, requires_grad=True)
+    saliency = torch.rand(3, heads, cin, dtype=dtype, requires_grad=True)
+    keep_mask, keep_idx = select_top_channels(saliency.detach(), cin - max(1, cin // 4))
+    weight = torch.randn(heads, cout // heads, cin, kh, kw, dtype=dtype, requires_grad=True)
+    return x, saliency, keep_mask, keep_idx, weight, (stride, padding, dilation)
+
+
+@pytest.mark.parametrize("cin,cout,ksize,stride,padding,dilation,heads", LAYER_SHAPES)
+def test_kernel_under_autograd_gives_the_pytorch_gradients(kernel, cin, cout, ksize, stride,
+                                                           padding, dilation, heads):
+    from dgclab.layers.dgc_gather import KernelGatherConv, gather_conv_torch
+
+    x, saliency, keep_mask, keep_idx, weight, geometry = _gather_case(
+        cin, cout, ksize, stride, padding, dilation, heads)
+    gate = lambda: (saliency * keep_mask).gather(-1, keep_idx)  # noqa: E731 - a graph per path
+    fast = KernelGatherConv.apply(x, gate(), keep_idx, weight, *geometry)
+    plain = gather_conv_torch(x, gate(), keep_idx, weight, *geometry)
+    # the oracle: the mask execution, gating the input
+    reference = dgc_mask_conv(x, saliency * keep_mask, weight, *geometry)
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
+    grad = torch.randn_like(fast)
+    leaves = (x, saliency, weight)
+    got = torch.autograd.grad(fast, leaves, grad)
+    want = torch.autograd.grad(reference, leaves, grad)
+    via_torch = torch.autograd.grad(plain, leaves, grad)
+    for a, b, c in zip(got, want, via_torch):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [LAYER_SHAPES[1], LAYER_SHAPES[3], LAYER_SHAPES[4],
+                                   LAYER_SHAPES[6]])
+def test_gather_conv_backward_passes_float64_gradcheck(shape):
+    """The backward formulas themselves, in float64 (the kernel is float32 only): a Function
+    with the PyTorch gather as its forward and gather_conv_backward as its backward."""
+    from dgclab.layers.dgc_gather import gather_conv_backward, gather_conv_torch
+
+    class Checked(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, gate_kept, keep_idx, weight, geometry):
+            ctx.save_for_backward(x, gate_kept, keep_idx, weight)
+            ctx.geometry = geometry
+            return gather_conv_torch(x, gate_kept, keep_idx, weight, *geometry)
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            grads = gather_conv_backward(grad_out, *ctx.saved_tensors, *ctx.geometry,
+                                         needs=ctx.needs_input_grad[:4])
+            return (*grads, None)
+
+    x, saliency, _, keep_idx, weight, geometry = _gather_case(*shape, dtype=torch.float64)
+    gate_kept = saliency.gather(-1, keep_idx).detach().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, g, w: Checked.apply(a, g, keep_idx, w, geometry),
+                                    (x, gate_kept, weight))
+
+
+def test_dgc_layer_trains_through_the_kernel_as_through_pytorch(kernel):
+    layer = make_layer(32, 32, 3, padding=1, k=24)  # keeps 1/4: "auto" gathers under autograd
+    other = copy.deepcopy(layer)
+    x = torch.randn(4, 32, 9, 9)
+    with torch.autograd.profiler.profile() as prof:
+        y = layer(x)
+    assert any("gather_conv2d" in e.name for e in prof.function_events)
+    with cpu_kernel.use(False):
+        y_plain = other(x)
+    torch.testing.assert_close(y, y_plain, rtol=1e-4, atol=1e-5)
+    (y * torch.arange(y.numel()).view_as(y).sin()).sum().backward()
+    with cpu_kernel.use(False):
+        (y_plain * torch.arange(y.numel()).view_as(y).sin()).sum().backward()
+    for (name, p), q in zip(layer.named_parameters(), other.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_fused_layer_returns_the_reference_saliencies(kernel):
