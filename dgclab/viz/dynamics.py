@@ -58,7 +58,8 @@ def plot_selection_dynamics(
         TypeError: not a frame or a mapping of frames.
         ValueError: a frame without the tracker's columns, or a metric no frame has.
     """
-    runs = _runs(frames)
+    runs = _labelled(frames, "frame", "a MetricTracker frame",
+                     {"epoch", "layer", "metric", "value"})
     metrics = list(metrics)
     if not metrics:
         raise ValueError("metrics must name at least one metric")
@@ -111,16 +112,8 @@ def plot_loss_around_k(
     Returns:
         The figure.
     """
-    runs = tables if isinstance(tables, Mapping) else {"": tables}
-    if not runs:
-        raise ValueError("tables must hold at least one table")
-    for label, table in runs.items():
-        if not isinstance(table, pd.DataFrame):
-            raise TypeError(f"table {label!r} must be a DataFrame, got {type(table).__name__}")
-        missing = {"offset", "events", "delta_mean", "delta_sem"} - set(table.columns)
-        if missing:
-            raise ValueError(f"table {label!r} is not a loss_around_k_steps table; missing "
-                             f"{sorted(missing)}")
+    runs = _labelled(tables, "table", "a loss_around_k_steps table",
+                     {"offset", "events", "delta_mean", "delta_sem"})
     fig, ax = single_axes(ax, (6, 3.6))
     for i, (label, table) in enumerate(runs.items()):
         if table.empty:
@@ -142,15 +135,15 @@ def plot_loss_around_k(
     return fig
 
 
-def _runs(frames) -> dict[str, pd.DataFrame]:
-    runs = dict(frames) if isinstance(frames, Mapping) else {"": frames}
+def _labelled(data, what: str, kind: str, columns: set[str]) -> dict[str, pd.DataFrame]:
+    """``{label: frame}`` from a frame or a mapping of them, each checked to have ``columns``."""
+    runs = dict(data) if isinstance(data, Mapping) else {"": data}
     if not runs:
-        raise ValueError("frames must hold at least one MetricTracker frame")
+        raise ValueError(f"{what}s must hold at least one {kind}")
     for label, frame in runs.items():
         if not isinstance(frame, pd.DataFrame):
-            raise TypeError(f"frame {label!r} must be a DataFrame, got {type(frame).__name__}")
-        missing = {"epoch", "layer", "metric", "value"} - set(frame.columns)
+            raise TypeError(f"{what} {label!r} must be a DataFrame, got {type(frame).__name__}")
+        missing = columns - set(frame.columns)
         if missing:
-            raise ValueError(f"frame {label!r} is not a MetricTracker frame; missing columns "
-                             f"{sorted(missing)}")
+            raise ValueError(f"{what} {label!r} is not {kind}; missing columns {sorted(missing)}")
     return runs
