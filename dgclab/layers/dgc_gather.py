@@ -288,7 +288,7 @@ def gather_conv_backward(
     need_x, need_gate, _, need_w = needs
     rows = (keep_idx + torch.arange(b, device=x.device).view(b, 1, 1) * c).flatten()
     x_raw = x.reshape(b * c, h * w).index_select(0, rows)  # (B*heads*keep, HW)
-    x_kept = x_raw * gate_kept.reshape(-1, 1)
+    x_kept = (x_raw * gate_kept.reshape(-1, 1)).to(x.dtype)  # gates may be wider (autocast)
     w_offset = (torch.arange(heads, device=x.device).view(1, heads, 1, 1) * co_h * c
                 + torch.arange(co_h, device=x.device).view(1, 1, co_h, 1) * c)
     w_idx = (keep_idx.unsqueeze(2) + w_offset).flatten()  # (B*heads*Co_h*keep,)
@@ -303,10 +303,10 @@ def gather_conv_backward(
     if need_x or need_gate:
         grad_in = grad_in.view(b * heads * keep, h * w)  # d(gathered, gated input)
         if need_gate:
-            grad_gate = (grad_in * x_raw).sum(1).view_as(gate_kept)
+            grad_gate = (grad_in * x_raw).sum(1).view_as(gate_kept).to(gate_kept.dtype)
         if need_x:
-            grad_x = x.new_zeros(b * c, h * w).index_add_(0, rows, grad_in * gate_kept.reshape(-1, 1))
-            grad_x = grad_x.view_as(x)
+            gated = (grad_in * gate_kept.reshape(-1, 1)).to(x.dtype)
+            grad_x = x.new_zeros(b * c, h * w).index_add_(0, rows, gated).view_as(x)
     if need_w:
         # added back per kept channel, rows of Co_h * taps: index_add_ walks its rows one by
         # one, and one row of taps per (filter, channel) would be Co_h times as many

@@ -16,9 +16,11 @@ not the batch's largest keep (``dgc_gather_conv``'s PyTorch path pads every head
   rounding), float16 and bfloat16 (products accumulated in float32). The gate multiplies the
   input in float32 and is rounded to the input's dtype before the dot, as the mask execution's
   gated input is.
-* backward: the PyTorch gather's own backward, recomputed from the saved inputs (exact: the
-  same formulation autograd differentiates everywhere else). A Triton backward was not written:
-  whether it would be faster can only be measured on a GPU (README, "GPU").
+* backward: the PyTorch gather's gradients (``dgc_gather.gather_conv_backward``: the kept
+  channels and filter columns gathered again, then the grouped conv's backward; the formulas
+  autograd derives for the PyTorch gather, tested against it and by float64 gradcheck). A
+  Triton backward was not written: whether it would be faster can only be measured on a GPU
+  (README, "GPU").
 * Tested without a GPU: Triton's interpreter (``TRITON_INTERPRET=1``, set before Triton is
   imported) runs the kernel on CPU tensors (``tests/layers/test_dgc_triton.py`` runs it in a
   subprocess against the mask execution).
@@ -182,7 +184,8 @@ def _launch(x, gate_kept, keep_idx, counts, weight, stride, padding, dilation) -
 
 
 class _GatherConv(torch.autograd.Function):
-    """Forward: the Triton kernel. Backward: the PyTorch gather's, recomputed (exact)."""
+    """Forward: the Triton kernel. Backward: the PyTorch gather's formulas
+    (``dgc_gather.gather_conv_backward``, also the CPU kernel's backward)."""
 
     @staticmethod
     def forward(ctx, x, gate_kept, keep_idx, counts, weight, stride, padding, dilation):
@@ -192,17 +195,10 @@ class _GatherConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        from .dgc_gather import gather_conv_torch  # the PyTorch gather (imports this module)
+        from .dgc_gather import gather_conv_backward  # (dgc_gather imports this module)
 
-        x, gate_kept, keep_idx, weight = ctx.saved_tensors
-        wanted = [ctx.needs_input_grad[i] for i in (0, 1, 4)]  # x, gate_kept, weight
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(need) for t, need in
-                      zip((x, gate_kept, weight), wanted)]
-            y = gather_conv_torch(leaves[0], leaves[1], keep_idx, leaves[2], *ctx.conv)
-            needed = [t for t, need in zip(leaves, wanted) if need]
-            grads = iter(torch.autograd.grad(y, needed, grad) if needed else ())
-        gx, ggate, gw = (next(grads) if need else None for need in wanted)
+        needs = tuple(ctx.needs_input_grad[i] for i in (0, 1, 2, 4))  # x, gates, -, weight
+        gx, ggate, _, gw = gather_conv_backward(grad, *ctx.saved_tensors, *ctx.conv, needs=needs)
         return gx, ggate, None, None, gw, None, None, None
 
 
