@@ -285,7 +285,8 @@ class MetricTracker:
             if layer.heads > 1 and {"probe_head_jaccard", "chance_head_jaccard"} & set(self.metrics):
                 a, b = torch.triu_indices(layer.heads, layer.heads, 1)
                 if "probe_head_jaccard" in self.metrics:
-                    add(name, "probe_head_jaccard", head_jaccard(selection)[:, a, b].double().mean().item())
+                    pairs = head_jaccard(selection)[:, a, b]  # (N, head pairs)
+                    add(name, "probe_head_jaccard", pairs.double().mean().item())
                 if "chance_head_jaccard" in self.metrics:
                     sizes = selection.sum(-1).numpy()  # (N, heads)
                     chance = [_mean_chance(sizes[:, i], sizes[:, j], layer.in_channels)

@@ -137,6 +137,13 @@ def dgc_gather_conv(
     return gather_conv_torch(x, gate_kept, keep_idx, weight, stride, padding, dilation)
 
 
+def _filter_rows(heads: int, co_h: int, c: int, device) -> torch.Tensor:
+    """(1, heads, Co_h, 1): the first row of each (head, filter) in a k x k filter bank laid out
+    as rows (head, out, channel) -> taps; add a kept channel's index to get its row."""
+    return (torch.arange(heads, device=device).view(1, heads, 1, 1) * co_h * c
+            + torch.arange(co_h, device=device).view(1, 1, co_h, 1) * c)
+
+
 def gather_conv_torch(
     x: torch.Tensor,
     gate_kept: torch.Tensor,
@@ -163,10 +170,7 @@ def gather_conv_torch(
         # Filter bank as rows (head, out, channel) -> kh*kw taps, so that the gathered rows are
         # already the (B*heads*Co_h, keep, kh, kw) weight of a grouped conv.
         w_rows = weight.reshape(heads * co_h * c, kh * kw)
-        w_offset = (
-            torch.arange(heads, device=x.device).view(1, heads, 1, 1) * co_h * c
-            + torch.arange(co_h, device=x.device).view(1, 1, co_h, 1) * c
-        )
+        w_offset = _filter_rows(heads, co_h, c, x.device)  # (1, heads, Co_h, 1)
 
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, gate_kept, weight)):
         # Autograd keeps every chunk's gathered inputs and filter columns for the backward, so
@@ -289,9 +293,7 @@ def gather_conv_backward(
     rows = (keep_idx + torch.arange(b, device=x.device).view(b, 1, 1) * c).flatten()
     x_raw = x.reshape(b * c, h * w).index_select(0, rows)  # (B*heads*keep, HW)
     x_kept = (x_raw * gate_kept.reshape(-1, 1)).to(x.dtype)  # gates may be wider (autocast)
-    w_offset = (torch.arange(heads, device=x.device).view(1, heads, 1, 1) * co_h * c
-                + torch.arange(co_h, device=x.device).view(1, 1, co_h, 1) * c)
-    w_idx = (keep_idx.unsqueeze(2) + w_offset).flatten()  # (B*heads*Co_h*keep,)
+    w_idx = (keep_idx.unsqueeze(2) + _filter_rows(heads, co_h, c, x.device)).flatten()
     w_kept = weight.reshape(heads * co_h * c, kh * kw).index_select(0, w_idx)
     # heads block-wise, as the grouped conv's output channels are: (1, B*heads*Co_h, H', W')
     g = grad_out.reshape(b, co_h, heads, ho, wo).transpose(1, 2).reshape(1, -1, ho, wo)
