@@ -1,4 +1,4 @@
-"""Accuracy of dense vs static-group vs DGC ResNets on full Fashion-MNIST (issue #4).
+r"""Accuracy of dense vs static-group vs DGC ResNets on full Fashion-MNIST (issue #4).
 
 The same recipe for all three (SGD nesterov 0.9, lr 0.1, cosine per iteration, weight decay
 1e-4, crop + flip; DGC: heads 4, pruning rate 0.75, lasso 1e-5), ``--seeds`` seeds each. Every
