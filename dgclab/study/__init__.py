@@ -11,7 +11,7 @@ dgclab.study.self_grouping`` on the command line.
 One concept per module: ``grid`` (the arms, budgets and dead-filter rules), ``runner`` (the
 study itself: train and measure every arm), ``dgc_selection`` (do DGC heads select dead channels?),
 ``folder`` (the study folder's files, read and written), ``summary`` (per-arm summary, the
-orderings against Mehta et al., the printed report), ``plots`` (the figures), ``pilot``,
+orderings against Mehta et al., by arm and by depth; the printed report), ``plots`` (the figures), ``pilot``,
 ``self_grouping``.
 """
 
@@ -25,7 +25,7 @@ from .plots import (
     plot_gamma_distribution,
 )
 from .runner import run_sparsity_study
-from .summary import format_report, orderings, summarize
+from .summary import depth_ordering, format_report, orderings, summarize
 
 # The pilot is imported on first use (PEP 562), so that ``python -m dgclab.study.pilot`` runs the
 # module once, as __main__, rather than after a first import through this package.
@@ -44,6 +44,7 @@ __all__ = [
     "PILOT_BUDGET",
     "STUDY_DATASETS",
     "StudyResult",
+    "depth_ordering",
     "format_report",
     "load_study",
     "orderings",

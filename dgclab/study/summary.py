@@ -19,7 +19,7 @@ from .grid import GRID, Arm
 if TYPE_CHECKING:
     from .folder import StudyResult
 
-__all__ = ["summarize", "orderings", "format_report"]
+__all__ = ["summarize", "orderings", "depth_ordering", "format_report"]
 
 
 def summarize(sparsity: pd.DataFrame, grid: Sequence[Arm] = GRID) -> pd.DataFrame:
@@ -122,6 +122,44 @@ def orderings(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "comparison", "rule", "values", "verdict"])
 
 
+def depth_ordering(sparsity: pd.DataFrame) -> pd.DataFrame:
+    """Are earlier layers sparser, as Mehta et al. found? Per arm, earlier half against later half.
+
+    A network's BN-ReLU layers, in the order ``sparsity.csv`` lists them (the model's own order),
+    split into the first and the last ``n // 2`` (the middle one of an odd count goes to
+    neither); each half's dead fraction is its dead filters over its filters, summed over
+    seeds. Only arms with a dead filter by the rule get a row: without one there is nothing
+    to locate.
+
+    Args:
+        sparsity: the study's ``sparsity.csv`` table.
+
+    Returns:
+        One row per (arm, rule): ``arm``, ``model``, ``rule``, ``earlier``, ``later`` (the two
+        fractions), ``layers`` (which layers each half holds, as text), ``verdict``
+        (``"agrees"`` when earlier > later, else ``"disagrees"``).
+    """
+    columns = ["arm", "model", "rule", "earlier", "later", "layers", "verdict"]
+    rows = []
+    for arm, frame in sparsity.groupby("arm", sort=False):
+        layers = list(dict.fromkeys(frame["layer"]))
+        half = len(layers) // 2
+        if half == 0:
+            continue
+        early, late = layers[:half], layers[len(layers) - half:]
+        for rule in ("dead_gamma", "dead_activation"):
+            if frame[rule].sum() == 0:
+                continue
+            fraction = [frame.loc[frame["layer"].isin(part), rule].sum()
+                        / frame.loc[frame["layer"].isin(part), "filters"].sum()
+                        for part in (early, late)]
+            rows.append({"arm": arm, "model": frame["model"].iloc[0], "rule": rule,
+                         "earlier": fraction[0], "later": fraction[1],
+                         "layers": f"{early[0]}..{early[-1]} vs {late[0]}..{late[-1]}",
+                         "verdict": "agrees" if fraction[0] > fraction[1] else "disagrees"})
+    return pd.DataFrame(rows, columns=columns)
+
+
 def _verdict(first: float, others: list[float]) -> str:
     if first == 0 and all(v == 0 for v in others):
         return "no dead filters"
@@ -145,6 +183,14 @@ def format_report(result: StudyResult) -> str:
                      "with smaller batches. Measured:")
         for r in order.itertuples():
             lines.append(f"  {r.model}, {r.comparison}, {r.rule}: {r.verdict} ({r.values})")
+    depth = depth_ordering(result.sparsity)
+    if not depth.empty:
+        lines.append("")
+        lines.append("Mehta et al. found earlier layers sparser. Dead fraction of the first half "
+                     "of each network's BN-ReLU layers against the last half:")
+        for r in depth.itertuples():
+            lines.append(f"  {r.arm}, {r.rule}: {r.verdict} (earlier {r.earlier:.3f}; later "
+                         f"{r.later:.3f}; {r.layers})")
     if not result.pruning.empty:
         p = result.pruning.groupby("arm", sort=False)[
             ["filters_removed", "filters_before", "params_before", "params_after",

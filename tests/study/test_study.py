@@ -11,6 +11,7 @@ from dgclab.cli import main
 from dgclab.record import Recording
 from dgclab.study import (
     GRID,
+    depth_ordering,
     load_study,
     orderings,
     plot_dead_fraction,
@@ -209,3 +210,24 @@ def test_the_basicnet_arms_can_train_the_pilots_half_width_net(study, tmp_path, 
     assert main(["study", "sparsity", "--budget", "pilot", "--epochs", "3",
                  "--out", str(tmp_path / "x")]) == 2
     assert "--budget pilot sets --full, --epochs and --basicnet itself" in capsys.readouterr().err
+
+
+def test_depth_ordering_halves_and_verdicts():
+    def arm(name, dead_per_layer, rule="dead_gamma"):
+        return [dict(arm=name, model="m", layer=f"bn{i}", seed=0, filters=10,
+                     dead_gamma=dead if rule == "dead_gamma" else 0,
+                     dead_activation=dead if rule == "dead_activation" else 0)
+                for i, dead in enumerate(dead_per_layer, 1)]
+
+    # 5 layers: bn1-bn2 against bn4-bn5, the middle bn3 in neither half
+    table = depth_ordering(pd.DataFrame(arm("early", [4, 2, 9, 0, 1]) + arm("late", [0, 0, 0, 3, 5])
+                                        + arm("none", [0, 0, 0, 0, 0])
+                                        + arm("act", [0, 0, 0, 0, 2], rule="dead_activation")))
+    rows = table.set_index(["arm", "rule"])
+    assert list(rows.index) == [("early", "dead_gamma"), ("late", "dead_gamma"),
+                                ("act", "dead_activation")]  # no row without a dead filter
+    assert rows.loc[("early", "dead_gamma"), ["earlier", "later"]].tolist() == [0.3, 0.05]
+    assert rows.loc[("early", "dead_gamma"), "verdict"] == "agrees"
+    assert rows.loc[("early", "dead_gamma"), "layers"] == "bn1..bn2 vs bn4..bn5"
+    assert rows.loc[("late", "dead_gamma"), "verdict"] == "disagrees"
+    assert rows.loc[("act", "dead_activation"), "later"] == 0.1
