@@ -11,8 +11,8 @@ dgclab.study.self_grouping`` on the command line.
 One concept per module: ``grid`` (the arms, budgets and dead-filter rules), ``runner`` (the
 study itself: train and measure every arm), ``dgc_selection`` (do DGC heads select dead channels?),
 ``folder`` (the study folder's files, read and written), ``summary`` (per-arm summary, the
-orderings against Mehta et al., by arm and by depth; the printed report), ``plots`` (the figures), ``pilot``,
-``self_grouping``.
+orderings against Mehta et al., by arm and by depth; the printed report), ``plots`` (the
+figures), ``pilot``, ``self_grouping``.
 """
 
 from .dgc_selection import selection_by_status

@@ -150,9 +150,9 @@ def depth_ordering(sparsity: pd.DataFrame) -> pd.DataFrame:
         for rule in ("dead_gamma", "dead_activation"):
             if frame[rule].sum() == 0:
                 continue
-            fraction = [frame.loc[frame["layer"].isin(part), rule].sum()
-                        / frame.loc[frame["layer"].isin(part), "filters"].sum()
-                        for part in (early, late)]
+            counts = [frame.loc[frame["layer"].isin(part), [rule, "filters"]].sum()
+                      for part in (early, late)]
+            fraction = [c[rule] / c["filters"] for c in counts]
             rows.append({"arm": arm, "model": frame["model"].iloc[0], "rule": rule,
                          "earlier": fraction[0], "later": fraction[1],
                          "layers": f"{early[0]}..{early[-1]} vs {late[0]}..{late[-1]}",
