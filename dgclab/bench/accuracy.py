@@ -22,7 +22,10 @@ Every run also writes ``dynamics.csv`` (published with the rest): a ``MetricTrac
 with the training loss and k of every step and, before training and at every epoch's end, the
 probe metrics of its DGC layers on the first 512 test images (selection churn, saliency zeros
 and spread, head overlap against chance; ``dgclab.analysis.dynamics``). A resumed run keeps the
-rows of its finished epochs.
+rows of its finished epochs. The summary puts the runs' dynamics side by side
+(``dgclab.bench.dynamics``: ``dynamics_summary.csv``, ``loss_around_k.csv`` and figures in
+``--results``); ``--reference data/bench-accuracy`` adds another results folder's seed-0 runs to
+its epoch-by-epoch accuracy (the dense and static-group runs beside the ablations).
 
 Besides the conv kinds, ``--configs`` takes the DGC ablations of ``ABLATIONS`` (issue #21): the
 official recipe with one thing changed, labelled as such, e.g. at 8 epochs, seed 0::
@@ -52,6 +55,7 @@ from ..data import dataset_info
 from ..layers import CONV_KINDS, set_progress
 from ..train import Trainer, TrainConfig
 from ..train.run_folder import model_of
+from .dynamics import summarize_dynamics
 from .network import calibrate
 from .timing import interleaved_medians
 
@@ -202,6 +206,12 @@ def summarize(args) -> pd.DataFrame:
                          "train_minutes": metrics.epoch_seconds.sum() / 60})
             if conv not in models:
                 models[conv] = timing_model(_config(conv, seed, args))
+    names = [f"{conv}-seed{seed}" for conv in args.configs for seed in range(args.seeds)]
+    reference = None
+    if args.reference is not None:
+        reference = {f"{run.name} ({args.reference.name})": run
+                     for run in sorted(args.reference.glob("*-seed0"))}
+    summarize_dynamics(args.results, names, reference=reference)
     size = (1, 1, 28, 28)
     if not rows:
         print("no finished runs yet")
@@ -272,10 +282,14 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training and latency")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--summary-only", action="store_true")
+    parser.add_argument("--reference", default=None,
+                        help="another results folder whose seed-0 runs join the epoch-by-epoch "
+                             "accuracy table of dynamics_summary.csv (e.g. data/bench-accuracy)")
     parser.add_argument("--progress", action="store_true", help="tqdm bars (off: log lines)")
     args = parser.parse_args(argv)
     args.configs = [c for c in args.configs.split(",") if c]
     args.out, args.results = Path(args.out).expanduser(), Path(args.results)
+    args.reference = None if args.reference is None else Path(args.reference)
     bad = [c for c in args.configs if c not in CONV_KINDS and c not in ABLATIONS]
     if bad or args.seeds <= 0 or args.epochs <= 0:
         parser.error(f"configs must come from {tuple(CONV_KINDS) + tuple(ABLATIONS)} (got "

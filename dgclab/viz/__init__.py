@@ -27,7 +27,8 @@ from .family import (
     plot_connectivity,
     plot_family_pareto,
 )
-from .history import plot_dead_filters, plot_k_schedule, plot_learning_curves, plot_schedule_curve
+from .history import (plot_dead_filters, plot_k_schedule, plot_learning_curves,
+                      plot_schedule_curve, plot_test_accuracy)
 from .live import LiveTrainingView, RecordingSnapshots, plot_training_state
 from .selection import (
     plot_channel_usage,
@@ -80,6 +81,7 @@ __all__ = [
     "plot_schedule_curve",
     "plot_selection_dynamics",
     "plot_selection_heatmap",
+    "plot_test_accuracy",
     "plot_training_state",
     "threshold_explorer",
     "top_channel_maps",

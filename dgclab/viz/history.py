@@ -11,6 +11,8 @@ Pure functions ``plot_x(data, ..., ax=None) -> Figure`` (conventions: ``dgclab.v
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
@@ -23,6 +25,7 @@ from .style import PALETTE, PAPER, TEST, TRAIN, merged_legend, single_axes, styl
 
 __all__ = [
     "plot_learning_curves",
+    "plot_test_accuracy",
     "plot_k_schedule",
     "plot_schedule_curve",
     "plot_dead_filters",
@@ -73,6 +76,40 @@ def plot_learning_curves(history: pd.DataFrame, ax: Axes | None = None) -> Figur
     else:
         acc_ax.set_title("Learning curves (accuracy solid, loss dashed)")
         merged_legend(acc_ax, loss_ax)
+    return fig
+
+
+def plot_test_accuracy(histories: Mapping[str, pd.DataFrame], ax: Axes | None = None) -> Figure:
+    """Test accuracy over epochs of several runs, one line each (e.g. dense, static groups, DGC
+    and its ablations trained with the same recipe).
+
+    Args:
+        histories: ``{label: metrics.csv as a DataFrame}`` (columns ``epoch``, ``test_acc``).
+        ax: where to draw; default a new figure.
+
+    Returns:
+        The figure.
+
+    Raises:
+        TypeError: ``histories`` is not a mapping.
+        ValueError: no runs, or a run without ``epoch`` and ``test_acc``.
+    """
+    if not isinstance(histories, Mapping):
+        raise TypeError(f"histories must be a mapping of label -> metrics frame, got "
+                        f"{type(histories).__name__}")
+    if not histories:
+        raise ValueError("histories is empty: give at least one run")
+    fig, ax = single_axes(ax, (6, 3.8))
+    for i, (label, history) in enumerate(histories.items()):
+        h = history_frame(history, ["epoch", "test_acc"])
+        ax.plot(h["epoch"], 100 * h["test_acc"], "o-", ms=3, color=PALETTE[i % len(PALETTE)],
+                label=str(label))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("Test accuracy by epoch")
+    ax.legend(frameon=False, fontsize=7)
+    style_axes(ax)
     return fig
 
 

@@ -16,7 +16,7 @@ def history_frame(history, columns: list[str]) -> pd.DataFrame:
     """``history`` (a run's ``metrics.csv`` as a DataFrame) sorted by epoch, once it is known to
     hold ``columns`` and at least one row."""
     if not isinstance(history, pd.DataFrame):
-        raise ValueError(f"history must be a pandas DataFrame (metrics.csv), got "
+        raise TypeError(f"history must be a pandas DataFrame (metrics.csv), got "
                          f"{type(history).__name__}")
     require_columns(history, columns, "history")
     if history.empty:

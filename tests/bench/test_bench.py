@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -234,3 +235,55 @@ def test_layer_benchmark_threshold_table_runs(capsys, monkeypatch):
     assert layer.main(["--threshold", "--rounds", "1", "--threads", "1", "--batch", "4"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     assert [r[3] for r in rows] == ["1", "4"] and all(float(r[4]) == 4.0 for r in rows)
+
+
+def _fake_dynamics(folder, steps=60):
+    """A dynamics.csv of two DGC layers over two epochs: probe metrics known per layer, and a
+    loss that jumps by 1 at every step at which k grows (every 10th step)."""
+    rows = []
+    for epoch in range(3):
+        for name, value in (("a", 0.1 * epoch), ("b", 0.1 * epoch + 0.2)):
+            for metric in ("saliency_zero", "kept_zero", "saliency_spread", "probe_head_jaccard",
+                           "chance_head_jaccard") + (("selection_churn",) if epoch else ()):
+                rows.append((epoch * steps // 2, epoch, name, metric, value))
+    for step in range(1, steps + 1):
+        k = (step // 10) / 10
+        loss = 2.0 + (1.0 if step % 10 == 0 else 0.0)
+        epoch = 1 + (step - 1) // (steps // 2)
+        rows += [(step, epoch, None, "loss", loss), (step, epoch, None, "k_frac", k)]
+    pd.DataFrame(rows, columns=["step", "epoch", "layer", "metric", "value"]).to_csv(
+        folder / accuracy.DYNAMICS, index=False)
+
+
+def test_dynamics_summary_reads_published_dynamics(tmp_path, capsys):
+    from dgclab.bench import dynamics
+
+    results = tmp_path / "results"
+    _fake_run(results / "dgc-seed0", "dgc", 0.88)
+    _fake_dynamics(results / "dgc-seed0")
+    _fake_run(results / "dgc-no-lasso-seed0", "dgc", 0.9)  # no dynamics.csv: not in the table
+    _fake_run(tmp_path / "ref" / "dense-seed0", "dense", 0.92)
+    summary = dynamics.summarize_dynamics(
+        results, ["dgc-seed0", "dgc-no-lasso-seed0", "dgc-seed1"],
+        reference={"dense (ref)": tmp_path / "ref" / "dense-seed0"})
+    dgc = summary[summary.run == "dgc-seed0"].set_index("epoch")
+    assert dgc.index.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(dgc.saliency_zero, [0.1, 0.2, 0.3])  # mean of layers a and b
+    assert np.isnan(dgc.selection_churn[0]) and dgc.selection_churn[2] == pytest.approx(0.3)
+    assert np.isnan(dgc.test_acc[0]) and dgc.test_acc[2] == pytest.approx(0.88)
+    dense = summary[summary.run == "dense (ref)"]
+    assert dense.epoch.tolist() == [1, 2] and dense.saliency_zero.isna().all()
+    pd.testing.assert_frame_equal(pd.read_csv(results / dynamics.SUMMARY), summary,
+                                  check_dtype=False)
+    around = pd.read_csv(results / dynamics.LOSS_AROUND_K)
+    at = around.set_index("offset")
+    assert set(around.run) == {"dgc-seed0"}
+    assert at.delta_mean[0] == pytest.approx(1.0 - 0.1)  # the jump, over a base of two jumps in 20
+    for figure in ("dynamics.png", "loss_around_k.png", "accuracy_by_epoch.png"):
+        assert (results / figure).is_file()
+    out = capsys.readouterr().out
+    assert "| 2 | 88.00 | 92.00 |" in out and "| dgc-seed0 | 0 | init |" in out
+    assert dynamics.summarize_dynamics(results, ["dgc-no-lasso-seed0"]).empty
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        dynamics.summarize_dynamics(results, ["dgc-seed0"], reference={"x": tmp_path / "nowhere"},
+                                    plot=False)

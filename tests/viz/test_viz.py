@@ -21,6 +21,7 @@ from dgclab.viz import (  # noqa: E402
     plot_head_overlap,
     plot_k_schedule,
     plot_learning_curves,
+    plot_test_accuracy,
     plot_macs,
     plot_saliency_bars,
     plot_schedule_curve,
@@ -116,11 +117,27 @@ def test_learning_curves_one_epoch(history):
 @pytest.mark.parametrize("bad, match", [
     (lambda h: h.drop(columns="test_loss"), "test_loss"),
     (lambda h: h.iloc[:0], "no rows"),
-    (lambda h: h.to_dict("list"), "DataFrame"),
 ])
 def test_learning_curves_refuses_bad_history(history, bad, match):
     with pytest.raises(ValueError, match=match):
         plot_learning_curves(bad(history))
+    with pytest.raises(TypeError, match="DataFrame"):
+        plot_learning_curves(history.to_dict("list"))
+
+
+def test_test_accuracy_one_line_per_run(history):
+    later = history.assign(test_acc=history.test_acc + 0.1)
+    fig = plot_test_accuracy({"dense": history, "dgc": later})
+    (ax,) = fig.axes
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [25, 50, 70])
+    np.testing.assert_allclose(ax.lines[1].get_ydata(), [35, 60, 80])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["dense", "dgc"]
+    with pytest.raises(TypeError, match="mapping"):
+        plot_test_accuracy(history)
+    with pytest.raises(ValueError, match="empty"):
+        plot_test_accuracy({})
+    with pytest.raises(ValueError, match="test_acc"):
+        plot_test_accuracy({"x": history.drop(columns="test_acc")})
 
 
 def test_k_schedule(history):

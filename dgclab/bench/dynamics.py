@@ -1,0 +1,155 @@
+"""The accuracy bench's ``dynamics.csv`` files side by side: why DGC lags early (issue #21).
+
+Every run of ``python -m dgclab.bench accuracy`` publishes a ``MetricTracker`` frame of its DGC
+layers on a fixed probe set (``dgclab.bench.accuracy``). ``summarize_dynamics`` reads the
+finished runs of a results folder and writes what the README's story quotes, so that it can be
+made again from the published files alone:
+
+* ``dynamics_summary.csv``: one row per run and epoch (0: the initialisation): the test
+  accuracy and k of that epoch (``metrics.csv``) and every probe metric's mean over the run's
+  DGC layers (selection churn, saliency zeros, zeros among the kept, saliency spread, head
+  overlap and its chance level). ``--reference`` adds the test accuracy per epoch of other
+  results folders' runs (e.g. the dense and static-group runs of ``data/bench-accuracy``) as
+  rows without probe metrics.
+* ``loss_around_k.csv``: per run, ``loss_around_k_steps`` of its per-step losses (how the
+  training loss moves around the steps at which k grew).
+* ``dynamics.png``, ``loss_around_k.png`` and ``accuracy_by_epoch.png``:
+  ``plot_selection_dynamics``, ``plot_loss_around_k`` and ``plot_test_accuracy`` of the same
+  runs (the last with the reference runs).
+
+It is called by the accuracy bench's summary (``--summary-only`` redoes it); nothing here trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from .._atomic import atomic_open, atomic_write_csv
+from ..analysis import PROBE_METRICS, loss_around_k_steps
+from ..analysis.dynamics import LOSS_AROUND_K_COLUMNS
+
+__all__ = ["summarize_dynamics", "SUMMARY", "LOSS_AROUND_K"]
+
+SUMMARY = "dynamics_summary.csv"
+LOSS_AROUND_K = "loss_around_k.csv"
+WINDOW = 20  # steps on each side of a k step in loss_around_k.csv
+PLOTTED = ("selection_churn", "saliency_zero", "probe_head_jaccard")
+
+
+def _epoch_table(name: str, run: Path) -> pd.DataFrame:
+    """One row per epoch of ``run``: test accuracy, k and (where recorded) the probe metrics'
+    mean over DGC layers; the initialisation as epoch 0 where the run has a dynamics.csv."""
+    metrics = pd.read_csv(run / "metrics.csv")[["epoch", "test_acc", "k_frac"]]
+    table = metrics
+    if (run / "dynamics.csv").is_file():
+        frame = pd.read_csv(run / "dynamics.csv")
+        probe = frame[frame.metric.isin(PROBE_METRICS)]
+        means = probe.pivot_table(index="epoch", columns="metric", values="value", aggfunc="mean")
+        table = means.reset_index().merge(metrics, on="epoch", how="left")
+    table.insert(0, "run", name)
+    return table
+
+
+def _runs(results: Path, names: Sequence[str]) -> dict[str, Path]:
+    return {name: results / name for name in names
+            if (results / name / "metrics.csv").is_file()}
+
+
+def summarize_dynamics(results, names: Sequence[str], reference=None, plot: bool = True,
+                       out=None) -> pd.DataFrame:
+    """Write ``dynamics_summary.csv``, ``loss_around_k.csv`` and the two figures; print a table.
+
+    Args:
+        results: the results folder whose runs (``results / name``) have ``dynamics.csv``.
+        names: run folder names to read, in the order to show (e.g. ``dgc-seed0``); names
+            without a published ``metrics.csv`` are skipped.
+        reference: ``{label: run folder}`` of runs shown by their test accuracy only (runs of
+            another results folder, e.g. ``data/bench-accuracy/dense-seed0``), or None.
+        plot: write the figures too.
+        out: where to write (default ``results``).
+
+    Returns:
+        The per-epoch table (what ``dynamics_summary.csv`` holds); empty when no run of
+        ``names`` has a ``dynamics.csv``.
+
+    Raises:
+        FileNotFoundError: a reference run folder without ``metrics.csv``.
+    """
+    results = Path(results)
+    out = results if out is None else Path(out)
+    runs = {name: run for name, run in _runs(results, names).items()
+            if (run / "dynamics.csv").is_file()}
+    if not runs:
+        return pd.DataFrame()
+    tables = [_epoch_table(name, run) for name, run in runs.items()]
+    for label, run in (reference or {}).items():
+        run = Path(run)
+        if not (run / "metrics.csv").is_file():
+            raise FileNotFoundError(f"reference run {label!r}: no metrics.csv in {run}")
+        tables.append(_epoch_table(label, run))
+    summary = pd.concat(tables, ignore_index=True)
+    atomic_write_csv(out / SUMMARY, summary)
+
+    frames = {name: pd.read_csv(run / "dynamics.csv") for name, run in runs.items()}
+    around = {name: loss_around_k_steps(frame, window=WINDOW) for name, frame in frames.items()}
+    around_rows = [t.assign(run=name) for name, t in around.items() if len(t)]
+    if around_rows:
+        atomic_write_csv(out / LOSS_AROUND_K,
+                         pd.concat(around_rows, ignore_index=True)[["run"] + LOSS_AROUND_K_COLUMNS])
+    _print(summary, around)
+    if plot:
+        histories = {name: pd.read_csv(run / "metrics.csv") for name, run in runs.items()}
+        histories |= {label: pd.read_csv(Path(run) / "metrics.csv")
+                      for label, run in (reference or {}).items()}
+        _plot(frames, around, histories, out)
+    return summary
+
+
+def _print(summary: pd.DataFrame, around: dict[str, pd.DataFrame]) -> None:
+    acc = summary.pivot_table(index="epoch", columns="run", values="test_acc", sort=False)
+    print("\ntest accuracy (%) by epoch\n")
+    print("| epoch | " + " | ".join(acc.columns) + " |")
+    print("|---" * (len(acc.columns) + 1) + "|")
+    for epoch, row in acc.iterrows():
+        print(f"| {epoch} | " + " | ".join(f"{100 * v:.2f}" if v == v else "–" for v in row)
+              + " |")
+    probe = summary.dropna(subset=["selection_churn", "saliency_zero"], how="all")
+    if len(probe):
+        print("\nprobe metrics, mean over DGC layers (churn, zeros, overlap in %; spread: std/mean "
+              "of g)\n")
+        print("| run | epoch | k | churn | saliency zeros | zeros among kept | spread "
+              "| head overlap | chance |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in probe.itertuples():
+            k = "init" if r.epoch == 0 else f"{r.k_frac:.2f}"
+            print(f"| {r.run} | {r.epoch} | {k} | {_pct(r.selection_churn)} "
+                  f"| {_pct(r.saliency_zero)} | {_pct(r.kept_zero)} | {r.saliency_spread:.3f} "
+                  f"| {_pct(r.probe_head_jaccard)} | {_pct(r.chance_head_jaccard)} |")
+    for name, table in around.items():
+        if len(table):
+            after = table[table.offset > 0]
+            peak = after.loc[after.delta_mean.idxmax()]
+            print(f"\n{name}: {int(table.events.iloc[0])} k steps; loss after a step, mean over "
+                  f"the {WINDOW} steps after: {after.delta_mean.mean():+.4f}; largest "
+                  f"{peak.delta_mean:+.4f} ± {peak.delta_sem:.4f} at +{int(peak.offset)}")
+
+
+def _pct(value: float) -> str:
+    return "–" if value != value else f"{100 * value:.1f}"
+
+
+def _plot(frames: dict[str, pd.DataFrame], around: dict[str, pd.DataFrame],
+          histories: dict[str, pd.DataFrame], out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from ..viz import plot_loss_around_k, plot_selection_dynamics, plot_test_accuracy
+
+    for name, fig in (("dynamics.png", plot_selection_dynamics(frames, metrics=PLOTTED)),
+                      ("loss_around_k.png", plot_loss_around_k(around)),
+                      ("accuracy_by_epoch.png", plot_test_accuracy(histories))):
+        with atomic_open(out / name, "wb") as f:
+            fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
