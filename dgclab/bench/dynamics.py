@@ -6,10 +6,10 @@ finished runs of a results folder and writes what the README's story quotes, so 
 made again from the published files alone:
 
 * ``dynamics_summary.csv``: one row per run and epoch (0: the initialisation): the test
-  accuracy and k of that epoch (``metrics.csv``) and every probe metric's mean over the run's
-  DGC layers (selection churn, saliency zeros, zeros among the kept, saliency spread, head
-  overlap and its chance level). ``--reference`` adds the test accuracy per epoch of other
-  results folders' runs (e.g. the dense and static-group runs of ``data/bench-accuracy``) as
+  accuracy, training loss and k of that epoch (``metrics.csv``) and every probe metric's mean
+  over the run's DGC layers (selection churn, saliency zeros, zeros among the kept, saliency
+  spread, head overlap and its chance level). ``--reference`` adds the test accuracy and
+  training loss per epoch of other results folders' runs (e.g. the dense and static-group runs of ``data/bench-accuracy``) as
   rows without probe metrics.
 * ``loss_around_k.csv``: per run, ``loss_around_k_steps`` of its per-step losses (how the
   training loss moves around the steps at which k grew).
@@ -42,7 +42,7 @@ PLOTTED = ("selection_churn", "saliency_zero", "probe_head_jaccard")
 def _epoch_table(name: str, run: Path) -> pd.DataFrame:
     """One row per epoch of ``run``: test accuracy, k and (where recorded) the probe metrics'
     mean over DGC layers; the initialisation as epoch 0 where the run has a dynamics.csv."""
-    metrics = pd.read_csv(run / "metrics.csv")[["epoch", "test_acc", "k_frac"]]
+    metrics = pd.read_csv(run / "metrics.csv")[["epoch", "train_loss", "test_acc", "k_frac"]]
     table = metrics
     if (run / "dynamics.csv").is_file():
         frame = pd.read_csv(run / "dynamics.csv")
@@ -109,13 +109,15 @@ def summarize_dynamics(results, names: Sequence[str], reference=None, plot: bool
 
 
 def _print(summary: pd.DataFrame, around: dict[str, pd.DataFrame]) -> None:
-    acc = summary.pivot_table(index="epoch", columns="run", values="test_acc", sort=False)
-    print("\ntest accuracy (%) by epoch\n")
-    print("| epoch | " + " | ".join(acc.columns) + " |")
-    print("|---" * (len(acc.columns) + 1) + "|")
-    for epoch, row in acc.iterrows():
-        print(f"| {epoch} | " + " | ".join(f"{100 * v:.2f}" if v == v else "–" for v in row)
-              + " |")
+    for column, what, scale, digits in (("test_acc", "test accuracy (%)", 100, 2),
+                                        ("train_loss", "training loss (mean over the epoch)", 1, 3)):
+        table = summary.pivot_table(index="epoch", columns="run", values=column, sort=False)
+        print(f"\n{what} by epoch\n")
+        print("| epoch | " + " | ".join(table.columns) + " |")
+        print("|---" * (len(table.columns) + 1) + "|")
+        for epoch, row in table.iterrows():
+            print(f"| {epoch} | " + " | ".join(f"{scale * v:.{digits}f}" if v == v else "–"
+                                               for v in row) + " |")
     probe = summary.dropna(subset=["selection_churn", "saliency_zero"], how="all")
     if len(probe):
         print("\nprobe metrics, mean over DGC layers (churn, zeros, overlap in %; spread: std/mean "

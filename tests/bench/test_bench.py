@@ -283,6 +283,7 @@ def test_dynamics_summary_reads_published_dynamics(tmp_path, capsys):
         assert (results / figure).is_file()
     out = capsys.readouterr().out
     assert "| 2 | 88.00 | 92.00 |" in out and "| dgc-seed0 | 0 | init |" in out
+    assert "training loss (mean over the epoch) by epoch" in out
     assert dynamics.summarize_dynamics(results, ["dgc-no-lasso-seed0"]).empty
     with pytest.raises(FileNotFoundError, match="nowhere"):
         dynamics.summarize_dynamics(results, ["dgc-seed0"], reference={"x": tmp_path / "nowhere"},
