@@ -55,7 +55,7 @@ from ..data import dataset_info
 from ..layers import CONV_KINDS, set_progress
 from ..train import Trainer, TrainConfig
 from ..train.run_folder import model_of
-from .dynamics import summarize_dynamics
+from .dynamics import DYNAMICS, summarize_dynamics
 from .network import calibrate
 from .timing import interleaved_medians
 
@@ -68,7 +68,6 @@ ABLATIONS = {  # name -> (conv kind, the TrainConfig fields changed from the rec
     "dgc-no-lasso": ("dgc", {"lasso_lambda": 0.0}, "the saliency lasso off"),
 }
 PROBE_IMAGES = 512  # the first test images, the probe set of dynamics.csv
-DYNAMICS = "dynamics.csv"
 
 
 def _config(name: str, seed: int, args) -> TrainConfig:

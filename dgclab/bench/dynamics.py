@@ -9,8 +9,8 @@ made again from the published files alone:
   accuracy, training loss and k of that epoch (``metrics.csv``) and every probe metric's mean
   over the run's DGC layers (selection churn, saliency zeros, zeros among the kept, saliency
   spread, head overlap and its chance level). ``--reference`` adds the test accuracy and
-  training loss per epoch of other results folders' runs (e.g. the dense and static-group runs of ``data/bench-accuracy``) as
-  rows without probe metrics.
+  training loss per epoch of other results folders' runs (e.g. the dense and static-group runs
+  of ``data/bench-accuracy``) as rows without probe metrics.
 * ``loss_around_k.csv``: per run, ``loss_around_k_steps`` of its per-step losses (how the
   training loss moves around the steps at which k grew).
 * ``dynamics.png``, ``loss_around_k.png`` and ``accuracy_by_epoch.png``:
@@ -33,41 +33,37 @@ from ..analysis.dynamics import LOSS_AROUND_K_COLUMNS
 
 __all__ = ["summarize_dynamics", "SUMMARY", "LOSS_AROUND_K"]
 
+DYNAMICS = "dynamics.csv"  # a run's MetricTracker frame (dgclab.bench.accuracy writes it)
 SUMMARY = "dynamics_summary.csv"
 LOSS_AROUND_K = "loss_around_k.csv"
 WINDOW = 20  # steps on each side of a k step in loss_around_k.csv
 PLOTTED = ("selection_churn", "saliency_zero", "probe_head_jaccard")
 
 
-def _epoch_table(name: str, run: Path) -> pd.DataFrame:
-    """One row per epoch of ``run``: test accuracy, k and (where recorded) the probe metrics'
-    mean over DGC layers; the initialisation as epoch 0 where the run has a dynamics.csv."""
-    metrics = pd.read_csv(run / "metrics.csv")[["epoch", "train_loss", "test_acc", "k_frac"]]
-    table = metrics
-    if (run / "dynamics.csv").is_file():
-        frame = pd.read_csv(run / "dynamics.csv")
-        probe = frame[frame.metric.isin(PROBE_METRICS)]
+def _epoch_table(name: str, metrics: pd.DataFrame, dynamics: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per epoch of a run: test accuracy, training loss and k (its ``metrics.csv``) and,
+    where it has a ``dynamics.csv``, the probe metrics' mean over DGC layers, with the
+    initialisation as epoch 0."""
+    table = metrics[["epoch", "train_loss", "test_acc", "k_frac"]]
+    if dynamics is not None:
+        probe = dynamics[dynamics.metric.isin(PROBE_METRICS)]
         means = probe.pivot_table(index="epoch", columns="metric", values="value", aggfunc="mean")
-        table = means.reset_index().merge(metrics, on="epoch", how="left")
+        table = means.reset_index().merge(table, on="epoch", how="left")
     table.insert(0, "run", name)
     return table
 
 
-def _runs(results: Path, names: Sequence[str]) -> dict[str, Path]:
-    return {name: results / name for name in names
-            if (results / name / "metrics.csv").is_file()}
-
-
 def summarize_dynamics(results, names: Sequence[str], reference=None, plot: bool = True,
                        out=None) -> pd.DataFrame:
-    """Write ``dynamics_summary.csv``, ``loss_around_k.csv`` and the two figures; print a table.
+    """Write ``dynamics_summary.csv``, ``loss_around_k.csv`` and the three figures; print tables.
 
     Args:
         results: the results folder whose runs (``results / name``) have ``dynamics.csv``.
         names: run folder names to read, in the order to show (e.g. ``dgc-seed0``); names
-            without a published ``metrics.csv`` are skipped.
-        reference: ``{label: run folder}`` of runs shown by their test accuracy only (runs of
-            another results folder, e.g. ``data/bench-accuracy/dense-seed0``), or None.
+            without a published ``metrics.csv`` and ``dynamics.csv`` are skipped.
+        reference: ``{label: run folder}`` of runs shown by their test accuracy and training
+            loss only (runs of another results folder, e.g.
+            ``data/bench-accuracy/dense-seed0``), or None.
         plot: write the figures too.
         out: where to write (default ``results``).
 
@@ -80,20 +76,22 @@ def summarize_dynamics(results, names: Sequence[str], reference=None, plot: bool
     """
     results = Path(results)
     out = results if out is None else Path(out)
-    runs = {name: run for name, run in _runs(results, names).items()
-            if (run / "dynamics.csv").is_file()}
+    runs = {name: results / name for name in names
+            if (results / name / "metrics.csv").is_file() and (results / name / DYNAMICS).is_file()}
     if not runs:
         return pd.DataFrame()
-    tables = [_epoch_table(name, run) for name, run in runs.items()]
-    for label, run in (reference or {}).items():
-        run = Path(run)
+    reference = {label: Path(run) for label, run in (reference or {}).items()}
+    for label, run in reference.items():
         if not (run / "metrics.csv").is_file():
             raise FileNotFoundError(f"reference run {label!r}: no metrics.csv in {run}")
-        tables.append(_epoch_table(label, run))
+    frames = {name: pd.read_csv(run / DYNAMICS) for name, run in runs.items()}
+    histories = {name: pd.read_csv(run / "metrics.csv") for name, run in runs.items()}
+    references = {label: pd.read_csv(run / "metrics.csv") for label, run in reference.items()}
+    tables = [_epoch_table(name, histories[name], frames[name]) for name in runs]
+    tables += [_epoch_table(label, history, None) for label, history in references.items()]
     summary = pd.concat(tables, ignore_index=True)
     atomic_write_csv(out / SUMMARY, summary)
 
-    frames = {name: pd.read_csv(run / "dynamics.csv") for name, run in runs.items()}
     around = {name: loss_around_k_steps(frame, window=WINDOW) for name, frame in frames.items()}
     around_rows = [t.assign(run=name) for name, t in around.items() if len(t)]
     if around_rows:
@@ -101,16 +99,14 @@ def summarize_dynamics(results, names: Sequence[str], reference=None, plot: bool
                          pd.concat(around_rows, ignore_index=True)[["run"] + LOSS_AROUND_K_COLUMNS])
     _print(summary, around)
     if plot:
-        histories = {name: pd.read_csv(run / "metrics.csv") for name, run in runs.items()}
-        histories |= {label: pd.read_csv(Path(run) / "metrics.csv")
-                      for label, run in (reference or {}).items()}
-        _plot(frames, around, histories, out)
+        _plot(frames, around, histories | references, out)
     return summary
 
 
 def _print(summary: pd.DataFrame, around: dict[str, pd.DataFrame]) -> None:
-    for column, what, scale, digits in (("test_acc", "test accuracy (%)", 100, 2),
-                                        ("train_loss", "training loss (mean over the epoch)", 1, 3)):
+    tables = (("test_acc", "test accuracy (%)", 100, 2),
+              ("train_loss", "training loss (mean over the epoch)", 1, 3))
+    for column, what, scale, digits in tables:
         table = summary.pivot_table(index="epoch", columns="run", values=column, sort=False)
         print(f"\n{what} by epoch\n")
         print("| epoch | " + " | ".join(table.columns) + " |")

@@ -121,6 +121,9 @@ def test_learning_curves_one_epoch(history):
 def test_learning_curves_refuses_bad_history(history, bad, match):
     with pytest.raises(ValueError, match=match):
         plot_learning_curves(bad(history))
+
+
+def test_learning_curves_refuses_a_history_of_another_type(history):
     with pytest.raises(TypeError, match="DataFrame"):
         plot_learning_curves(history.to_dict("list"))
 
