@@ -22,10 +22,13 @@ Every run also writes ``dynamics.csv`` (published with the rest): a ``MetricTrac
 with the training loss and k of every step and, before training and at every epoch's end, the
 probe metrics of its DGC layers on the first 512 test images (selection churn, saliency zeros
 and spread, head overlap against chance; ``dgclab.analysis.dynamics``). A resumed run keeps the
-rows of its finished epochs. The summary puts the runs' dynamics side by side
-(``dgclab.bench.dynamics``: ``dynamics_summary.csv``, ``loss_around_k.csv`` and figures in
-``--results``); ``--reference data/bench-accuracy`` adds another results folder's seed-0 runs to
-its epoch-by-epoch accuracy (the dense and static-group runs beside the ablations).
+rows of its finished epochs. And ``bn_recalibration.csv``: per epoch, the test accuracy again with
+every BN's running statistics recomputed on 50 training batches (``dgclab.train.recalibrate_bn``),
+which tells stale statistics from a worse model when the eval-mode accuracy dips. The summary
+puts the runs' dynamics side by side (``dgclab.bench.dynamics``: ``dynamics_summary.csv``,
+``loss_around_k.csv`` and figures in ``--results``); ``--reference data/bench-accuracy`` adds
+another results folder's seed-0 runs to its epoch-by-epoch accuracy (the dense and static-group
+runs beside the ablations).
 
 Besides the conv kinds, ``--configs`` takes the DGC ablations of ``ABLATIONS`` (issue #21): the
 official recipe with one thing changed, labelled as such, e.g. at 8 epochs, seed 0::
@@ -48,12 +51,14 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 
 from .._atomic import atomic_write_bytes, atomic_write_text
 from ..analysis import PROBE_METRICS, STEP_METRICS, MetricTracker
 from ..data import dataset_info
 from ..layers import CONV_KINDS, set_progress
-from ..train import Trainer, TrainConfig
+from ..train import Trainer, TrainConfig, evaluate_model, recalibrate_bn
+from ..train.checkpoint import rng_state, set_rng_state
 from ..train.run_folder import model_of
 from .dynamics import DYNAMICS, summarize_dynamics
 from .network import calibrate
@@ -68,6 +73,8 @@ ABLATIONS = {  # name -> (conv kind, the TrainConfig fields changed from the rec
     "dgc-no-lasso": ("dgc", {"lasso_lambda": 0.0}, "the saliency lasso off"),
 }
 PROBE_IMAGES = 512  # the first test images, the probe set of dynamics.csv
+RECALIBRATION = "bn_recalibration.csv"  # per epoch: test accuracy with recomputed BN statistics
+RECALIBRATION_BATCHES = 50  # training batches for them (6,400 images at the recipe's 128)
 
 
 def _config(name: str, seed: int, args) -> TrainConfig:
@@ -88,8 +95,8 @@ def is_finished(run: Path, epochs: int) -> bool:
 
 def _publish(run: Path, results: Path) -> None:
     """Copy a finished run's small files into the tracked results folder."""
-    for name in ("config.json", "metrics.csv", DYNAMICS):
-        if name == DYNAMICS and not (run / name).is_file():
+    for name in ("config.json", "metrics.csv", DYNAMICS, RECALIBRATION):
+        if name in (DYNAMICS, RECALIBRATION) and not (run / name).is_file():
             continue  # a run finished before runs wrote it
         atomic_write_bytes(results / run.name / name, (run / name).read_bytes())
 
@@ -125,6 +132,44 @@ class _Dynamics:
         atomic_write_text(self.path, buf.getvalue())
 
 
+class _Recalibrated:
+    """After every epoch, the test accuracy with every BN's running statistics recomputed
+    (``recalibrate_bn`` over the first ``RECALIBRATION_BATCHES`` training batches, in order)
+    beside the run's own eval-mode accuracy, to the run folder's ``bn_recalibration.csv``: how
+    much of a dip in eval-mode accuracy is stale BN statistics, averaged over an epoch in which
+    k grew (issue #21). The model's buffers, mode and the RNG streams are restored afterwards,
+    so the run trains exactly as it would without this."""
+
+    def __init__(self, run: Path) -> None:
+        self.path = run / RECALIBRATION
+        self.rows: list[dict] = []
+
+    def on_train_begin(self, trainer) -> None:
+        if self.path.is_file() and trainer.epoch > 0:  # resumed: keep the finished epochs
+            rows = pd.read_csv(self.path)
+            self.rows = rows[rows.epoch <= trainer.epoch].to_dict("records")
+
+    def on_epoch_end(self, trainer, epoch, row) -> None:
+        model, config = trainer.model, trainer.config
+        buffers = {name: b.clone() for name, b in model.named_buffers()}
+        training, rng = model.training, rng_state()
+        try:
+            recalibrate_bn(model, DataLoader(trainer.train_set, config.batch_size),
+                           max_batches=RECALIBRATION_BATCHES)
+            test = DataLoader(trainer.test_set, config.eval_batch_size)
+            recalibrated, _ = evaluate_model(model, test, trainer.input_size, record=False)
+        finally:
+            with torch.no_grad():
+                for name, b in model.named_buffers():
+                    b.copy_(buffers[name])
+            model.train(training)
+            set_rng_state(rng)
+        self.rows.append({"epoch": epoch, "k_frac": row["k_frac"], "test_acc": row["test_acc"],
+                          "test_acc_recalibrated": recalibrated["test_acc"]})
+        atomic_write_text(self.path, pd.DataFrame(self.rows).to_csv(index=False,
+                                                                    float_format="%.6g"))
+
+
 class _EpochLog:
     """One log line per epoch (the benchmark runs under nohup, without progress bars)."""
 
@@ -158,7 +203,7 @@ def train_run(conv: str, seed: int, args) -> Path:
     if not is_finished(run, args.epochs):
         print(f"{run}: training", flush=True)
         Trainer(_config(conv, seed, args), run, resume=True, progress=args.progress,
-                callbacks=[_EpochLog(run), _Dynamics(run)]).fit()
+                callbacks=[_EpochLog(run), _Dynamics(run), _Recalibrated(run)]).fit()
     _publish(run, args.results)
     return published
 

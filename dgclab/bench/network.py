@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from ..analysis import count_macs
 from ..layers import dgc_layers, make_conv, set_progress
 from ..models import dydensenet86, dyresnet18, resnet_cifar
+from ..train import recalibrate_bn
 from .timing import interleaved_medians, synchronized
 
 __all__ = ["twin", "calibrate", "profile", "NETWORKS", "main"]
@@ -67,21 +68,9 @@ def calibrate(model: nn.Module, size: tuple[int, ...], batches: int = 4, batch: 
     (``momentum=None``), fix that as a trained net's statistics would. Returns ``model`` in
     eval mode, its BN momenta restored.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
     generator = torch.Generator().manual_seed(seed)
-    model.train()
-    try:
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None
-        with torch.no_grad():
-            for _ in range(batches):
-                model(torch.randn(batch, *size, generator=generator))
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-    return model.eval()
+    inputs = (torch.randn(batch, *size, generator=generator) for _ in range(batches))
+    return recalibrate_bn(model, inputs)
 
 
 def _resnet(width: int):

@@ -4,7 +4,7 @@ from .._atomic import atomic_write_text
 from .checkpoint import atomic_torch_save, load_checkpoint
 from .config import OPTIMIZERS, TrainConfig
 from .evaluate import Run, evaluate_run, export_model, load_model, load_run
-from .evaluation import evaluate_model, resolve_device
+from .evaluation import evaluate_model, recalibrate_bn, resolve_device
 from .trainer import METRIC_COLUMNS, Trainer, TrainingDiverged, build_optimizer, fit
 
 __all__ = [
@@ -24,5 +24,6 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "load_run",
+    "recalibrate_bn",
     "resolve_device",
 ]

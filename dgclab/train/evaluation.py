@@ -14,12 +14,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..analysis import count_macs, filter_sparsity, head_overlap, realized_macs
-from ..checks import check_bool, check_type
+from ..checks import check_bool, check_int, check_type
 from ..modes import eval_mode
 from ..layers import grouping_layers
 from ..record import Recorder
 
-__all__ = ["evaluate_model", "resolve_device"]
+__all__ = ["evaluate_model", "recalibrate_bn", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,3 +107,58 @@ def evaluate_model(
         row["head_overlap"] = float("nan")
         row["realized_macs"] = float("nan") if dynamic else row["paper_macs"]
     return row, recorder
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable, max_batches: int | None = None,
+                   device: torch.device | str | None = None) -> nn.Module:
+    """Recompute the running statistics of every BN of ``model`` from ``batches``, in place.
+
+    Each BN's running mean and variance are reset and set to the plain average over the batches
+    (``momentum=None``) of what it sees in train mode, without autograd; nothing else changes
+    (the parameters, the BN momenta, afterwards restored). A model trained while its activations
+    drift (DGC's k growing within an epoch) carries running statistics that average over the
+    drift; evaluating it again after this says how much of its eval-mode error is theirs.
+
+    Args:
+        model: any module; one without BN is returned unchanged.
+        batches: inputs ``x`` or ``(x, y, ...)`` tuples, e.g. a ``DataLoader`` over training
+            images.
+        max_batches: use at most this many batches (None: all).
+        device: where the inputs go; default the model's parameters' device.
+
+    Returns:
+        ``model``, in eval mode.
+
+    Raises:
+        TypeError: ``model`` is not a module.
+        ValueError: ``max_batches`` below 1, or no batch given while the model has BNs.
+    """
+    check_type("model", model, nn.Module)
+    if max_batches is not None:
+        max_batches = check_int("max_batches", max_batches, min=1)
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model.eval()
+    momenta = [m.momentum for m in norms]
+    seen = 0
+    model.train()
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches
+        for batch in batches:
+            if max_batches is not None and seen >= max_batches:
+                break
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            model(x.to(device))
+            seen += 1
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.eval()
+    if not seen:
+        raise ValueError("recalibrate_bn: batches held no batch, the BN statistics are reset")
+    return model

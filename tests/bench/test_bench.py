@@ -288,3 +288,27 @@ def test_dynamics_summary_reads_published_dynamics(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         dynamics.summarize_dynamics(results, ["dgc-seed0"], reference={"x": tmp_path / "nowhere"},
                                     plot=False)
+
+
+def test_bn_recalibration_rows_leave_the_training_unchanged(tmp_path, monkeypatch):
+    from helpers import tiny
+
+    monkeypatch.setattr(accuracy, "_config",
+                        lambda name, seed, args: tiny(subset=64, batch_size=32,
+                                                      epochs=args.epochs))
+    published = accuracy.train_run("dgc", 0, _args(tmp_path / "with", 2))
+    rows = pd.read_csv(published / accuracy.RECALIBRATION)
+    metrics = pd.read_csv(published / "metrics.csv")
+    assert rows.epoch.tolist() == [1, 2]
+    assert rows.test_acc.tolist() == pytest.approx(metrics.test_acc.tolist())
+    assert rows.test_acc_recalibrated.between(0, 1).all()
+
+    class Off:
+        def __init__(self, run):
+            pass
+
+    monkeypatch.setattr(accuracy, "_Recalibrated", Off)
+    without = accuracy.train_run("dgc", 0, _args(tmp_path / "without", 2))
+    assert not (without / accuracy.RECALIBRATION).exists()
+    columns = ["train_loss", "test_loss", "test_acc", "k_frac"]
+    pd.testing.assert_frame_equal(pd.read_csv(without / "metrics.csv")[columns], metrics[columns])

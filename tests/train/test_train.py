@@ -317,3 +317,38 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert metrics["epoch"].tolist() == [1]
     assert metrics["step"].iloc[0] == 2  # 256 images / (64 per process x 2 processes)
     assert done.stdout.count("test accuracy") == 1  # only rank 0 reports
+
+
+def test_recalibrate_bn_sets_the_plain_average_of_the_batches_statistics():
+    from dgclab.train import recalibrate_bn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3, momentum=0.1))
+    weights = {n: p.clone() for n, p in model.named_parameters()}
+    xs = [torch.randn(4, 2, 5, 5) * 3 + 1, torch.randn(6, 2, 5, 5)]
+    with torch.no_grad():
+        ys = [model[0](x) for x in xs]
+    out = recalibrate_bn(model, [(x, torch.zeros(len(x))) for x in xs])
+    bn = model[1]
+    assert out is model and not model.training and bn.momentum == 0.1
+    mean = torch.stack([y.mean((0, 2, 3)) for y in ys]).mean(0)
+    torch.testing.assert_close(bn.running_mean, mean)
+    var = torch.stack([y.transpose(0, 1).reshape(3, -1).var(1, unbiased=True) for y in ys]).mean(0)
+    torch.testing.assert_close(bn.running_var, var)
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
+    recalibrate_bn(model, xs, max_batches=1)  # bare inputs, the first batch only
+    torch.testing.assert_close(bn.running_mean, ys[0].mean((0, 2, 3)))
+
+
+def test_recalibrate_bn_rejects_bad_input():
+    from dgclab.train import recalibrate_bn
+
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(2))
+    with pytest.raises(TypeError, match="model"):
+        recalibrate_bn("resnet8", [])
+    with pytest.raises(ValueError, match="max_batches"):
+        recalibrate_bn(model, [torch.randn(3, 2)], max_batches=0)
+    with pytest.raises(ValueError, match="no batch"):
+        recalibrate_bn(model, [])
+    plain = torch.nn.Linear(2, 2)
+    assert recalibrate_bn(plain, []) is plain  # nothing to recalibrate
