@@ -60,7 +60,7 @@ from ..layers import CONV_KINDS, set_progress
 from ..train import Trainer, TrainConfig, evaluate_model, recalibrate_bn
 from ..train.checkpoint import rng_state, set_rng_state
 from ..train.run_folder import model_of
-from .dynamics import DYNAMICS, summarize_dynamics
+from .dynamics import DYNAMICS, RECALIBRATION, summarize_dynamics
 from .network import calibrate
 from .timing import interleaved_medians
 
@@ -73,7 +73,6 @@ ABLATIONS = {  # name -> (conv kind, the TrainConfig fields changed from the rec
     "dgc-no-lasso": ("dgc", {"lasso_lambda": 0.0}, "the saliency lasso off"),
 }
 PROBE_IMAGES = 512  # the first test images, the probe set of dynamics.csv
-RECALIBRATION = "bn_recalibration.csv"  # per epoch: test accuracy with recomputed BN statistics
 RECALIBRATION_BATCHES = 50  # training batches for them (6,400 images at the recipe's 128)
 
 

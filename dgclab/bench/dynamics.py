@@ -6,7 +6,9 @@ finished runs of a results folder and writes what the README's story quotes, so 
 made again from the published files alone:
 
 * ``dynamics_summary.csv``: one row per run and epoch (0: the initialisation): the test
-  accuracy, training loss and k of that epoch (``metrics.csv``) and every probe metric's mean
+  accuracy, training loss and k of that epoch (``metrics.csv``), the test accuracy with every
+  BN's statistics recomputed (``test_acc_recalibrated``, where the run has a
+  ``bn_recalibration.csv``) and every probe metric's mean
   over the run's DGC layers (selection churn, saliency zeros, zeros among the kept, saliency
   spread, head overlap and its chance level). ``--reference`` adds the test accuracy and
   training loss per epoch of other results folders' runs (e.g. the dense and static-group runs
@@ -34,17 +36,23 @@ from ..analysis.dynamics import LOSS_AROUND_K_COLUMNS
 __all__ = ["summarize_dynamics", "SUMMARY", "LOSS_AROUND_K"]
 
 DYNAMICS = "dynamics.csv"  # a run's MetricTracker frame (dgclab.bench.accuracy writes it)
+RECALIBRATION = "bn_recalibration.csv"  # per epoch: test accuracy, BN statistics recomputed
 SUMMARY = "dynamics_summary.csv"
 LOSS_AROUND_K = "loss_around_k.csv"
 WINDOW = 20  # steps on each side of a k step in loss_around_k.csv
 PLOTTED = ("selection_churn", "saliency_zero", "probe_head_jaccard")
 
 
-def _epoch_table(name: str, metrics: pd.DataFrame, dynamics: pd.DataFrame | None) -> pd.DataFrame:
-    """One row per epoch of a run: test accuracy, training loss and k (its ``metrics.csv``) and,
-    where it has a ``dynamics.csv``, the probe metrics' mean over DGC layers, with the
+def _epoch_table(name: str, metrics: pd.DataFrame, dynamics: pd.DataFrame | None,
+                 recalibration: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per epoch of a run: test accuracy, training loss and k (its ``metrics.csv``),
+    the test accuracy with recomputed BN statistics where it has a ``bn_recalibration.csv``
+    and, where it has a ``dynamics.csv``, the probe metrics' mean over DGC layers, with the
     initialisation as epoch 0."""
     table = metrics[["epoch", "train_loss", "test_acc", "k_frac"]]
+    if recalibration is not None:
+        table = table.merge(recalibration[["epoch", "test_acc_recalibrated"]], on="epoch",
+                            how="left")
     if dynamics is not None:
         probe = dynamics[dynamics.metric.isin(PROBE_METRICS)]
         means = probe.pivot_table(index="epoch", columns="metric", values="value", aggfunc="mean")
@@ -87,7 +95,10 @@ def summarize_dynamics(results, names: Sequence[str], reference=None, plot: bool
     frames = {name: pd.read_csv(run / DYNAMICS) for name, run in runs.items()}
     histories = {name: pd.read_csv(run / "metrics.csv") for name, run in runs.items()}
     references = {label: pd.read_csv(run / "metrics.csv") for label, run in reference.items()}
-    tables = [_epoch_table(name, histories[name], frames[name]) for name in runs]
+    recalibrations = {name: pd.read_csv(run / RECALIBRATION) for name, run in runs.items()
+                      if (run / RECALIBRATION).is_file()}
+    tables = [_epoch_table(name, histories[name], frames[name], recalibrations.get(name))
+              for name in runs]
     tables += [_epoch_table(label, history, None) for label, history in references.items()]
     summary = pd.concat(tables, ignore_index=True)
     atomic_write_csv(out / SUMMARY, summary)
@@ -105,8 +116,12 @@ def summarize_dynamics(results, names: Sequence[str], reference=None, plot: bool
 
 def _print(summary: pd.DataFrame, around: dict[str, pd.DataFrame]) -> None:
     tables = (("test_acc", "test accuracy (%)", 100, 2),
+              ("test_acc_recalibrated", "test accuracy with every BN's statistics recomputed "
+               f"({RECALIBRATION}, %)", 100, 2),
               ("train_loss", "training loss (mean over the epoch)", 1, 3))
     for column, what, scale, digits in tables:
+        if column not in summary or summary[column].isna().all():
+            continue
         table = summary.pivot_table(index="epoch", columns="run", values=column, sort=False)
         print(f"\n{what} by epoch\n")
         print("| epoch | " + " | ".join(table.columns) + " |")

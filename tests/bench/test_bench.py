@@ -302,6 +302,11 @@ def test_bn_recalibration_rows_leave_the_training_unchanged(tmp_path, monkeypatc
     assert rows.epoch.tolist() == [1, 2]
     assert rows.test_acc.tolist() == pytest.approx(metrics.test_acc.tolist())
     assert rows.test_acc_recalibrated.between(0, 1).all()
+    from dgclab.bench.dynamics import summarize_dynamics
+
+    summary = summarize_dynamics(published.parent, [published.name], plot=False)
+    trained = summary[summary.epoch > 0]
+    assert trained.test_acc_recalibrated.tolist() == rows.test_acc_recalibrated.tolist()
 
     class Off:
         def __init__(self, run):
