@@ -40,6 +40,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters are (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 @torch.no_grad()
 def evaluate_model(
     model: nn.Module,
@@ -77,7 +82,7 @@ def evaluate_model(
     check_type("model", model, nn.Module)
     record = check_bool("record", record)
     if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        device = _device_of(model)
     dynamic = any(layer.dynamic for _, layer in grouping_layers(model))
     recorder = Recorder(model) if (record and dynamic) else None
     loss_sum = correct = seen = 0.0
@@ -121,7 +126,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, max_batches: int | None 
     drift; evaluating it again after this says how much of its eval-mode error is theirs.
 
     Args:
-        model: any module; one without BN is returned unchanged.
+        model: any module; one without BN is only put in eval mode.
         batches: inputs ``x`` or ``(x, y, ...)`` tuples, e.g. a ``DataLoader`` over training
             images.
         max_batches: use at most this many batches (None: all).
@@ -138,7 +143,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, max_batches: int | None 
     if max_batches is not None:
         max_batches = check_int("max_batches", max_batches, min=1)
     if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        device = _device_of(model)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return model.eval()
