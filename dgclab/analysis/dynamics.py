@@ -17,21 +17,27 @@ training):
 * ``loss_around_k_steps``: the event-triggered average of the training loss around every step
   at which k grew, against the loss just before it; does each k step cost the network a jump
   in loss, and how long until it is recovered?
+* ``bn_drift``: how far every BN's eval-mode output is from normalised when its running
+  statistics lag behind the activations it now sees (the eval-mode dips of issue #21).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from ..checks import check_int, check_type
 
-__all__ = ["selection_churn", "saliency_stats", "loss_around_k_steps", "LOSS_AROUND_K_COLUMNS"]
+__all__ = ["selection_churn", "saliency_stats", "loss_around_k_steps", "bn_drift",
+           "LOSS_AROUND_K_COLUMNS", "BN_DRIFT_COLUMNS"]
 
 LOSS_AROUND_K_COLUMNS = ["offset", "events", "delta_mean", "delta_sem"]
+BN_DRIFT_COLUMNS = ["layer", "channels", "drift", "drift_max", "mean_part", "std_part"]
 
 
 def selection_churn(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
@@ -140,6 +146,73 @@ def loss_around_k_steps(frame: pd.DataFrame, window: int = 20) -> pd.DataFrame:
     sem = deltas.std(0, ddof=1) / math.sqrt(n) if n > 1 else np.full(len(offsets), np.nan)
     return pd.DataFrame({"offset": offsets, "events": n, "delta_mean": deltas.mean(0),
                          "delta_sem": sem})
+
+
+def bn_drift(model: nn.Module, stale: Mapping[str, torch.Tensor]) -> pd.DataFrame:
+    """Per BN layer, how far its output is from normalised when it uses stale running statistics.
+
+    ``model``'s BNs hold the statistics of what each layer now sees (mean mu, variance var per
+    channel, e.g. just recomputed by ``dgclab.train.recalibrate_bn``); ``stale`` holds the
+    running statistics the same BNs had before (mu', var'). In eval mode a BN computes
+    (x - mu') / sqrt(var' + eps), so for inputs of mean mu and variance var its output has mean
+    ``m = (mu - mu') / sqrt(var' + eps)`` and standard deviation ``s = sqrt(var / (var' + eps))``,
+    where the right statistics give mean 0 and ``s0 = sqrt(var / (var + eps))``. A channel's
+    drift is the 2-Wasserstein distance between the two Gaussians with those moments,
+    ``sqrt(m**2 + (s - s0)**2)``, in units of the normalised output (before the affine gamma
+    and beta): 0 when the statistics are right, 1 when the output is off by one standard
+    deviation. ``mean_part`` and ``std_part`` say which moment it comes from.
+
+    Args:
+        model: the network, its BNs holding the current statistics.
+        stale: ``{name: tensor}`` with every tracking BN's ``<name>.running_mean`` and
+            ``<name>.running_var`` as they were (e.g. ``{k: v.clone() for k, v in
+            model.state_dict().items()}`` taken before recomputing).
+
+    Returns:
+        DataFrame, one row per BN with running statistics, in ``named_modules`` order:
+        ``layer``, ``channels``, ``drift`` (mean over channels), ``drift_max``, ``mean_part``
+        (mean of ``|m|``), ``std_part`` (mean of ``|s - s0|``). No rows for a model without
+        such BNs.
+
+    Raises:
+        TypeError: ``model`` is not a module or ``stale`` not a mapping.
+        ValueError: ``stale`` lacks a BN's statistics or holds them in another shape.
+
+    Example:
+        >>> bn = nn.BatchNorm1d(2).eval()
+        >>> stale = {k: v.clone() for k, v in bn.state_dict().items()}
+        >>> _ = bn.running_mean.fill_(1.0)  # the inputs' mean moved by one unit
+        >>> bn_drift(bn, stale).drift.round(3).tolist()
+        [1.0]
+    """
+    check_type("model", model, nn.Module)
+    check_type("stale", stale, Mapping)
+    rows = []
+    for name, bn in model.named_modules():
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_mean is None:
+            continue
+        prefix = f"{name}." if name else ""
+        old = []
+        for stat, now in (("running_mean", bn.running_mean), ("running_var", bn.running_var)):
+            key = prefix + stat
+            if key not in stale:
+                raise ValueError(f"stale has no {key!r}: it must hold every BN's running "
+                                 f"statistics (a state_dict of the same model)")
+            if not isinstance(stale[key], torch.Tensor) or stale[key].shape != now.shape:
+                got = tuple(stale[key].shape) if isinstance(stale[key], torch.Tensor) else stale[key]
+                raise ValueError(f"stale[{key!r}] must be a tensor of shape {tuple(now.shape)}, "
+                                 f"got {got}")
+            old.append(stale[key].detach().double().cpu())
+        mean, var = bn.running_mean.detach().double().cpu(), bn.running_var.detach().double().cpu()
+        stale_mean, stale_var = old
+        m = (mean - stale_mean) / (stale_var + bn.eps).sqrt()  # (C,) output mean, stale stats
+        s = (var / (stale_var + bn.eps)).sqrt()  # (C,) output std, stale stats
+        s0 = (var / (var + bn.eps)).sqrt()  # (C,) output std, right stats
+        drift = (m ** 2 + (s - s0) ** 2).sqrt()
+        rows.append({"layer": name, "channels": len(mean), "drift": float(drift.mean()),
+                     "drift_max": float(drift.max()), "mean_part": float(m.abs().mean()),
+                     "std_part": float((s - s0).abs().mean())})
+    return pd.DataFrame(rows, columns=BN_DRIFT_COLUMNS)
 
 
 def _step_series(frame: pd.DataFrame) -> pd.DataFrame:

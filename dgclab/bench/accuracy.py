@@ -24,7 +24,9 @@ probe metrics of its DGC layers on the first 512 test images (selection churn, s
 and spread, head overlap against chance; ``dgclab.analysis.dynamics``). A resumed run keeps the
 rows of its finished epochs. And ``bn_recalibration.csv``: per epoch, the test accuracy again with
 every BN's running statistics recomputed on 50 training batches (``dgclab.train.recalibrate_bn``),
-which tells stale statistics from a worse model when the eval-mode accuracy dips. The summary
+which tells stale statistics from a worse model when the eval-mode accuracy dips, with their
+mean drift and the share of DGC decisions recomputing changes; ``bn_drift.csv`` has both per
+layer (``dgclab.analysis.bn_drift``, ``selection_churn``). The summary
 puts the runs' dynamics side by side (``dgclab.bench.dynamics``: ``dynamics_summary.csv``,
 ``loss_around_k.csv`` and figures in ``--results``); ``--reference data/bench-accuracy`` adds
 another results folder's seed-0 runs to its epoch-by-epoch accuracy (the dense and static-group
@@ -54,13 +56,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from .._atomic import atomic_write_bytes, atomic_write_text
-from ..analysis import PROBE_METRICS, STEP_METRICS, MetricTracker
+from ..analysis import PROBE_METRICS, STEP_METRICS, MetricTracker, bn_drift, selection_churn
 from ..data import dataset_info
-from ..layers import CONV_KINDS, set_progress
+from ..layers import CONV_KINDS, dgc_layers, set_progress
+from ..modes import eval_mode
+from ..record import paused
 from ..train import Trainer, TrainConfig, evaluate_model, recalibrate_bn
 from ..train.checkpoint import rng_state, set_rng_state
 from ..train.run_folder import model_of
-from .dynamics import DYNAMICS, RECALIBRATION, summarize_dynamics
+from .dynamics import BN_DRIFT, DYNAMICS, RECALIBRATION, summarize_dynamics
 from .network import calibrate
 from .timing import interleaved_medians
 
@@ -94,8 +98,8 @@ def is_finished(run: Path, epochs: int) -> bool:
 
 def _publish(run: Path, results: Path) -> None:
     """Copy a finished run's small files into the tracked results folder."""
-    for name in ("config.json", "metrics.csv", DYNAMICS, RECALIBRATION):
-        if name in (DYNAMICS, RECALIBRATION) and not (run / name).is_file():
+    for name in ("config.json", "metrics.csv", DYNAMICS, RECALIBRATION, BN_DRIFT):
+        if name in (DYNAMICS, RECALIBRATION, BN_DRIFT) and not (run / name).is_file():
             continue  # a run finished before runs wrote it
         atomic_write_bytes(results / run.name / name, (run / name).read_bytes())
 
@@ -110,8 +114,7 @@ class _Dynamics:
         self.earlier = None  # rows of the epochs finished before a resume
 
     def on_train_begin(self, trainer) -> None:
-        test = trainer.test_set
-        probe = torch.stack([test[i][0] for i in range(min(PROBE_IMAGES, len(test)))])
+        probe = _probe(trainer.test_set)
         metrics = ("inactive_channels",) + PROBE_METRICS + STEP_METRICS
         self.tracker = MetricTracker(trainer.model, metrics=metrics, probe=probe)
         if self.path.is_file() and trainer.epoch > 0:
@@ -136,25 +139,39 @@ class _Recalibrated:
     (``recalibrate_bn`` over the first ``RECALIBRATION_BATCHES`` training batches, in order)
     beside the run's own eval-mode accuracy, to the run folder's ``bn_recalibration.csv``: how
     much of a dip in eval-mode accuracy is stale BN statistics, averaged over an epoch in which
-    k grew (issue #21). The model's buffers, mode and the RNG streams are restored afterwards,
-    so the run trains exactly as it would without this."""
+    k grew (issue #21). Beside it, why: ``bn_drift.csv`` has per BN how far its eval-mode output
+    was from normalised (``analysis.bn_drift`` of the recomputed against the running
+    statistics) and per DGC layer the fraction of the probe images' (head, channel) decisions
+    that recomputing changed (``selection_changed``, ``analysis.selection_churn``); the
+    recalibration file carries their means over layers. The model's buffers, mode and the RNG
+    streams are restored afterwards, so the run trains exactly as it would without this."""
 
     def __init__(self, run: Path) -> None:
-        self.path = run / RECALIBRATION
+        self.path, self.drift_path = run / RECALIBRATION, run / BN_DRIFT
         self.rows: list[dict] = []
+        self.drift: list[pd.DataFrame] = []
+        self.probe: torch.Tensor | None = None
 
     def on_train_begin(self, trainer) -> None:
-        if self.path.is_file() and trainer.epoch > 0:  # resumed: keep the finished epochs
-            rows = pd.read_csv(self.path)
-            self.rows = rows[rows.epoch <= trainer.epoch].to_dict("records")
+        self.probe = _probe(trainer.test_set)
+        if trainer.epoch > 0:  # resumed: keep the finished epochs
+            if self.path.is_file():
+                rows = pd.read_csv(self.path)
+                self.rows = rows[rows.epoch <= trainer.epoch].to_dict("records")
+            if self.drift_path.is_file():
+                rows = pd.read_csv(self.drift_path)
+                self.drift = [rows[rows.epoch <= trainer.epoch]]
 
     def on_epoch_end(self, trainer, epoch, row) -> None:
         model, config = trainer.model, trainer.config
         buffers = {name: b.clone() for name, b in model.named_buffers()}
         training, rng = model.training, rng_state()
         try:
+            before = _probe_selections(model, self.probe)
             recalibrate_bn(model, DataLoader(trainer.train_set, config.batch_size),
                            max_batches=RECALIBRATION_BATCHES)
+            drift = bn_drift(model, buffers)
+            after = _probe_selections(model, self.probe)
             test = DataLoader(trainer.test_set, config.eval_batch_size)
             recalibrated, _ = evaluate_model(model, test, trainer.input_size, record=False)
         finally:
@@ -163,10 +180,40 @@ class _Recalibrated:
                     b.copy_(buffers[name])
             model.train(training)
             set_rng_state(rng)
+        changed = pd.DataFrame([{"layer": name, "metric": "selection_changed",
+                                 "value": selection_churn(before[name], after[name]).mean().item()}
+                                for name in before], columns=["layer", "metric", "value"])
+        long = drift.drop(columns="channels").melt(id_vars="layer", var_name="metric")
+        frames = [long, changed] if len(changed) else [long]
+        self.drift.append(pd.concat(frames, ignore_index=True).assign(epoch=epoch)[
+            ["epoch", "layer", "metric", "value"]])
         self.rows.append({"epoch": epoch, "k_frac": row["k_frac"], "test_acc": row["test_acc"],
-                          "test_acc_recalibrated": recalibrated["test_acc"]})
+                          "test_acc_recalibrated": recalibrated["test_acc"],
+                          "bn_drift": drift.drift.mean() if len(drift) else float("nan"),
+                          "selection_changed": changed.value.mean() if len(changed)
+                          else float("nan")})
         atomic_write_text(self.path, pd.DataFrame(self.rows).to_csv(index=False,
                                                                     float_format="%.6g"))
+        atomic_write_text(self.drift_path, pd.concat(self.drift, ignore_index=True).to_csv(
+            index=False, float_format="%.6g"))
+
+
+def _probe(test_set) -> torch.Tensor:
+    """The probe images: the first ``PROBE_IMAGES`` of the test set, (N, C, H, W)."""
+    return torch.stack([test_set[i][0] for i in range(min(PROBE_IMAGES, len(test_set)))])
+
+
+def _probe_selections(model: torch.nn.Module, probe: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every DGC layer's (N, heads, C_in) selection of the probe images, in eval mode."""
+    layers = dgc_layers(model)
+    device = next(model.parameters()).device
+    chosen: dict[str, list] = {name: [] for name, _ in layers}
+    with torch.no_grad(), eval_mode(model), paused():
+        for chunk in probe.split(256):
+            model(chunk.to(device))
+            for name, layer in layers:
+                chosen[name].append(layer.last_selection.cpu())
+    return {name: torch.cat(sel) for name, sel in chosen.items()}
 
 
 class _EpochLog:

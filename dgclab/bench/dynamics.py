@@ -8,7 +8,8 @@ made again from the published files alone:
 * ``dynamics_summary.csv``: one row per run and epoch (0: the initialisation): the test
   accuracy, training loss and k of that epoch (``metrics.csv``), the test accuracy with every
   BN's statistics recomputed (``test_acc_recalibrated``, where the run has a
-  ``bn_recalibration.csv``) and every probe metric's mean
+  ``bn_recalibration.csv``; newer runs add ``bn_drift`` and ``selection_changed``, the stale
+  statistics' mean drift and the DGC decisions they change) and every probe metric's mean
   over the run's DGC layers (selection churn, saliency zeros, zeros among the kept, saliency
   spread, head overlap and its chance level). ``--reference`` adds the test accuracy and
   training loss per epoch of other results folders' runs (e.g. the dense and static-group runs
@@ -37,6 +38,8 @@ __all__ = ["summarize_dynamics", "SUMMARY", "LOSS_AROUND_K"]
 
 DYNAMICS = "dynamics.csv"  # a run's MetricTracker frame (dgclab.bench.accuracy writes it)
 RECALIBRATION = "bn_recalibration.csv"  # per epoch: test accuracy, BN statistics recomputed
+BN_DRIFT = "bn_drift.csv"  # per epoch and layer: bn_drift's columns, DGC selections changed
+RECALIBRATION_COLUMNS = ("test_acc_recalibrated", "bn_drift", "selection_changed")
 SUMMARY = "dynamics_summary.csv"
 LOSS_AROUND_K = "loss_around_k.csv"
 WINDOW = 20  # steps on each side of a k step in loss_around_k.csv
@@ -46,13 +49,14 @@ PLOTTED = ("selection_churn", "saliency_zero", "probe_head_jaccard")
 def _epoch_table(name: str, metrics: pd.DataFrame, dynamics: pd.DataFrame | None,
                  recalibration: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per epoch of a run: test accuracy, training loss and k (its ``metrics.csv``),
-    the test accuracy with recomputed BN statistics where it has a ``bn_recalibration.csv``
+    the test accuracy with recomputed BN statistics, the mean BN drift and the DGC decisions
+    recomputing changed where it has a ``bn_recalibration.csv``
     and, where it has a ``dynamics.csv``, the probe metrics' mean over DGC layers, with the
     initialisation as epoch 0."""
     table = metrics[["epoch", "train_loss", "test_acc", "k_frac"]]
-    if recalibration is not None:
-        table = table.merge(recalibration[["epoch", "test_acc_recalibrated"]], on="epoch",
-                            how="left")
+    if recalibration is not None:  # bn_drift and selection_changed: runs from 2026-12-03 on
+        columns = [c for c in RECALIBRATION_COLUMNS if c in recalibration]
+        table = table.merge(recalibration[["epoch"] + columns], on="epoch", how="left")
     if dynamics is not None:
         probe = dynamics[dynamics.metric.isin(PROBE_METRICS)]
         means = probe.pivot_table(index="epoch", columns="metric", values="value", aggfunc="mean")
@@ -118,6 +122,10 @@ def _print(summary: pd.DataFrame, around: dict[str, pd.DataFrame]) -> None:
     tables = (("test_acc", "test accuracy (%)", 100, 2),
               ("test_acc_recalibrated", "test accuracy with every BN's statistics recomputed "
                f"({RECALIBRATION}, %)", 100, 2),
+              ("bn_drift", "BN drift of the running statistics, mean over BN layers "
+               f"({BN_DRIFT}: output standard deviations)", 1, 3),
+              ("selection_changed", "DGC decisions on the probe images that recomputing the BN "
+               "statistics changes, mean over DGC layers (%)", 100, 2),
               ("train_loss", "training loss (mean over the epoch)", 1, 3))
     for column, what, scale, digits in tables:
         if column not in summary or summary[column].isna().all():

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from dgclab.analysis import (
-    PROBE_METRICS, STEP_METRICS, MetricTracker, loss_around_k_steps, saliency_stats,
-    selection_churn,
+    BN_DRIFT_COLUMNS, PROBE_METRICS, STEP_METRICS, MetricTracker, bn_drift, loss_around_k_steps,
+    saliency_stats, selection_churn,
 )
 from dgclab.layers import dgc_layers, set_pruning_progress
 from dgclab.models import resnet_cifar
@@ -169,3 +169,74 @@ def test_trainer_feeds_the_probe_and_the_step_logs():
     loss = frame[frame.metric == "loss"]
     assert loss.step.tolist() == list(range(1, 9)) and (loss.layer == "").all()
     assert frame[frame.metric == "k_frac"].value.is_monotonic_increasing
+
+
+def _stale_bn(mean, var, stale_mean, stale_var) -> tuple[torch.nn.BatchNorm1d, dict]:
+    """A BN whose buffers hold (mean, var) and the state it had with (stale_mean, stale_var)."""
+    bn = torch.nn.BatchNorm1d(len(mean)).double().eval()
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor(stale_mean))
+        bn.running_var.copy_(torch.tensor(stale_var))
+        stale = {k: v.clone() for k, v in bn.state_dict().items()}
+        bn.running_mean.copy_(torch.tensor(mean))
+        bn.running_var.copy_(torch.tensor(var))
+    return bn, stale
+
+
+def test_bn_drift_is_the_w2_distance_of_the_stale_output_from_the_right_one():
+    from scipy.stats import norm
+
+    mean, var = [0.5, -2.0, 3.0], [4.0, 0.25, 1e-3]
+    stale_mean, stale_var = [0.0, -2.0, 3.1], [1.0, 1.0, 2e-3]
+    bn, stale = _stale_bn(mean, var, stale_mean, stale_var)
+    row = bn_drift(bn, stale).iloc[0]
+    # oracle 1: push inputs of the current moments through the BN with the stale and with the
+    # right statistics; oracle 2: W2 between 1-d laws is the L2 distance of their quantiles
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(400_000, 3, generator=gen, dtype=torch.float64)
+    x = x * torch.tensor(var).sqrt() + torch.tensor(mean)
+    eps = bn.eps
+    y_stale = (x - torch.tensor(stale_mean)) / (torch.tensor(stale_var) + eps).sqrt()
+    y_right = (x - torch.tensor(mean)) / (torch.tensor(var) + eps).sqrt()
+    u = (np.arange(200_000) + 0.5) / 200_000
+    drifts = []
+    for c in range(3):
+        q_stale = y_stale[:, c].mean().item() + y_stale[:, c].std().item() * norm.ppf(u)
+        q_right = y_right[:, c].mean().item() + y_right[:, c].std().item() * norm.ppf(u)
+        drifts.append(math.sqrt(np.mean((q_stale - q_right) ** 2)))
+    assert row.layer == "" and row.channels == 3
+    assert row.drift == pytest.approx(np.mean(drifts), rel=2e-2)
+    assert row.drift_max == pytest.approx(max(drifts), rel=2e-2)
+    assert row.mean_part == pytest.approx(
+        np.mean([abs(y_stale[:, c].mean().item()) for c in range(3)]), abs=1e-2)
+    assert row.std_part == pytest.approx(
+        np.mean([abs(y_stale[:, c].std().item() - y_right[:, c].std().item())
+                 for c in range(3)]), rel=2e-2)
+
+
+def test_bn_drift_is_zero_for_unchanged_statistics_and_names_every_bn():
+    model = resnet_cifar(8, width=8, conv="dgc", heads=2)
+    stale = {k: v.clone() for k, v in model.state_dict().items()}
+    frame = bn_drift(model, stale)
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert list(frame.columns) == BN_DRIFT_COLUMNS
+    assert frame.layer.tolist() == names and (frame[["drift", "drift_max"]] == 0).all().all()
+    with torch.no_grad():
+        model.layer1[0].bn1.running_var.fill_(4.0)  # stale 1, now 4: the output std is 2, not 1
+    frame = bn_drift(model, stale).set_index("layer")
+    assert frame.loc["layer1.0.bn1", "std_part"] == pytest.approx(1.0, abs=1e-5)
+    assert frame.loc["layer1.0.bn1", "mean_part"] == 0
+    assert (frame.drop(index="layer1.0.bn1").drift == 0).all()
+    assert bn_drift(torch.nn.Linear(2, 2), {}).columns.tolist() == BN_DRIFT_COLUMNS
+
+
+def test_bn_drift_refuses_what_it_cannot_compare():
+    bn, stale = _stale_bn([0.0], [1.0], [0.0], [1.0])
+    with pytest.raises(TypeError, match="model"):
+        bn_drift(stale, stale)
+    with pytest.raises(TypeError, match="stale"):
+        bn_drift(bn, list(stale))
+    with pytest.raises(ValueError, match="'running_var'"):
+        bn_drift(bn, {"running_mean": stale["running_mean"]})
+    with pytest.raises(ValueError, match=r"shape \(1,\), got \(2,\)"):
+        bn_drift(bn, stale | {"running_var": torch.ones(2)})

@@ -302,11 +302,29 @@ def test_bn_recalibration_rows_leave_the_training_unchanged(tmp_path, monkeypatc
     assert rows.epoch.tolist() == [1, 2]
     assert rows.test_acc.tolist() == pytest.approx(metrics.test_acc.tolist())
     assert rows.test_acc_recalibrated.between(0, 1).all()
+    import torch
+    from dgclab.layers import dgc_layers
+    from dgclab.train.run_folder import model_of, read_config
+
+    drift = pd.read_csv(published / accuracy.BN_DRIFT)
+    model = model_of(read_config(published / "config.json"))
+    norms = [n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    dgc = [n for n, _ in dgc_layers(model)]
+    for epoch in (1, 2):
+        at = drift[drift.epoch == epoch]
+        per_bn = at[at.metric == "drift"]
+        changed = at[at.metric == "selection_changed"]
+        assert per_bn.layer.tolist() == norms and changed.layer.tolist() == dgc
+        assert (per_bn.value > 0).all() and changed.value.between(0, 1).all()
+        row = rows.set_index("epoch").loc[epoch]
+        assert row.bn_drift == pytest.approx(per_bn.value.mean(), rel=1e-5)
+        assert row.selection_changed == pytest.approx(changed.value.mean(), rel=1e-5, abs=1e-6)
     from dgclab.bench.dynamics import summarize_dynamics
 
     summary = summarize_dynamics(published.parent, [published.name], plot=False)
     trained = summary[summary.epoch > 0]
     assert trained.test_acc_recalibrated.tolist() == rows.test_acc_recalibrated.tolist()
+    assert trained.bn_drift.tolist() == rows.bn_drift.tolist()
 
     class Off:
         def __init__(self, run):
