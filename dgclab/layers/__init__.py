@@ -32,7 +32,7 @@ from .dgc_network import (
     set_threshold,
 )
 from .dgc_schedule import pruning_schedule
-from .group import GroupConv2d
+from .group import GroupConv2d, KernelConv2d, group_conv2d
 from .lgc import CondensedConv2d, LearnedGroupConv2d, group_lasso
 from .scc import (
     DepthwiseSlidingConv2d,
@@ -63,6 +63,7 @@ __all__ = [
     "SlidingChannelConv2d",
     "GroupConv2d",
     "GroupingConv",
+    "KernelConv2d",
     "LearnedGroupConv2d",
     "INFO_KEYS",
     "conv_channel_macs",
@@ -73,6 +74,7 @@ __all__ = [
     "dgc_layers",
     "dgc_mask_conv",
     "follow_threshold",
+    "group_conv2d",
     "group_lasso",
     "grouping_layers",
     "interleave_heads",

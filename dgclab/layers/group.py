@@ -5,22 +5,131 @@ groups' outputs the way a DGC layer interleaves its heads (group i channel j -> 
 ShuffleNet shuffle, Zhang et al., arXiv 1707.01083), so a DGC layer and its static twin differ
 in one argument. It implements the layer protocol (``base.py``) as a static layer: group g
 reads input channels ``[g * C_in / G, (g + 1) * C_in / G)``.
+
+``group_conv2d`` is the functional. In CPU float32 inference it runs small groups with
+dgclab's C++ kernel (``torch.ops.dgclab.cluster_conv2d``, the per-image direct conv that also
+runs SG-CNN's clusters; ``cpu_kernel.py``) instead of ``F.conv2d``: oneDNN's grouped conv
+computes a group of a few filters at 1-5 GMAC/s on these CPUs, the kernel at 10-30
+(``python -m dgclab.bench groups --shapes``; README, "Grouped convolution"). It takes the kernel
+where that measurement says it pays (``kernel_pays``), and gives the same numbers either way.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checks import check_bool, check_conv_geometry, check_int
+from ..checks import check_bool, check_conv_geometry, check_int, check_pair, check_type
+from . import cpu_kernel
 from .base import GroupingConv
 
-__all__ = ["GroupConv2d"]
+__all__ = ["GroupConv2d", "KernelConv2d", "group_conv2d", "kernel_pays",
+           "KERNEL_MAX_GROUP_FILTERS"]
+
+# The C++ kernel beats oneDNN's grouped conv where a group has at most this many filters (3x3
+# and 1x1, batch 1 and 64) and on every 1x1 grouped conv measured; beyond it, on 3x3 convs,
+# oneDNN wins at batch 64 (python -m dgclab.bench groups --shapes).
+KERNEL_MAX_GROUP_FILTERS = 8
 
 
-class GroupConv2d(GroupingConv, nn.Conv2d):
-    """``nn.Conv2d`` with ``groups`` fixed groups, optionally followed by a channel shuffle.
+def kernel_pays(weight_shape, groups: int) -> bool:
+    """Whether ``group_conv2d`` takes the C++ kernel for a weight of this shape (where it
+    applies at all: CPU, float32, no autograd): grouped (``groups > 1``) with at most
+    ``KERNEL_MAX_GROUP_FILTERS`` filters a group, or a 1x1 kernel.
+
+    Example:
+        >>> kernel_pays((32, 8, 3, 3), groups=4), kernel_pays((128, 32, 3, 3), groups=4)
+        (True, False)
+    """
+    out_channels, _, kh, kw = weight_shape
+    return groups > 1 and (out_channels // groups <= KERNEL_MAX_GROUP_FILTERS or kh == kw == 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _identity(n: int) -> torch.Tensor:
+    """0 .. n-1: every group's channels and filters in order, for ``cluster_conv2d``."""
+    return torch.arange(n)
+
+
+def group_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                 stride=1, padding=0, dilation=1, groups: int = 1) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, stride, padding, dilation, groups)``, by dgclab's C++ kernel
+    where it is faster.
+
+    In CPU float32 inference (no autograd; ``cpu_kernel.applies``), with integer padding and
+    ``kernel_pays(weight.shape, groups)``, every group runs in one ``cluster_conv2d`` call (the
+    groups as clusters of contiguous channels); anywhere else, and with the kernel off
+    (``cpu_kernel.use(False)``, which ``count_macs`` does), it is ``F.conv2d``. Both give the
+    same numbers up to float rounding (tested against ``F.conv2d``).
+
+    Args:
+        x: (B, C_in, H, W).
+        weight: (C_out, C_in / groups, kh, kw).
+        bias: (C_out,) or None.
+        stride, dilation: ints or pairs >= 1.
+        padding: an int or pair >= 0 (a string such as "same" goes to ``F.conv2d``).
+        groups: G >= 1, dividing C_in and C_out.
+
+    Returns:
+        (B, C_out, H', W').
+
+    Raises:
+        TypeError: ``x`` or ``weight`` is not a tensor.
+        ValueError: a bad stride, padding, dilation or groups.
+
+    Example:
+        >>> x, w = torch.randn(2, 32, 8, 8), torch.randn(16, 8, 3, 3)
+        >>> with torch.no_grad():
+        ...     y = group_conv2d(x, w, padding=1, groups=4)
+        >>> torch.allclose(y, F.conv2d(x, w, padding=1, groups=4), atol=1e-4)
+        True
+    """
+    check_type("x", x, torch.Tensor)
+    check_type("weight", weight, torch.Tensor)
+    groups = check_int("groups", groups, min=1)
+    stride, dilation = check_pair("stride", stride, min=1), check_pair("dilation", dilation, min=1)
+    if not isinstance(padding, str):
+        padding = check_pair("padding", padding, min=0)
+    if bias is not None:
+        check_type("bias", bias, torch.Tensor)
+    return _group_conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+def _group_conv2d(x, weight, bias, stride, padding, dilation, groups: int) -> torch.Tensor:
+    """``group_conv2d`` on checked arguments (stride, dilation pairs; padding a pair or a
+    string), as modules call it: the kernel where it applies and pays, else ``F.conv2d``."""
+    if (groups > 1 and not isinstance(padding, str) and x.dim() == 4 and weight.dim() == 4
+            and kernel_pays(weight.shape, groups) and x.shape[1] == weight.shape[1] * groups
+            and weight.dtype == torch.float32 and cpu_kernel.applies(x)):
+        return torch.ops.dgclab.cluster_conv2d(
+            x, _identity(x.shape[1]), _identity(weight.shape[0]), weight.chunk(groups), bias,
+            stride, padding, dilation)  # (B, C_out, H', W')
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+class KernelConv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same arguments, parameters and state-dict keys) whose forward is
+    ``group_conv2d``: a grouped conv that takes the C++ kernel in CPU inference where that pays.
+
+    For a network's own static grouped convs that are not channel-grouping layers of the
+    protocol (DyDenseNet's and CondenseNet's 3x3 group convs); ``GroupConv2d`` is the one that
+    is. A padding mode other than zeros runs ``nn.Conv2d``'s forward.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding_mode != "zeros":
+            return super().forward(x)
+        params = self._parameters  # not Module.__getattr__ twice per call
+        return _group_conv2d(x, params["weight"], params["bias"], self.stride, self.padding,
+                             self.dilation, self.groups)
+
+
+class GroupConv2d(GroupingConv, KernelConv2d):
+    """``nn.Conv2d`` with ``groups`` fixed groups, optionally followed by a channel shuffle
+    (its conv is ``group_conv2d``'s, ``KernelConv2d``).
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, bias: as nn.Conv2d
@@ -75,7 +184,7 @@ class GroupConv2d(GroupingConv, nn.Conv2d):
         return block.unsqueeze(0) == torch.arange(self.groups).unsqueeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = super().forward(x)
+        out = super().forward(x)  # KernelConv2d's
         return F.channel_shuffle(out, self.groups) if self.shuffle and self.groups > 1 else out
 
     def extra_repr(self) -> str:

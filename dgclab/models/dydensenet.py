@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from ..layers import conv_kind, make_conv
+from ..layers import KernelConv2d, conv_kind, make_conv
 
 __all__ = ["DenseNet", "DyDenseNet", "DenseLayer", "dydensenet", "dydensenet86", "dydensenet74"]
 
@@ -52,7 +52,7 @@ class BNReLUConv(nn.Sequential):
         super().__init__()
         self.norm = nn.BatchNorm2d(in_channels)
         self.relu = nn.ReLU()
-        self.conv = nn.Conv2d(
+        self.conv = KernelConv2d(  # nn.Conv2d; groups > 1: the C++ kernel where it pays
             in_channels, out_channels, kernel_size, padding=padding, groups=groups, bias=False
         )
 

@@ -11,6 +11,8 @@ import pytest
 from dgclab.bench import accuracy, layer
 from dgclab.train import METRIC_COLUMNS, TrainConfig
 
+from helpers import needs_compiler
+
 
 def _fake_run(folder, conv, acc, epochs=2):
     folder.mkdir(parents=True)
@@ -127,8 +129,45 @@ def test_groups_benchmark_runs_every_method_and_draws(tmp_path, capsys):
                         "--threads", "1", "--plot", str(tmp_path / "g.png")]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
-    assert [int(r[0]) for r in rows] == [1, 2, 4, 8] and all(len(r) == 6 for r in rows)
+    assert [int(r[0]) for r in rows] == [1, 2, 4, 8] and all(len(r) == 7 for r in rows)
     assert (tmp_path / "g.png").stat().st_size > 0
+
+
+@needs_compiler
+def test_groups_benchmark_shapes_table_says_what_group_conv2d_takes(capsys, monkeypatch):
+    from dgclab.bench import groups
+
+    monkeypatch.setattr(groups, "SHAPES", [(8, 8, 3, 1, 6), (16, 64, 3, 2, 7), (16, 64, 1, 1, 5)])
+    assert groups.main(["--shapes", "--rounds", "1", "--threads", "1"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()
+            if line.strip()[:1].isdigit()]
+    assert [(r[0], r[3], r[4], r[-1]) for r in rows] == [
+        ("8->8", "2", "1", "kernel"), ("16->64", "16", "1", "torch"), ("16->64", "16", "1", "kernel"),
+        ("8->8", "2", "64", "kernel"), ("16->64", "16", "64", "torch"),
+        ("16->64", "16", "64", "kernel")]
+    assert all(float(r[5]) > 0 and float(r[6]) > 0 for r in rows)
+
+
+@needs_compiler
+def test_groups_benchmark_networks_table_times_the_kernel_on_and_off(capsys, monkeypatch):
+    from dgclab.bench import groups, network
+    from dgclab.layers import group, set_progress
+    from dgclab.models import resnet_cifar
+
+    def tiny():
+        model = resnet_cifar(8, width=8, conv="dgc", heads=2, in_channels=1)
+        set_progress(model, 1.0)
+        return model
+
+    monkeypatch.setattr(network, "NETWORKS", [("tiny", tiny, (1, 8, 8), (1,)),
+                                              ("big", tiny, (1, 224, 224), (1,))])
+    pays = group.kernel_pays
+    assert groups.main(["--networks", "--batch", "2", "--rounds", "1", "--threads", "1"]) == 0
+    assert group.kernel_pays is pays  # restored
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()
+            if line.strip().startswith("tiny") or line.strip().startswith("big")]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("tiny", "2", "off"), ("tiny", "2", "on")]
+    assert all(float(v) > 0 for r in rows for v in r[3:])
 
 
 def test_layer_benchmark_family_computes_what_each_method_claims():

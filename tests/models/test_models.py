@@ -23,6 +23,8 @@ from dgclab.models import (
     resnet_cifar,
 )
 
+from helpers import needs_compiler
+
 
 def shapes(model: nn.Module) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in model.state_dict().items()}
@@ -68,6 +70,23 @@ def test_small_dydensenet_reproduces_official_logits(small_fixture, execution):
         layer.execution = execution
     with torch.no_grad():
         logits = model(small_fixture["input"])
+    torch.testing.assert_close(logits, small_fixture["logits"], atol=1e-4, rtol=0)
+
+
+@needs_compiler
+def test_dydensenet_3x3_group_convs_take_the_kernel_in_inference(small_fixture):
+    from dgclab.layers import KernelConv2d, cpu_kernel
+
+    assert cpu_kernel.load()
+    model = load_official(small_model(small_fixture["config"]), small_fixture["checkpoint"]).eval()
+    convs = [m for n, m in model.named_modules() if n.endswith(".conv_2.conv")]
+    assert convs and all(type(m) is KernelConv2d and m.groups > 1 for m in convs)
+    with torch.no_grad(), torch.autograd.profiler.profile() as prof:
+        logits = model(small_fixture["input"])
+    calls = sum(e.count for e in prof.key_averages() if e.key == "dgclab::cluster_conv2d")
+    assert calls == len(convs)
+    with torch.no_grad(), cpu_kernel.use(False):
+        torch.testing.assert_close(logits, model(small_fixture["input"]), atol=1e-5, rtol=0)
     torch.testing.assert_close(logits, small_fixture["logits"], atol=1e-4, rtol=0)
 
 
