@@ -159,6 +159,12 @@ class DGCHead(nn.Module):
         nn.init.constant_(self.fc2.bias, 1.0)  # every channel starts salient
 
 
+def _threshold_value(buffer: torch.Tensor, name: str) -> float | None:
+    """The threshold a ``_threshold`` buffer holds: NaN means None (the head-wise rule)."""
+    value = float(buffer.item())
+    return None if value != value else value
+
+
 class DGCConv2d(GroupingConv, nn.Module):
     """Dynamic group convolution, faithful to the official ``DynamicMultiHeadConv``.
 
@@ -291,9 +297,11 @@ class DGCConv2d(GroupingConv, nn.Module):
         """k, the number of input channels each head drops (0 <= k < in_channels).
 
         Read from the ``_inactive_channels`` buffer, which is checked on every read: a value
-        written to it directly is refused here (ValueError) rather than used.
+        written to it directly is refused here (ValueError) rather than used. (The checked
+        value is remembered until the buffer changes, as its version counter and storage say:
+        at batch 1 the check cost a tenth of a layer's time.)
         """
-        return self._checked_k(self._inactive_channels, "_inactive_channels")
+        return self._buffer_value("_inactive_channels", self._checked_k)
 
     @inactive_channels.setter
     def inactive_channels(self, k: int) -> None:
@@ -308,8 +316,7 @@ class DGCConv2d(GroupingConv, nn.Module):
         the ``_threshold`` buffer (NaN for None), so checkpoints carry it. Under the threshold
         rule k still sets the pruning schedule's target and the "auto" execution's choice.
         """
-        value = float(self._threshold.item())
-        return None if value != value else value
+        return self._buffer_value("_threshold", _threshold_value)
 
     @threshold.setter
     def threshold(self, value: float | None) -> None:
@@ -317,6 +324,17 @@ class DGCConv2d(GroupingConv, nn.Module):
             self._threshold.fill_(float("nan"))
         else:
             self._threshold.fill_(check_float("threshold", value, min=0))
+
+    def _buffer_value(self, name: str, read):
+        """``read(buffer, name)``, remembered while the buffer is the same tensor, unchanged
+        in place (its version counter) and over the same storage."""
+        buffer = self._buffers[name]
+        cache = self.__dict__.setdefault("_buffer_values", {})
+        seen = cache.get(name)  # (buffer, version, data_ptr, value)
+        if (seen is None or seen[0] is not buffer or seen[1] != buffer._version
+                or seen[2] != buffer.data_ptr()):
+            seen = cache[name] = (buffer, buffer._version, buffer.data_ptr(), read(buffer, name))
+        return seen[3]
 
     def _checked_k(self, value, name: str) -> int:
         """k held by a (1,) buffer or a number, checked (``check_inactive_channels``)."""
@@ -386,17 +404,17 @@ class DGCConv2d(GroupingConv, nn.Module):
         return self._resolve(k, autograd, input, kernel)
 
     def _resolve(self, k: float, autograd: bool, x: torch.Tensor | None = None,
-                 kernel: bool = False) -> str:
+                 kernel: bool = False, out_hw: tuple[int, int] | None = None) -> str:
         """``resolved_execution`` for arguments taken as they are; ``kernel``: whether the fused
-        CPU kernel applies to the input ``x``. With the kernel, "auto" gathers, except at large
-        batches on small maps where a head keeps more than half its channels (the
-        KERNEL_MASK_* constants)."""
+        CPU kernel applies to the input ``x`` (``out_hw``: its output's size, if known). With
+        the kernel, "auto" gathers, except at large batches on small maps where a head keeps
+        more than half its channels (the KERNEL_MASK_* constants)."""
         if self._execution != "auto":
             return self._execution
         keep = self.in_channels - k
         if kernel:
-            h, w = conv_output_hw(x.shape[-2:], self.kernel_size, self.stride, self.padding,
-                                  self.dilation)
+            h, w = out_hw or conv_output_hw(x.shape[-2:], self.kernel_size, self.stride,
+                                            self.padding, self.dilation)
             small = (x.shape[0] >= KERNEL_MASK_MIN_BATCH and h * w <= KERNEL_MASK_MAX_PIXELS
                      and keep > KERNEL_MASK_MIN_KEEP * self.in_channels)
             return "mask" if small else "gather"
@@ -514,11 +532,11 @@ class DGCConv2d(GroupingConv, nn.Module):
         return F.relu(g).transpose(0, 1)  # (B, heads, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+        out_hw = self._check_input(x)
         k = self.inactive_channels
         autograd = torch.is_grad_enabled()
         kernel = not autograd and cpu_kernel.applies(x)
-        execution = self._resolve(k, autograd, x, kernel)  # resolved_execution, k checked once
+        execution = self._resolve(k, autograd, x, kernel, out_hw)  # resolved_execution
         threshold = self.threshold
         if execution == "gather" and kernel:
             return self._kernel_forward(x, k, threshold)
@@ -560,18 +578,21 @@ class DGCConv2d(GroupingConv, nn.Module):
         """CPU float32 inference: the whole layer in one call of the fused kernel
         (``cpu_kernel.py``), the BN-ReLU included where it is an affine map nobody observes;
         with a threshold, the kernel selects by it (k then only guides its weight packing)."""
-        norm = self.norm
+        norm = self._modules["norm"]
         if self._fuse_norm():
-            stats = (norm.running_mean, norm.running_var, norm.weight, norm.bias, norm.eps)
+            buffers, params = norm._buffers, norm._parameters  # not Module.__getattr__
+            stats = (buffers["running_mean"], buffers["running_var"], params["weight"],
+                     params["bias"], norm.eps)
         else:
             x = self.relu(norm(x))
             stats = (None, None, None, None, 0.0)
-        y, g, keep, self.last_lasso = torch.ops.dgclab.dgc_forward(
+        y, g, keep, lasso = torch.ops.dgclab.dgc_forward(
             x, *stats, *self._kernel_weights(), k, threshold, self.stride, self.padding,
             self.dilation
         )
-        self.last_saliency = g
-        self.last_selection = keep
+        # plain attributes (no buffer, parameter or module of these names), so set them without
+        # nn.Module.__setattr__'s lookups, as every execution keeps them
+        self.__dict__.update(last_lasso=lasso, last_saliency=g, last_selection=keep)
         return y
 
     def _kernel_weights(self) -> tuple[list[torch.Tensor], ...]:
@@ -591,8 +612,9 @@ class DGCConv2d(GroupingConv, nn.Module):
             conv.append(head["conv"]._parameters["weight"])
         return fc1, fc2, bias, conv
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        """Refuse an input every execution would fail on differently, or deep inside torch."""
+    def _check_input(self, x: torch.Tensor) -> tuple[int, int]:
+        """Refuse an input every execution would fail on differently, or deep inside torch;
+        return the output's (H', W')."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"DGCConv2d expects a Tensor, got {type(x).__name__}")
         if x.dim() != 4:
@@ -604,7 +626,7 @@ class DGCConv2d(GroupingConv, nn.Module):
                 f"expected {self.in_channels} input channels, got {x.shape[1]} "
                 f"(input shape {tuple(x.shape)})"
             )
-        weight = self.headconv_0.conv.weight
+        weight = self._modules["headconv_0"]._modules["conv"]._parameters["weight"]
         if x.device != weight.device:
             raise ValueError(
                 f"the input is on {x.device} but the layer's parameters are on {weight.device}: "
@@ -624,6 +646,7 @@ class DGCConv2d(GroupingConv, nn.Module):
                 f"input of spatial size {h}x{w} is too small for kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}"
             )
+        return output[0], output[1]
 
     def _fuse_norm(self) -> bool:
         """Whether the fused kernel may apply the BN-ReLU itself.
@@ -632,7 +655,7 @@ class DGCConv2d(GroupingConv, nn.Module):
         ``norm`` or ``relu`` (hooks on them, e.g. the filter-sparsity analysis, see their
         outputs, which the kernel never writes out).
         """
-        norm, relu = self.norm, self.relu
+        norm, relu = self._modules["norm"], self._modules["relu"]
         observed = (
             norm._forward_hooks
             or norm._forward_pre_hooks
@@ -641,4 +664,5 @@ class DGCConv2d(GroupingConv, nn.Module):
             or nn.modules.module._global_forward_hooks
             or nn.modules.module._global_forward_pre_hooks
         )
-        return not norm.training and norm.running_mean is not None and not observed
+        tracked = norm._buffers.get("running_mean") is not None
+        return not norm.training and tracked and not observed

@@ -387,6 +387,30 @@ def test_k_loaded_from_a_state_dict_is_validated(k):
         model.load_state_dict(state, strict=False)
 
 
+def test_k_and_threshold_are_read_again_whenever_their_buffers_change():
+    layer = make_layer(16, 16, 3, padding=1)
+    x = torch.randn(2, 16, 4, 4)
+    layer(x)  # k = 0 read and remembered
+    writes = {
+        "fill_": lambda: layer._inactive_channels.fill_(99),
+        ".data": lambda: setattr(layer._inactive_channels, "data", torch.tensor([99.0])),
+        "a new buffer": lambda: setattr(layer, "_inactive_channels", torch.tensor([99.0])),
+    }
+    for how, write in writes.items():
+        layer.inactive_channels = 4
+        assert layer.inactive_channels == 4
+        layer(x)
+        write()
+        with pytest.raises(ValueError, match=r"_inactive_channels.*\[0, 16\)"):
+            layer(x)
+    layer.inactive_channels = 4
+    assert layer.threshold is None
+    layer._threshold.fill_(0.5)  # behind the setter's back, as a checkpoint load does
+    assert layer.threshold == 0.5
+    layer._threshold.fill_(float("nan"))
+    assert layer.threshold is None
+
+
 @pytest.mark.parametrize("k", BAD_K)
 def test_k_buffer_is_validated_at_forward(k):
     layer = make_layer(16, 16, 3, padding=1)
