@@ -20,7 +20,7 @@ and prints each time over the dense (G = 1) ``torch`` time beside the MAC ratio 
 ``--shapes`` times instead the grouped convs of the networks dgclab benchmarks (the static
 group twins of ``bench network``, DyDenseNet's 3x3 group convs, 1x1 and strided ones; G = 4),
 at batch 1 and 64: the kernel over ``F.conv2d(groups=4)``, beside what ``kernel_pays`` decides.
-It is the measurement behind ``dgclab.layers.group.KERNEL_MAX_GROUP_FILTERS``.
+It is the measurement behind ``dgclab.layers.group.kernel_pays``.
 
 ``--networks`` times the networks of ``bench network`` (without DyResNet-18; dense, static-group
 and DGC versions, eval, final k) with ``group_conv2d``'s kernel as it is and with it off
@@ -98,7 +98,7 @@ def measure_shapes(batch: int, rounds: int, shapes=SHAPES) -> list[dict]:
             rows.append({"shape": f"{cin}->{cout} {k}x{k}/{stride} {size}x{size}",
                          "group_filters": cout // 4, "batch": batch,
                          "torch_ms": 1e3 * seconds["torch"], "kernel_ms": 1e3 * seconds["kernel"],
-                         "takes_kernel": kernel_pays(weight.shape, 4)})
+                         "takes_kernel": kernel_pays(weight.shape, 4, batch)})
     return rows
 
 
@@ -119,7 +119,7 @@ def measure_networks(rounds: int, batches=(1, 64)) -> list[dict]:
                 x = torch.randn(batch, *size)
 
                 def call(model, on: bool):
-                    group.kernel_pays = pays if on else (lambda shape, groups: False)
+                    group.kernel_pays = pays if on else (lambda shape, groups, batch=1: False)
                     return model(x)
 
                 candidates = {(kind, on): (lambda m=m, on=on: call(m, on))

@@ -27,25 +27,29 @@ from . import cpu_kernel
 from .base import GroupingConv
 
 __all__ = ["GroupConv2d", "KernelConv2d", "group_conv2d", "kernel_pays",
-           "KERNEL_MAX_GROUP_FILTERS"]
+           "KERNEL_MAX_GROUP_FILTERS", "KERNEL_MAX_GROUP_FILTERS_BATCH_1"]
 
-# The C++ kernel beats oneDNN's grouped conv where a group has at most this many filters (3x3
-# and 1x1, batch 1 and 64) and on every 1x1 grouped conv measured; beyond it, on 3x3 convs,
-# oneDNN wins at batch 64 (python -m dgclab.bench groups --shapes).
-KERNEL_MAX_GROUP_FILTERS = 8
+# Where the C++ kernel beat oneDNN's grouped conv (python -m dgclab.bench groups --shapes, the
+# networks' G = 4 convs at batch 1 and 64): every 1x1 grouped conv; k x k convs of at most 4
+# filters a group; at batch 1 also those of 8 filters a group (at batch 64 a 3x3 group of 8
+# filters was 1.0-1.5x oneDNN's time).
+KERNEL_MAX_GROUP_FILTERS = 4
+KERNEL_MAX_GROUP_FILTERS_BATCH_1 = 8
 
 
-def kernel_pays(weight_shape, groups: int) -> bool:
-    """Whether ``group_conv2d`` takes the C++ kernel for a weight of this shape (where it
-    applies at all: CPU, float32, no autograd): grouped (``groups > 1``) with at most
-    ``KERNEL_MAX_GROUP_FILTERS`` filters a group, or a 1x1 kernel.
+def kernel_pays(weight_shape, groups: int, batch: int = 1) -> bool:
+    """Whether ``group_conv2d`` takes the C++ kernel for a weight of this shape and a batch of
+    this size (where it applies at all: CPU, float32, no autograd): grouped (``groups > 1``),
+    and a 1x1 kernel or at most ``KERNEL_MAX_GROUP_FILTERS`` filters a group
+    (``KERNEL_MAX_GROUP_FILTERS_BATCH_1`` at batch 1).
 
     Example:
-        >>> kernel_pays((32, 8, 3, 3), groups=4), kernel_pays((128, 32, 3, 3), groups=4)
+        >>> kernel_pays((32, 8, 3, 3), groups=4), kernel_pays((32, 8, 3, 3), 4, batch=64)
         (True, False)
     """
     out_channels, _, kh, kw = weight_shape
-    return groups > 1 and (out_channels // groups <= KERNEL_MAX_GROUP_FILTERS or kh == kw == 1)
+    most = KERNEL_MAX_GROUP_FILTERS_BATCH_1 if batch <= 1 else KERNEL_MAX_GROUP_FILTERS
+    return groups > 1 and (kh == kw == 1 or out_channels // groups <= most)
 
 
 @functools.lru_cache(maxsize=64)
@@ -60,7 +64,7 @@ def group_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     where it is faster.
 
     In CPU float32 inference (no autograd; ``cpu_kernel.applies``), with integer padding and
-    ``kernel_pays(weight.shape, groups)``, every group runs in one ``cluster_conv2d`` call (the
+    ``kernel_pays(weight.shape, groups, batch)``, every group runs in one ``cluster_conv2d`` call (the
     groups as clusters of contiguous channels); anywhere else, and with the kernel off
     (``cpu_kernel.use(False)``, which ``count_macs`` does), it is ``F.conv2d``. Both give the
     same numbers up to float rounding (tested against ``F.conv2d``).
@@ -102,7 +106,8 @@ def _group_conv2d(x, weight, bias, stride, padding, dilation, groups: int) -> to
     """``group_conv2d`` on checked arguments (stride, dilation pairs; padding a pair or a
     string), as modules call it: the kernel where it applies and pays, else ``F.conv2d``."""
     if (groups > 1 and not isinstance(padding, str) and x.dim() == 4 and weight.dim() == 4
-            and kernel_pays(weight.shape, groups) and x.shape[1] == weight.shape[1] * groups
+            and kernel_pays(weight.shape, groups, x.shape[0])
+            and x.shape[1] == weight.shape[1] * groups
             and weight.dtype == torch.float32 and cpu_kernel.applies(x)):
         return torch.ops.dgclab.cluster_conv2d(
             x, _identity(x.shape[1]), _identity(weight.shape[0]), weight.chunk(groups), bias,

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from dgclab.layers import GroupConv2d, KernelConv2d, cpu_kernel, group_conv2d
-from dgclab.layers.group import KERNEL_MAX_GROUP_FILTERS, kernel_pays
+from dgclab.layers.group import (
+    KERNEL_MAX_GROUP_FILTERS, KERNEL_MAX_GROUP_FILTERS_BATCH_1, kernel_pays,
+)
 
 from helpers import needs_compiler
 
@@ -23,9 +25,10 @@ def _kernel_calls(fn) -> int:
 
 
 def test_kernel_pays_for_small_groups_and_1x1_only():
-    assert kernel_pays((32, 8, 3, 3), 4) and kernel_pays((4 * KERNEL_MAX_GROUP_FILTERS, 8, 3, 3), 4)
-    assert not kernel_pays((4 * KERNEL_MAX_GROUP_FILTERS + 4, 8, 3, 3), 4)
-    assert kernel_pays((128, 192, 1, 1), 4)  # 1x1: any group size
+    most, most_1 = 4 * KERNEL_MAX_GROUP_FILTERS, 4 * KERNEL_MAX_GROUP_FILTERS_BATCH_1
+    assert kernel_pays((most, 8, 3, 3), 4, batch=64) and not kernel_pays((most + 4, 8, 3, 3), 4, 64)
+    assert kernel_pays((most_1, 8, 3, 3), 4, batch=1) and not kernel_pays((most_1 + 4, 8, 3, 3), 4)
+    assert kernel_pays((128, 192, 1, 1), 4) and kernel_pays((128, 192, 1, 1), 4, 64)  # 1x1: any
     assert not kernel_pays((8, 8, 3, 3), 1) and not kernel_pays((8, 8, 1, 1), 1)  # dense
 
 
@@ -58,14 +61,14 @@ def test_group_conv2d_equals_f_conv2d(cin, cout, ksize, stride, padding, dilatio
         calls = _kernel_calls(lambda: group_conv2d(x, w, b, stride, padding, dilation, groups))
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    assert calls == int(kernel_pays(w.shape, groups))
+    assert calls == int(kernel_pays(w.shape, groups, batch))
 
 
 @needs_compiler
 def test_group_conv2d_takes_pytorch_under_autograd_elsewhere_and_with_the_kernel_off():
     x = torch.randn(2, 32, 8, 8, requires_grad=True)
     w = torch.randn(8, 8, 3, 3, requires_grad=True)
-    assert kernel_pays(w.shape, 4)
+    assert kernel_pays(w.shape, 4, batch=2)
     y = group_conv2d(x, w, padding=1, groups=4)  # autograd: F.conv2d, so gradients flow
     y.square().sum().backward()
     x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()

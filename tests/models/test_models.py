@@ -76,6 +76,7 @@ def test_small_dydensenet_reproduces_official_logits(small_fixture, execution):
 @needs_compiler
 def test_dydensenet_3x3_group_convs_take_the_kernel_in_inference(small_fixture):
     from dgclab.layers import KernelConv2d, cpu_kernel
+    from dgclab.layers.group import kernel_pays
 
     assert cpu_kernel.load()
     model = load_official(small_model(small_fixture["config"]), small_fixture["checkpoint"]).eval()
@@ -84,7 +85,8 @@ def test_dydensenet_3x3_group_convs_take_the_kernel_in_inference(small_fixture):
     with torch.no_grad(), torch.autograd.profiler.profile() as prof:
         logits = model(small_fixture["input"])
     calls = sum(e.count for e in prof.key_averages() if e.key == "dgclab::cluster_conv2d")
-    assert calls == len(convs)
+    batch = len(small_fixture["input"])
+    assert calls == sum(kernel_pays(m.weight.shape, m.groups, batch) for m in convs) > 0
     with torch.no_grad(), cpu_kernel.use(False):
         torch.testing.assert_close(logits, model(small_fixture["input"]), atol=1e-5, rtol=0)
     torch.testing.assert_close(logits, small_fixture["logits"], atol=1e-4, rtol=0)
