@@ -301,17 +301,20 @@ def _threshold_table(batch: int, rounds: int) -> None:
                   f"{ratios[0]:6.2f} {ratios[1]:7.2f}")
 
 
-# (C_in = C_out, kernel, H = W) of the auto table: the resnet_cifar stages and the SPEC shapes
-AUTO_SHAPES = [(32, 3, 28), (64, 3, 14), (128, 3, 7), (128, 3, 16), (256, 1, 8)]
+# (C_in = C_out, kernel, H = W) of the auto table: the resnet_cifar stages, the SPEC shapes and
+# DyResNet-18's first two stages; batches: 1, ImageNet's 8 and 64
+AUTO_SHAPES = [(32, 3, 28), (64, 3, 14), (128, 3, 7), (128, 3, 16), (256, 1, 8), (64, 3, 56),
+               (128, 3, 28)]
+AUTO_BATCHES = (1, 8, 64)
 
 
 def _auto_table(rounds: int) -> None:
-    """gather / mask time of one layer at k = 0, C/4, C/2, 3C/4, batch 1 and 64: where the
+    """gather / mask time of one layer at k = 0, C/4, C/2, 3C/4, batch 1, 8 and 64: where the
     fused kernel applies, should "auto" gather at every k?"""
     print(f"{'layer':>18} {'batch':>5}   gather / mask at k = " +
           "  ".join(f"{f:>5}" for f in ("0", "C/4", "C/2", "3C/4")))
     for c, ksize, size in AUTO_SHAPES:
-        for batch in (1, 64):
+        for batch in AUTO_BATCHES:
             torch.manual_seed(0)
             x = torch.randn(batch, c, size, size)
             ratios = []

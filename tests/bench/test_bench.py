@@ -255,7 +255,8 @@ def test_layer_benchmark_auto_table_runs(capsys, monkeypatch):
     assert layer.main(["--auto", "--rounds", "1", "--threads", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "gather / mask at k =" in lines[1]
-    assert [line.split()[:3] for line in lines[2:]] == [["8->8", "3x3", "6^2"]] * 2
+    assert [line.split()[:4] for line in lines[2:]] == [["8->8", "3x3", "6^2", str(b)]
+                                                        for b in layer.AUTO_BATCHES]
     assert all(len(line.split()) == 8 for line in lines[2:])  # label (3), batch, 4 ratios
 
 
