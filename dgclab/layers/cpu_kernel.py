@@ -15,7 +15,8 @@ instead of its PyTorch formulation:
   ``dgc_gather.KernelGatherConv``, an autograd Function whose backward is PyTorch's.
 * ``torch.ops.dgclab.cluster_conv2d``: a self-grouped conv (SG-CNN's clusters of any sizes,
   ``dgclab.analysis.SelfGroupedConv2d``), every cluster in one call, each over its own input
-  channels with its own filters.
+  channels with its own filters; also a static grouped conv whose groups are small
+  (``group.group_conv2d``: the groups as clusters of contiguous channels).
 
 The kernel is compiled on first use with ``torch.utils.cpp_extension.load`` (a C++ compiler with
 OpenMP, and ninja, a dependency of dgclab; 10-20 s once), into a folder per torch version under
