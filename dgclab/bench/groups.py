@@ -200,17 +200,11 @@ def main(argv=None) -> int:
     if min(args.channels, args.size, args.threads, args.rounds, *args.batch) <= 0:
         parser.error("channels, size, batch, threads and rounds must be positive")
     torch.set_num_threads(args.threads)
-    if args.shapes:
+    if args.shapes or args.networks:
         if not cpu_kernel.available():
-            parser.error(f"--shapes needs dgclab's C++ kernel, which is unavailable: "
-                         f"{cpu_kernel.build_error()!r}")
-        _print_shapes(args)
-        return 0
-    if args.networks:
-        if not cpu_kernel.available():
-            parser.error(f"--networks needs dgclab's C++ kernel, which is unavailable: "
-                         f"{cpu_kernel.build_error()!r}")
-        _print_networks(args)
+            parser.error(f"--{'shapes' if args.shapes else 'networks'} needs dgclab's C++ kernel, "
+                         f"which is unavailable: {cpu_kernel.build_error()!r}")
+        (_print_shapes if args.shapes else _print_networks)(args)
         return 0
     counts = [g for g in (2 ** i for i in range(int(math.log2(args.channels)) + 1))
               if args.channels % g == 0]
