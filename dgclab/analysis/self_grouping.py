@@ -45,13 +45,13 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from dgclab.checks import check_choice, check_float, check_int, check_type
-from dgclab.layers import cpu_kernel
+from dgclab.layers import cpu_kernel, tuning
 from dgclab.layers.base import GroupingConv
 
 __all__ = ["ChannelMask", "EXECUTIONS", "INITS", "SelfGroupedConv2d", "TABLE_COLUMNS", "self_group",
            "to_grouped"]
 
-EXECUTIONS = ("loop", "padded")
+EXECUTIONS = ("auto", "loop", "dense", "padded")
 """How ``SelfGroupedConv2d`` computes its clusters (its docstring)."""
 
 INITS = ("random", "k-means++")
@@ -256,9 +256,9 @@ def self_group(
 class SelfGroupedConv2d(nn.Module):
     """A self-grouped conv that computes only what its clusters read.
 
-    Two executions, equal to the masked dense conv and to each other:
+    Three executions, equal to the masked dense conv and to each other, and a choice of two:
 
-    * ``"loop"`` (the default): each cluster convolves its own input channels with its own
+    * ``"loop"``: each cluster convolves its own input channels with its own
       filters, exactly the clusters' MACs. In CPU float32 inference (``cpu_kernel.applies``)
       and with zero padding, every cluster of the layer runs in one call of dgclab's C++ op
       (``torch.ops.dgclab.cluster_conv2d``, ``dgclab/layers/csrc/dgc_cpu.cpp``): per image and
@@ -277,6 +277,13 @@ class SelfGroupedConv2d(nn.Module):
       (``padded_fraction``). Its weight is laid out from ``convs`` once and kept while they
       do not change. Inference only, kept for the comparison (README, "Self-grouping
       convolution"): KMeans clusters differ in size, and it is slower than the masked conv.
+    * ``"dense"``: the clusters' weights laid out in one dense (O, C) weight, zeros where a
+      cluster does not read, and one ordinary conv: the masked model's MACs at oneDNN's speed,
+      which at large batches and half the MACs kept beats the loop (README). Laid out and kept
+      like the padded weight; inference only.
+    * ``"auto"`` (the default): the loop, except in eval-mode inference with
+      ``dgclab.layers.tuning`` on, where the loop and the dense execution are timed on the
+      first input of each shape and the faster one runs from then on.
 
     ``count_macs`` counts the PyTorch loop's inner convs (it runs its probe with the kernel
     off), the same MACs as the kernel's.
@@ -342,8 +349,8 @@ class SelfGroupedConv2d(nn.Module):
         self.register_buffer("padded_gather", padded.flatten())  # (G * S,)
         self.register_buffer("padded_place", place)  # (O,)
         self._padded_shape = (width, height)
-        self._padded_cache = None
-        self.execution = "loop"
+        self._weights = {}  # layout -> (the convs' versions, weight, bias): _laid_out
+        self.execution = "auto"
 
     @property
     def padded_fraction(self) -> float:
@@ -352,22 +359,34 @@ class SelfGroupedConv2d(nn.Module):
         own = sum(c.in_channels * c.out_channels for c in self.convs)
         return len(self.convs) * width * height / own
 
-    def _padded_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(G * F, S, kh, kw) weight and (G * F,) bias of the padded execution, zeros where
-        padded; laid out again only when a cluster's conv changed."""
+    def _laid_out(self, layout: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The clusters' weights and biases in one tensor, laid out again only when a cluster's
+        conv changed. ``"padded"``: (G * F, S, kh, kw), zeros where padded; ``"dense"``:
+        (O, C, kh, kw) in output order, zeros where a cluster does not read."""
         key = tuple((c.weight._version, c.weight.data_ptr()) for c in self.convs)
-        if self._padded_cache is None or self._padded_cache[0] != key:
-            width, height = self._padded_shape
+        cached = self._weights.get(layout)
+        if cached is None or cached[0] != key:
             first = self.convs[0].weight
-            w = first.new_zeros(len(self.convs) * height, width, *first.shape[2:])
-            bias = None if self.convs[0].bias is None else first.new_zeros(len(w))
-            for k, conv in enumerate(self.convs):
-                rows = slice(k * height, k * height + conv.out_channels)
-                w[rows, :conv.in_channels] = conv.weight.detach()
-                if bias is not None:
-                    bias[rows] = conv.bias.detach()
-            self._padded_cache = (key, w, bias)
-        return self._padded_cache[1], self._padded_cache[2]
+            has_bias = self.convs[0].bias is not None
+            if layout == "padded":
+                width, height = self._padded_shape
+                w = first.new_zeros(len(self.convs) * height, width, *first.shape[2:])
+                bias = first.new_zeros(len(w)) if has_bias else None
+                for k, conv in enumerate(self.convs):
+                    rows = slice(k * height, k * height + conv.out_channels)
+                    w[rows, :conv.in_channels] = conv.weight.detach()
+                    if bias is not None:
+                        bias[rows] = conv.bias.detach()
+            else:
+                w = first.new_zeros(self.out_channels, self.in_channels, *first.shape[2:])
+                bias = first.new_zeros(self.out_channels) if has_bias else None
+                filters = self.filters.split([c.out_channels for c in self.convs])
+                for conv, rows, cols in zip(self.convs, filters, self.gather.split(self.sizes)):
+                    w[rows.unsqueeze(1), cols] = conv.weight.detach()  # (|filters_k|, |S_k|, ..)
+                    if bias is not None:
+                        bias[rows] = conv.bias.detach()
+            self._weights[layout] = (key, w, bias)
+        return self._weights[layout][1], self._weights[layout][2]
 
     @property
     def execution(self) -> str:
@@ -391,14 +410,37 @@ class SelfGroupedConv2d(nn.Module):
         return groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._execution == "padded":
+        execution = self._execution
+        if execution in ("padded", "dense"):
             if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
-                raise ValueError("execution='padded' computes without autograd (its weight is a "
-                                 "detached copy); use 'loop' to train")
-            weight, bias = self._padded_weight()
+                raise ValueError(f"execution={execution!r} computes without autograd (its weight "
+                                 "is a detached copy); use 'loop' or 'auto' to train")
+        elif execution == "auto":
+            execution = "loop"
+            if tuning.enabled() and not self.training and not torch.is_grad_enabled():
+                execution = tuning.choose(self._tuning_key(x), {
+                    "loop": lambda: self._loop(x), "dense": lambda: self._dense(x)})
+        if execution == "dense":
+            return self._dense(x)
+        if execution == "padded":
+            weight, bias = self._laid_out("padded")
             y = F.conv2d(x.index_select(1, self.padded_gather), weight, bias, self.stride,
                          self.padding, self.dilation, groups=len(self.convs))  # (B, G F, H', W')
             return y.index_select(1, self.padded_place)  # (B, O, H', W')
+        return self._loop(x)
+
+    def _tuning_key(self, x: torch.Tensor) -> tuple:
+        """What the measured choice depends on: the clusters' sizes, the conv's geometry, the
+        input's shape and the thread count."""
+        return ("SelfGroupedConv2d", self.in_channels, self.out_channels, tuple(self.sizes),
+                tuple(c.out_channels for c in self.convs), self.kernel_size, self.stride,
+                self.padding, self.dilation, tuple(x.shape), tuning.threads())
+
+    def _dense(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self._laid_out("dense")  # (O, C, kh, kw), (O,)
+        return self.convs[0]._conv_forward(x, weight, bias)  # the conv's padding mode included
+
+    def _loop(self, x: torch.Tensor) -> torch.Tensor:
         if self._zero_padding and cpu_kernel.applies(x):  # every cluster in one C++ call
             convs = [conv._parameters for conv in self.convs]  # not Module.__getattr__ G times
             bias = None
@@ -419,7 +461,7 @@ class SelfGroupedConv2d(nn.Module):
                 f"execution={self._execution} (padded: {self.padded_fraction:.2f}x the MACs)")
 
 
-def to_grouped(model: nn.Module, execution: str = "loop") -> nn.Module:
+def to_grouped(model: nn.Module, execution: str = "auto") -> nn.Module:
     """A copy of ``model`` in which every self-grouped conv is a ``SelfGroupedConv2d``.
 
     The original is unchanged. The copy computes the same outputs as the masked model (to
@@ -428,9 +470,11 @@ def to_grouped(model: nn.Module, execution: str = "loop") -> nn.Module:
 
     Args:
         model: a model with convs grouped by ``self_group``.
-        execution: of every ``SelfGroupedConv2d`` (its docstring): "loop" (each cluster over
-            its own channels; in CPU float32 inference all in one call of the C++ kernel) or
-            "padded"; an attribute of each layer, which can be changed later.
+        execution: of every ``SelfGroupedConv2d`` (its docstring): "auto" (the loop, or with
+            ``dgclab.layers.tuning`` on the faster of the loop and the dense conv, measured per
+            shape in eval-mode inference), "loop" (each cluster over its own channels; in CPU
+            float32 inference all in one call of the C++ kernel), "dense" or "padded"; an
+            attribute of each layer, which can be changed later.
 
     Raises:
         TypeError: ``model`` is not a Module.

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..analysis import count_macs
-from ..layers import dgc_layers, make_conv, set_progress
+from ..layers import dgc_layers, make_conv, set_progress, tuning
 from ..models import dydensenet86, dyresnet18, resnet_cifar
 from ..train import recalibrate_bn
 from .timing import interleaved_medians, synchronized
@@ -112,10 +113,35 @@ def _calibrated_nets(make, size: tuple[int, ...]) -> dict[str, nn.Module]:
     return nets
 
 
+def _tuned(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model`` called with its "auto" executions chosen by measurement (``layers.tuning``):
+    the first call per shape times the candidates (the bench's warm-up calls)."""
+    def run(x):
+        with tuning.use(True):
+            return model(x)
+    return run
+
+
+def _tuning_summary(model: nn.Module, x: torch.Tensor) -> str:
+    """How many of ``model``'s DGC layers the measurement sent to each execution for ``x``."""
+    seen: list[str] = []
+    hooks = [layer.register_forward_pre_hook(
+        lambda m, args: seen.append(m.resolved_execution(input=args[0], autograd=False)))
+        for _, layer in dgc_layers(model)]
+    try:
+        with torch.no_grad(), tuning.use(True):
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return ", ".join(f"{seen.count(e)} {e}" for e in ("gather", "mask") if e in seen)
+
+
 def _inference(rounds: int, imagenet: bool, device: str = "cpu",
-               dtype: torch.dtype = torch.float32) -> None:
+               dtype: torch.dtype = torch.float32, tune: bool = False) -> None:
+    tuned = f" {'tuned':>9} {'tuned/dense':>11}" if tune else ""
     print(f"{'network':>22} {'batch':>5} {'dense':>9} {'group':>9} {'dgc':>9}  {'dgc/dense':>9} "
-          f"{'dgc/group':>9}  {'MACs dgc/dense':>14} {'dgc/group':>9}   (ms per image)")
+          f"{'dgc/group':>9}  {'MACs dgc/dense':>14} {'dgc/group':>9}{tuned}   (ms per image)")
     for name, make, size, batches in NETWORKS:
         if size[1] >= 224 and not imagenet:
             continue
@@ -124,14 +150,21 @@ def _inference(rounds: int, imagenet: bool, device: str = "cpu",
         nets = {n: m.to(device, dtype) for n, m in nets.items()}
         for batch in batches:
             x = torch.randn(batch, *size, device=device, dtype=dtype)
+            calls = {n: lambda m=m: m(x) for n, m in nets.items()}
+            if tune:
+                calls["tuned"] = lambda m=_tuned(nets["dgc"]): m(x)
             with torch.no_grad():
-                t = interleaved_medians(
-                    {n: synchronized(lambda m=m: m(x), device) for n, m in nets.items()},
-                    rounds=rounds)
+                t = interleaved_medians({n: synchronized(c, device) for n, c in calls.items()},
+                                        rounds=rounds)
             ms = {n: v * 1e3 / batch for n, v in t.items()}
-            print(f"{name:>22} {batch:>5} {ms['dense']:9.3f} {ms['group']:9.3f} {ms['dgc']:9.3f}  "
-                  f"{ms['dgc'] / ms['dense']:9.2f} {ms['dgc'] / ms['group']:9.2f}  "
-                  f"{macs['dgc'] / macs['dense']:14.2f} {macs['dgc'] / macs['group']:9.2f}")
+            line = (f"{name:>22} {batch:>5} {ms['dense']:9.3f} {ms['group']:9.3f} "
+                    f"{ms['dgc']:9.3f}  {ms['dgc'] / ms['dense']:9.2f} "
+                    f"{ms['dgc'] / ms['group']:9.2f}  {macs['dgc'] / macs['dense']:14.2f} "
+                    f"{macs['dgc'] / macs['group']:9.2f}")
+            if tune:
+                line += (f" {ms['tuned']:9.3f} {ms['tuned'] / ms['dense']:11.2f}   "
+                         f"({_tuning_summary(nets['dgc'], x)})")
+            print(line)
 
 
 def profile(model: nn.Module, x: torch.Tensor, calls: int = 10, rows: int = 12) -> str:
@@ -208,6 +241,10 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                         help="of the inference tables (training steps stay float32)")
+    parser.add_argument("--tune", action="store_true",
+                        help="also time the DGC network with its executions chosen by "
+                             "measurement per layer shape (dgclab.layers.tuning), in the same "
+                             "rounds, and say how many layers chose which")
     parser.add_argument("--profile", action="store_true",
                         help="also print where resnet_cifar(20, w32)'s time goes, per op, DGC "
                              "and dense, batch 1 and 64")
@@ -227,7 +264,8 @@ def main(argv=None) -> int:
     print("targets (network-speed issue): dgc/group <= 1.2 at batch 64 and <= 1.5 at batch 1, "
           "dgc/dense <= 0.8 at batch 1; DyResNet-18 <= 0.8x dense at batch 8; training step at "
           "the final k <= 1.0x dense\n")
-    _inference(args.rounds, not args.no_imagenet, args.device, getattr(torch, args.dtype))
+    _inference(args.rounds, not args.no_imagenet, args.device, getattr(torch, args.dtype),
+               args.tune)
     if not args.no_train:
         _training(args.train_rounds, args.train_batch, args.device)
     if args.profile:

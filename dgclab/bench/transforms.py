@@ -42,7 +42,7 @@ from .._atomic import atomic_write_bytes, atomic_write_csv
 from ..analysis import count_macs, merge_similar, to_grouped
 from ..analysis.channel_similarity import block_widths, resize_blocks_
 from ..data import dataset_info, load_dataset
-from ..layers import cpu_kernel
+from ..layers import cpu_kernel, tuning
 from ..study.self_grouping import STAGES_CSV, load_self_grouped
 from ..train import Trainer, TrainConfig
 from ..train.checkpoint import atomic_torch_save, load_checkpoint
@@ -51,7 +51,7 @@ from ..train.run_folder import load_weights, model_of
 from .tables import markdown_table
 from .timing import interleaved_medians
 
-__all__ = ["MERGED_FORMAT", "WithoutKernel", "forward_times", "layer_sweep", "load_merged", "main",
+__all__ = ["MERGED_FORMAT", "WithTuning", "WithoutKernel", "forward_times", "layer_sweep", "load_merged", "main",
            "merge_example", "save_merged", "time_schedule"]
 
 MERGED_FORMAT = "dgclab-merged/1"
@@ -126,6 +126,19 @@ class WithoutKernel(nn.Module):
             return self.model(x)
 
 
+class WithTuning(nn.Module):
+    """``model`` with its "auto" executions chosen by measurement in its forward
+    (``dgclab.layers.tuning``): the first call of each shape times the candidates."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with tuning.use(True):
+            return self.model(x)
+
+
 SWEEP_LAYERS = ((64, 28), (128, 14), (256, 14), (512, 7))  # (channels, map side)
 SWEEP_RATES = (0.5, 0.75)
 
@@ -140,15 +153,18 @@ def layer_sweep(layers: Sequence[tuple[int, int]] = SWEEP_LAYERS,
     ``self_group(groups, rate)``; its masked dense conv (the authors' execution) is timed
     round-robin against ``to_grouped`` of it, ``execution="loop"`` (each cluster over its own
     channels: every cluster in one call of the C++ kernel where it is built, and beside it
-    PyTorch's one conv per cluster, ``loop-pt``) and ``"padded"`` (one grouped conv at the
-    padded MACs), eval and ``torch.no_grad()``.
+    PyTorch's one conv per cluster, ``loop-pt``), ``"padded"`` (one grouped conv at the
+    padded MACs), ``"dense"`` (the clusters' weights in one dense conv) and ``"auto"`` with
+    tuning on (``tuned``: the faster of loop and dense, measured in the warm-up calls), eval
+    and ``torch.no_grad()``.
 
     Returns:
         One row per (channels, side, rate, batch): ``kept`` (MACs of the loop over the dense
         conv's), ``filters_per_cluster`` (mean), ``padded_macs`` (the padded execution's MACs
-        over the dense conv's), ``masked_ms`` (per call) and ``loop_vs_masked`` /
-        ``padded_vs_masked`` / ``loop_pt_vs_masked`` (time ratios; below 1 is faster than the
-        masked conv).
+        over the dense conv's), ``masked_ms`` (per call), ``loop_vs_masked`` /
+        ``padded_vs_masked`` / ``dense_vs_masked`` / ``tuned_vs_masked`` /
+        ``loop_pt_vs_masked`` (time ratios; below 1 is faster than the masked conv) and
+        ``tuned_choice`` (what the measurement chose).
     """
     from ..analysis import self_group
 
@@ -160,10 +176,12 @@ def layer_sweep(layers: Sequence[tuple[int, int]] = SWEEP_LAYERS,
             masked = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False))
             self_group(masked, groups=groups, rate=rate, layers=["0"], seed=seed)
             masked.eval()
-            runs = {"masked": masked, "loop": to_grouped(masked).eval(),
-                    "padded": to_grouped(masked, "padded").eval()}
+            runs = {"masked": masked, "loop": to_grouped(masked, "loop").eval(),
+                    "padded": to_grouped(masked, "padded").eval(),
+                    "dense": to_grouped(masked, "dense").eval(),
+                    "tuned": WithTuning(to_grouped(masked, "auto").eval())}
             if kernel:
-                runs["loop-pt"] = WithoutKernel(to_grouped(masked).eval())
+                runs["loop-pt"] = WithoutKernel(to_grouped(masked, "loop").eval())
             layer = runs["loop"][0]
             kept = sum(c.in_channels * c.out_channels for c in layer.convs) / channels ** 2
             for batch in batches:
@@ -178,6 +196,7 @@ def layer_sweep(layers: Sequence[tuple[int, int]] = SWEEP_LAYERS,
                        "masked_ms": round(t["masked"] * 1e3, 3)}
                 row.update({f"{e.replace('-', '_')}_vs_masked": round(t[e] / t["masked"], 2)
                             for e in runs if e != "masked"})
+                row["tuned_choice"] = tuning.remembered(runs["tuned"].model[0]._tuning_key(x))
                 rows.append(row)
     return pd.DataFrame(rows)
 

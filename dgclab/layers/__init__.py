@@ -8,6 +8,8 @@
 - ``scc.py``: the sliding-channel conv of DSXplore (SPEC §3).
 - ``lgc.py``: the learned group conv of CondenseNet and its condensed form (SPEC §2).
 - ``gspc.py``: GSPC's packed grouped conv, a function (SPEC §5).
+- ``tuning.py``: "auto" executions chosen by measurement once per shape (opt-in, like
+  ``torch.backends.cudnn.benchmark``).
 """
 
 from .base import (
@@ -31,6 +33,7 @@ from .dgc_network import (
     set_pruning_progress,
     set_threshold,
 )
+from . import tuning
 from .dgc_schedule import pruning_schedule
 from .group import GroupConv2d, KernelConv2d, group_conv2d
 from .lgc import CondensedConv2d, LearnedGroupConv2d, group_lasso
@@ -93,5 +96,6 @@ __all__ = [
     "set_progress",
     "set_pruning_progress",
     "set_threshold",
+    "tuning",
     "unregister_conv",
 ]

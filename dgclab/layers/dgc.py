@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from ..checks import (
     check_bool, check_choice, check_conv_geometry, check_float, check_int
 )
-from . import cpu_kernel
+from . import cpu_kernel, tuning
 from .base import GroupingConv, conv_channel_macs, conv_output_hw
 
 # Everything below is re-exported: ``from dgclab.layers.dgc import X`` works as before the split.
@@ -390,8 +390,9 @@ class DGCConv2d(GroupingConv, nn.Module):
             input: the forward's input, if known: where the fused CPU kernel applies to it
                 (CPU, float32, no autograd), "auto" follows the kernel's own rule (gather at
                 every k, except at batches of 9 or more on maps of at most 63 output pixels
-                where a head keeps more than half its channels). The repr shows the rule
-                without an input.
+                where a head keeps more than half its channels); with ``tuning`` on, in eval
+                mode, the choice measured for this input's shape where one was. The repr
+                shows the rule without an input.
         """
         if k is None:
             k = self.inactive_channels
@@ -401,6 +402,10 @@ class DGCConv2d(GroupingConv, nn.Module):
         if input is not None and not isinstance(input, torch.Tensor):
             raise TypeError(f"input must be a Tensor or None, got {type(input).__name__}")
         kernel = input is not None and not autograd and cpu_kernel.applies(input)
+        if kernel and self._tunes(self.threshold):
+            measured = tuning.remembered(self._tuning_key(input, k))
+            if measured is not None:
+                return measured
         return self._resolve(k, autograd, input, kernel)
 
     def _resolve(self, k: float, autograd: bool, x: torch.Tensor | None = None,
@@ -538,8 +543,33 @@ class DGCConv2d(GroupingConv, nn.Module):
         kernel = not autograd and cpu_kernel.applies(x)
         execution = self._resolve(k, autograd, x, kernel, out_hw)  # resolved_execution
         threshold = self.threshold
+        if kernel and self._tunes(threshold):
+            execution = tuning.choose(self._tuning_key(x, k), {
+                "gather": lambda: self._kernel_forward(x, k, None),
+                "mask": lambda: self._pytorch_forward(x, k, "mask", None),
+            })
         if execution == "gather" and kernel:
             return self._kernel_forward(x, k, threshold)
+        return self._pytorch_forward(x, k, execution, threshold)
+
+    def _tunes(self, threshold: float | None) -> bool:
+        """Whether this inference forward's execution is chosen by measurement (``tuning.py``):
+        tuning on, "auto", eval mode (a training-mode forward updates BN statistics, which timing
+        would repeat) and the head-wise rule (under a threshold the keep counts vary with the
+        images, so no shape key stands for them)."""
+        return (tuning.enabled() and self._execution == "auto" and not self.training
+                and threshold is None)
+
+    def _tuning_key(self, x: torch.Tensor, k: int) -> tuple:
+        """What the measured choice depends on: the layer's and the input's shapes, k, whether
+        the kernel folds the BN, and the thread count."""
+        return ("DGCConv2d", self.in_channels, self.out_channels, self.heads, self.kernel_size,
+                self.stride, self.padding, self.dilation, tuple(x.shape), k, self._fuse_norm(),
+                tuning.threads())
+
+    def _pytorch_forward(self, x: torch.Tensor, k: int, execution: str,
+                         threshold: float | None) -> torch.Tensor:
+        """The PyTorch formulation of ``execution`` ("mask" or "gather")."""
         x = self.relu(self.norm(x))
         pooled = x.mean(dim=(2, 3))
         g = self.saliency(pooled)  # (B, heads, C)

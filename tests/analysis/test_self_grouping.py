@@ -20,7 +20,7 @@ from dgclab.analysis.self_grouping import (
     self_group,
     to_grouped,
 )
-from dgclab.layers import cpu_kernel
+from dgclab.layers import cpu_kernel, tuning
 from dgclab.models import resnet_cifar
 
 from helpers import needs_compiler
@@ -183,7 +183,8 @@ def check_grouped(model: nn.Module, shape) -> None:
     grouped = [m for m in fast.modules() if isinstance(m, SelfGroupedConv2d)]
     with torch.no_grad():
         reference = model.eval()(x)
-        for execution, kernel in (("loop", True), ("loop", False), ("padded", True)):
+        for execution, kernel in (("loop", True), ("loop", False), ("padded", True),
+                                  ("dense", True), ("auto", True)):
             for m in grouped:
                 m.execution = execution
             with cpu_kernel.use(kernel):  # the loop in one C++ call, or PyTorch's
@@ -213,13 +214,48 @@ def test_grouped_model_trains():
     assert all(p.grad is not None for p in fast.parameters())
     grouped = [m for m in fast.modules() if isinstance(m, SelfGroupedConv2d)]
     assert all(m.padded_fraction >= 1 for m in grouped) and "padded:" in repr(grouped[0])
-    grouped[0].execution = "padded"
-    with pytest.raises(ValueError, match="without autograd"):
-        fast(torch.randn(4, 3, 8, 8))
+    for execution in ("padded", "dense"):
+        grouped[0].execution = execution
+        with pytest.raises(ValueError, match=f"execution='{execution}' computes without autograd"):
+            fast(torch.randn(4, 3, 8, 8))
     with pytest.raises(ValueError, match="execution"):
         grouped[0].execution = "fast"
     with pytest.raises(ValueError, match="execution"):
-        to_grouped(model, execution="auto")
+        to_grouped(model, execution="fast")
+    assert all(m.execution == "auto" for m in to_grouped(model).modules()
+               if isinstance(m, SelfGroupedConv2d))
+    grouped[0].execution = "auto"
+    with tuning.use(True):  # training: the loop, never timed
+        fast(torch.randn(4, 3, 8, 8)).sum().backward()
+    assert not any(key[0] == "SelfGroupedConv2d" for key in tuning.choices())
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
+def test_auto_with_tuning_picks_loop_or_dense_and_gives_the_masked_result(padding_mode):
+    model, layer = one_grouped_conv(12, 10, 3, 1, 1, 1, True, padding_mode=padding_mode)
+    x = torch.randn(3, 12, 9, 9)
+    tuning.clear()
+    try:
+        with torch.no_grad():
+            reference = model(x)
+            with tuning.use(True):
+                out = layer(x)
+                again = layer(x)  # the remembered choice
+        (key, (choice, medians)), = tuning.choices().items()
+        assert key[0] == "SelfGroupedConv2d" and choice in ("loop", "dense")
+        assert set(medians) == {"loop", "dense"}
+    finally:
+        tuning.clear()
+    torch.testing.assert_close(out, reference, atol=TOL, rtol=1e-5)
+    torch.testing.assert_close(again, out)
+
+
+def test_the_dense_weight_holds_each_cluster_where_the_mask_keeps_it():
+    model, layer = one_grouped_conv(12, 10, 3, 1, 1, 1, True)
+    with torch.no_grad():
+        weight, bias = layer._laid_out("dense")
+        torch.testing.assert_close(weight, model[0].weight)  # the masked weight, parametrized
+        torch.testing.assert_close(bias, model[0].bias)
 
 
 def test_the_padded_weight_follows_training():

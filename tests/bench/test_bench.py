@@ -170,6 +170,34 @@ def test_groups_benchmark_networks_table_times_the_kernel_on_and_off(capsys, mon
     assert all(float(v) > 0 for r in rows for v in r[3:])
 
 
+@needs_compiler
+def test_network_benchmark_tune_times_the_measured_choice_beside_the_rule(capsys, monkeypatch):
+    from dgclab.bench import network
+    from dgclab.layers import dgc_layers, set_progress, tuning
+    from dgclab.models import resnet_cifar
+
+    def tiny():
+        model = resnet_cifar(8, width=8, conv="dgc", heads=2, in_channels=1)
+        set_progress(model, 1.0)
+        return model
+
+    monkeypatch.setattr(network, "NETWORKS", [("tiny", tiny, (1, 8, 8), (1, 3))])
+    tuning.clear()
+    try:
+        assert network.main(["--tune", "--no-train", "--rounds", "1", "--threads", "1"]) == 0
+        out = capsys.readouterr().out
+        assert not tuning.enabled()  # only inside the tuned calls
+        assert len(tuning.choices()) >= 2  # a shape per batch at least
+    finally:
+        tuning.clear()
+    rows = [line for line in out.splitlines() if line.strip().startswith("tiny")]
+    assert len(rows) == 2 and "tuned/dense" in out
+    layers = len(dgc_layers(tiny()))
+    for row in rows:  # every DGC layer counted once, by the execution it chose
+        counts = row[row.index("(") + 1:row.index(")")]
+        assert sum(int(part.split()[0]) for part in counts.split(", ")) == layers, row
+
+
 def test_layer_benchmark_family_computes_what_each_method_claims():
     import torch
 

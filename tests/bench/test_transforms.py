@@ -42,7 +42,10 @@ def test_layer_sweep_table(one_thread):
     # rate 0.5 keeps about half of each cluster's channels: the loop runs about half the MACs,
     # and padding to the largest cluster can only add to them
     assert 0.25 <= row["kept"] <= 0.75 and row["padded_macs"] >= row["kept"]
-    assert (table[["masked_ms", "loop_vs_masked", "padded_vs_masked"]] > 0).all().all()
+    ratios = ["masked_ms", "loop_vs_masked", "padded_vs_masked", "dense_vs_masked",
+              "tuned_vs_masked"]
+    assert (table[ratios] > 0).all().all()
+    assert set(table["tuned_choice"]) <= {"loop", "dense"}
     assert ("loop_pt_vs_masked" in table) == cpu_kernel.available()
 
 
