@@ -4,7 +4,8 @@ self-grouping convolution (SG-CNN, SPEC §4: ``self_group``, ``to_grouped``), ch
 pruning (SPEC §6, dgclab's reading of the metric: ``channel_similarity``, ``merge_similar``),
 compute that adapts to the image under DGC-G's threshold (``compute_per_image``,
 ``compute_sweep``), how selections move during training (``selection_churn``,
-``saliency_stats``, ``loss_around_k_steps``, ``bn_drift``) and a training-time metric tracker."""
+``saliency_stats``, ``loss_around_k_steps``, ``bn_drift``, ``bn_swap``) and a training-time
+metric tracker."""
 
 from .macs import conv_output_hw, count_macs, dgc_layer_mac_terms, dgc_layer_macs
 from .selection import (
@@ -21,7 +22,10 @@ from .adaptive import (
     PER_IMAGE_COLUMNS, SWEEP_COLUMNS, compute_per_image, compute_sweep, layer_pruning_rates,
 )
 from .channel_similarity import channel_distance, channel_similarity, merge_similar
-from .dynamics import BN_DRIFT_COLUMNS, bn_drift, loss_around_k_steps, saliency_stats, selection_churn
+from .dynamics import (
+    BN_DRIFT_COLUMNS, BN_SWAP_COLUMNS, bn_drift, bn_swap, loss_around_k_steps, saliency_stats,
+    selection_churn,
+)
 from .dead_filters import ConvWithBiasMap, PruningReport, remove_dead_filters
 from .pruning_effect import pruning_effect
 from .self_grouping import ChannelMask, SelfGroupedConv2d, self_group, to_grouped
@@ -30,6 +34,7 @@ from .tracker import CHEAP_METRICS, EXPENSIVE_METRICS, PROBE_METRICS, STEP_METRI
 
 __all__ = [
     "BN_DRIFT_COLUMNS",
+    "BN_SWAP_COLUMNS",
     "CHEAP_METRICS",
     "ChannelMask",
     "ConvWithBiasMap",
@@ -43,6 +48,7 @@ __all__ = [
     "SelfGroupedConv2d",
     "binary_entropy",
     "bn_drift",
+    "bn_swap",
     "bn_relu_pairs",
     "channel_distance",
     "channel_similarity",

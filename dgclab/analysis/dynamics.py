@@ -19,12 +19,14 @@ training):
   in loss, and how long until it is recovered?
 * ``bn_drift``: how far every BN's eval-mode output is from normalised when its running
   statistics lag behind the activations it now sees (the eval-mode dips of issue #21).
+* ``bn_swap``: which BNs' stale statistics cost the score: per BN, the score with only that
+  BN's statistics fresh, and with only that BN's stale.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -33,11 +35,13 @@ from torch import nn
 
 from ..checks import check_int, check_type
 
-__all__ = ["selection_churn", "saliency_stats", "loss_around_k_steps", "bn_drift",
-           "LOSS_AROUND_K_COLUMNS", "BN_DRIFT_COLUMNS"]
+__all__ = ["selection_churn", "saliency_stats", "loss_around_k_steps", "bn_drift", "bn_swap",
+           "LOSS_AROUND_K_COLUMNS", "BN_DRIFT_COLUMNS", "BN_SWAP_COLUMNS"]
 
 LOSS_AROUND_K_COLUMNS = ["offset", "events", "delta_mean", "delta_sem"]
 BN_DRIFT_COLUMNS = ["layer", "channels", "drift", "drift_max", "mean_part", "std_part"]
+BN_SWAP_COLUMNS = ["layer", "only_fresh", "only_stale"]
+_STATS = ("running_mean", "running_var")
 
 
 def selection_churn(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
@@ -213,6 +217,93 @@ def bn_drift(model: nn.Module, stale: Mapping[str, torch.Tensor]) -> pd.DataFram
                      "drift_max": float(drift.max()), "mean_part": float(m.abs().mean()),
                      "std_part": float((s - s0).abs().mean())})
     return pd.DataFrame(rows, columns=BN_DRIFT_COLUMNS)
+
+
+def _running_bns(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+
+
+def _statistics(bns, given: Mapping[str, torch.Tensor], label: str) -> dict:
+    """``{bn name: (mean, var)}`` read from ``given`` (a state-dict-like mapping), checked."""
+    out = {}
+    for name, bn in bns:
+        prefix = f"{name}." if name else ""
+        pair = []
+        for stat in _STATS:
+            key, now = prefix + stat, getattr(bn, stat)
+            value = given.get(key)
+            if not isinstance(value, torch.Tensor) or value.shape != now.shape:
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else value
+                raise ValueError(f"{label}[{key!r}] must be a tensor of shape "
+                                 f"{tuple(now.shape)} (a state_dict of the same model), got {got}")
+            pair.append(value.detach())
+        out[name] = tuple(pair)
+    return out
+
+
+def bn_swap(model: nn.Module, stale: Mapping[str, torch.Tensor],
+            fresh: Mapping[str, torch.Tensor], score: Callable[[nn.Module], float]) -> pd.DataFrame:
+    """Which BNs' stale running statistics cost ``score``, one BN at a time.
+
+    Where recomputing every BN's statistics (``dgclab.train.recalibrate_bn``) lifts the
+    eval-mode accuracy, this says whether one layer's statistics carry the loss or all of them
+    a little each. For every BN (``named_modules`` order), ``score(model)`` twice: with only
+    that BN's statistics fresh (the others stale), and with only that BN's stale (the others
+    fresh). Compare with ``score`` under all-stale and all-fresh statistics, which the caller
+    has (or gets from this function's rows of a one-BN model).
+
+    Args:
+        model: the network; its BN buffers are overwritten during the calls and restored after.
+        stale, fresh: ``{name: tensor}`` mappings with every tracking BN's
+            ``<name>.running_mean`` and ``<name>.running_var`` (``state_dict`` copies taken
+            before and after recomputing).
+        score: called with ``model`` (statistics swapped in, mode unchanged), returns a number,
+            e.g. its test accuracy in eval mode.
+
+    Returns:
+        DataFrame, one row per BN with running statistics: ``layer``, ``only_fresh``,
+        ``only_stale``.
+
+    Raises:
+        TypeError: ``model`` not a module, ``stale`` or ``fresh`` not mappings, ``score`` not
+            callable.
+        ValueError: a mapping lacks a BN's statistics or holds them in another shape.
+
+    Example:
+        >>> bn = nn.BatchNorm1d(1).eval()
+        >>> stale = {k: v.clone() for k, v in bn.state_dict().items()}
+        >>> fresh = {**stale, "running_mean": torch.ones(1)}
+        >>> table = bn_swap(bn, stale, fresh, lambda m: m(torch.ones(2, 1)).abs().sum().item())
+        >>> table[["only_fresh", "only_stale"]].round(3).values.tolist()
+        [[0.0, 2.0]]
+    """
+    check_type("model", model, nn.Module)
+    check_type("stale", stale, Mapping)
+    check_type("fresh", fresh, Mapping)
+    if not callable(score):
+        raise TypeError(f"score must be callable, got {type(score).__name__}")
+    bns = _running_bns(model)
+    old, new = _statistics(bns, stale, "stale"), _statistics(bns, fresh, "fresh")
+    saved = {name: tuple(getattr(bn, s).clone() for s in _STATS) for name, bn in bns}
+
+    def put(chosen: Mapping[str, tuple]) -> None:
+        with torch.no_grad():
+            for name, bn in bns:
+                for stat, value in zip(_STATS, chosen[name]):
+                    getattr(bn, stat).copy_(value)
+
+    rows = []
+    try:
+        for name, _ in bns:
+            put({**old, name: new[name]})
+            only_fresh = float(score(model))
+            put({**new, name: old[name]})
+            only_stale = float(score(model))
+            rows.append({"layer": name, "only_fresh": only_fresh, "only_stale": only_stale})
+    finally:
+        put(saved)
+    return pd.DataFrame(rows, columns=BN_SWAP_COLUMNS)
 
 
 def _step_series(frame: pd.DataFrame) -> pd.DataFrame:

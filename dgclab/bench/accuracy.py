@@ -56,16 +56,21 @@ import torch
 from torch.utils.data import DataLoader
 
 from .._atomic import atomic_write_bytes, atomic_write_text
-from ..analysis import PROBE_METRICS, STEP_METRICS, MetricTracker, bn_drift, selection_churn
-from ..data import dataset_info
+from ..analysis import (
+    PROBE_METRICS, STEP_METRICS, MetricTracker, bn_drift, bn_swap, selection_churn,
+)
+from ..data import dataset_info, load_dataset
 from ..layers import CONV_KINDS, dgc_layers, set_progress
 from ..modes import eval_mode
 from ..record import paused
 from ..train import Trainer, TrainConfig, evaluate_model, recalibrate_bn
 from ..train.checkpoint import rng_state, set_rng_state
-from ..train.run_folder import model_of
+from ..train.run_folder import (
+    CHECKPOINT, CONFIG, load_weights, model_of, read_checkpoint, read_config,
+)
 from .dynamics import BN_DRIFT, DYNAMICS, RECALIBRATION, summarize_dynamics
 from .network import calibrate
+from .tables import markdown_table
 from .timing import interleaved_medians
 
 DEFAULT_CONVS = ("dense", "group", "dgc")  # the paper's comparison; any kind of CONV_KINDS runs
@@ -353,6 +358,42 @@ def summarize(args) -> pd.DataFrame:
     return table
 
 
+def bn_staleness(run: Path, data_root=None, batches: int = RECALIBRATION_BATCHES) -> pd.DataFrame:
+    """Which BNs' stale running statistics cost a run's eval-mode test accuracy, at its latest
+    checkpoint (``analysis.bn_swap``).
+
+    The checkpoint's statistics are the stale ones; the fresh ones are recomputed on the first
+    ``batches`` training batches as the bench's ``bn_recalibration.csv`` does (the run's seed,
+    its augmentation). Returns ``bn_swap``'s table with two more rows first, ``all stale`` and
+    ``all fresh`` (both columns their accuracy), and the checkpoint's ``epoch``. ``data_root``:
+    where the dataset is (default the run's own ``data_root``).
+    """
+    run = Path(run)
+    config = read_config(run / CONFIG)
+    data_root = config.data_root if data_root is None else data_root
+    state = read_checkpoint(run / CHECKPOINT)
+    model = model_of(config)
+    load_weights(model, state["model"], run / CHECKPOINT)
+    torch.manual_seed(config.seed)
+    train, test, info = load_dataset(config.dataset, data_root, config.subset, config.seed,
+                                     download=False, augment=config.augment)
+    size = (1, info.in_channels, info.image_size, info.image_size)
+    test_batches = DataLoader(test, config.eval_batch_size)
+
+    def accuracy(m) -> float:
+        return evaluate_model(m, test_batches, size, record=False)[0]["test_acc"]
+
+    stale = {k: v.clone() for k, v in model.state_dict().items()}
+    all_stale = accuracy(model.eval())
+    recalibrate_bn(model, DataLoader(train, config.batch_size), max_batches=batches)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    all_fresh = accuracy(model)
+    table = bn_swap(model, stale, fresh, accuracy)
+    ends = pd.DataFrame([{"layer": "all stale", "only_fresh": all_stale, "only_stale": all_stale},
+                         {"layer": "all fresh", "only_fresh": all_fresh, "only_stale": all_fresh}])
+    return pd.concat([ends, table], ignore_index=True).assign(epoch=state["epoch"])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dgclab.bench accuracy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -376,7 +417,24 @@ def main(argv=None) -> int:
                         help="another results folder whose seed-0 runs join the epoch-by-epoch "
                              "accuracy table of dynamics_summary.csv (e.g. data/bench-accuracy)")
     parser.add_argument("--progress", action="store_true", help="tqdm bars (off: log lines)")
+    parser.add_argument("--bn-swap", metavar="RUN", default=None,
+                        help="only this: which BNs' stale statistics cost the run folder RUN its "
+                             "eval-mode accuracy at its latest checkpoint (bn_staleness); the "
+                             "table goes to --results as bn_swap-<run>-epoch<N>.csv")
     args = parser.parse_args(argv)
+    if args.bn_swap is not None:
+        torch.set_num_threads(args.threads)
+        run = Path(args.bn_swap).expanduser()
+        table = bn_staleness(run, args.data_root)
+        epoch = int(table.epoch.iloc[0])
+        path = Path(args.results) / f"bn_swap-{run.name}-epoch{epoch}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, table.to_csv(index=False, float_format="%.6g"))
+        print(f"{run}, epoch {epoch}: test accuracy with only one BN's statistics fresh (the "
+              f"others stale) and only one stale (the others fresh)\n")
+        print(markdown_table(table.drop(columns="epoch")))
+        print(f"\nwritten to {path}")
+        return 0
     args.configs = [c for c in args.configs.split(",") if c]
     args.out, args.results = Path(args.out).expanduser(), Path(args.results)
     args.reference = None if args.reference is None else Path(args.reference)

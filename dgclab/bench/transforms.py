@@ -51,8 +51,8 @@ from ..train.run_folder import load_weights, model_of
 from .tables import markdown_table
 from .timing import interleaved_medians
 
-__all__ = ["MERGED_FORMAT", "WithTuning", "WithoutKernel", "forward_times", "layer_sweep", "load_merged", "main",
-           "merge_example", "save_merged", "time_schedule"]
+__all__ = ["MERGED_FORMAT", "WithTuning", "WithoutKernel", "forward_times", "layer_sweep",
+           "load_merged", "main", "merge_example", "save_merged", "time_schedule"]
 
 MERGED_FORMAT = "dgclab-merged/1"
 BATCHES = (1, 64)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from dgclab.analysis import (
-    BN_DRIFT_COLUMNS, PROBE_METRICS, STEP_METRICS, MetricTracker, bn_drift, loss_around_k_steps,
-    saliency_stats, selection_churn,
+    BN_DRIFT_COLUMNS, BN_SWAP_COLUMNS, PROBE_METRICS, STEP_METRICS, MetricTracker, bn_drift,
+    bn_swap, loss_around_k_steps, saliency_stats, selection_churn,
 )
 from dgclab.layers import dgc_layers, set_pruning_progress
 from dgclab.models import resnet_cifar
@@ -228,6 +228,61 @@ def test_bn_drift_is_zero_for_unchanged_statistics_and_names_every_bn():
     assert frame.loc["layer1.0.bn1", "mean_part"] == 0
     assert (frame.drop(index="layer1.0.bn1").drift == 0).all()
     assert bn_drift(torch.nn.Linear(2, 2), {}).columns.tolist() == BN_DRIFT_COLUMNS
+
+
+def _two_stat_sets(model):
+    """(stale, fresh) state dicts of ``model`` differing in layer1.0.bn1 and layer2.0.bn2."""
+    stale = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.layer1[0].bn1.running_mean.add_(0.5)
+        model.layer2[0].bn2.running_var.mul_(3.0)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    return stale, fresh
+
+
+def test_bn_swap_scores_each_bn_alone_against_the_oracle_of_swapping_by_hand():
+    torch.manual_seed(0)
+    model = resnet_cifar(8, width=8, in_channels=1).eval()
+    stale, fresh = _two_stat_sets(model)
+    x = torch.randn(3, 1, 12, 12)
+
+    def score(m):
+        with torch.no_grad():
+            return m(x).sum().item()
+
+    def by_hand(state):  # the oracle: load a whole state dict and score
+        copy = resnet_cifar(8, width=8, in_channels=1).eval()
+        copy.load_state_dict(state)
+        return score(copy)
+
+    table = bn_swap(model, stale, fresh, score).set_index("layer")
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert list(table.reset_index().columns) == BN_SWAP_COLUMNS and table.index.tolist() == names
+    all_stale, all_fresh = by_hand(stale), by_hand(fresh)
+    for name in names:
+        keys = [f"{name}.running_mean", f"{name}.running_var"]
+        fresh_one = stale | {k: fresh[k] for k in keys}
+        stale_one = fresh | {k: stale[k] for k in keys}
+        assert table.loc[name, "only_fresh"] == pytest.approx(by_hand(fresh_one), rel=1e-6)
+        assert table.loc[name, "only_stale"] == pytest.approx(by_hand(stale_one), rel=1e-6)
+    # BNs whose statistics did not change swap nothing
+    assert table.loc["bn1", "only_fresh"] == pytest.approx(all_stale, rel=1e-6)
+    assert table.loc["bn1", "only_stale"] == pytest.approx(all_fresh, rel=1e-6)
+    assert table.loc["layer1.0.bn1", "only_fresh"] != pytest.approx(all_stale, rel=1e-6)
+    # the model's own statistics are back
+    assert all(torch.equal(v, fresh[k]) for k, v in model.state_dict().items())
+
+
+def test_bn_swap_refuses_what_it_cannot_swap():
+    bn, stale = _stale_bn([0.0], [1.0], [0.0], [1.0])
+    with pytest.raises(TypeError, match="score"):
+        bn_swap(bn, stale, stale, "accuracy")
+    with pytest.raises(TypeError, match="fresh"):
+        bn_swap(bn, stale, list(stale), len)
+    with pytest.raises(ValueError, match=r"fresh\['running_var'\]"):
+        bn_swap(bn, stale, {"running_mean": stale["running_mean"]}, len)
+    with pytest.raises(ValueError, match=r"stale\['running_mean'\] must be a tensor of shape \(1,\)"):
+        bn_swap(bn, stale | {"running_mean": torch.ones(2)}, stale, len)
 
 
 def test_bn_drift_refuses_what_it_cannot_compare():

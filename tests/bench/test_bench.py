@@ -394,6 +394,18 @@ def test_bn_recalibration_rows_leave_the_training_unchanged(tmp_path, monkeypatc
     assert trained.test_acc_recalibrated.tolist() == rows.test_acc_recalibrated.tolist()
     assert trained.bn_drift.tolist() == rows.bn_drift.tolist()
 
+    # which BNs' stale statistics cost the accuracy, at the latest checkpoint
+    run = tmp_path / "with" / "runs" / published.name
+    out = tmp_path / "swap"
+    assert accuracy.main(["--bn-swap", str(run), "--results", str(out), "--threads", "1"]) == 0
+    swap = pd.read_csv(out / f"bn_swap-{run.name}-epoch2.csv")
+    assert swap.layer.tolist() == ["all stale", "all fresh"] + norms
+    assert (swap.epoch == 2).all() and swap[["only_fresh", "only_stale"]].stack().between(0, 1).all()
+    ends = swap.set_index("layer")
+    assert ends.loc["all stale", "only_fresh"] == pytest.approx(rows.test_acc.iloc[-1])
+    assert ends.loc["all fresh", "only_fresh"] == pytest.approx(
+        rows.test_acc_recalibrated.iloc[-1])
+
     class Off:
         def __init__(self, run):
             pass
