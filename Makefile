@@ -36,9 +36,11 @@ browser:
 		echo "chromium is not installed and could not be: the browser test will be skipped"
 
 # Notebooks run in fast mode (DGCLAB_FAST=1: less data, fewer epochs); --nbval-lax compares
-# only the cells marked NBVAL_CHECK_OUTPUT, whose outputs fast and full mode share.
+# only the cells marked NBVAL_CHECK_OUTPUT, whose outputs fast and full mode share. Then every
+# docstring example of the package runs as a doctest (the names they share: conftest.py).
 test: setup browser
 	DGCLAB_FAST=1 $(PY) -m pytest tests notebooks --nbval-lax
+	$(PY) -m pytest --doctest-modules dgclab -q
 
 bench: setup
 	$(PY) -m dgclab.bench layer --variants

@@ -139,8 +139,12 @@ def channel_usage(
         empty group) and ``entropy`` (bits, ``binary_entropy(frequency)``).
 
     Example:
-        >>> usage = channel_usage(rec, per_class=True)
-        >>> usage.pivot_table("frequency", ["layer", "head", "channel"], "label")
+        >>> from dgclab.record import record
+        >>> model = resnet_cifar(8, width=8, conv="dgc", in_channels=1)
+        >>> data = [(torch.randn(4, 1, 28, 28), torch.tensor([3, 7, 7, 1]))]
+        >>> usage = channel_usage(record(model, data), per_class=True)
+        >>> usage.pivot_table("frequency", ["layer", "head", "channel"], "label").shape
+        (448, 3)
     """
     frames = []
     labels = recording.labels

@@ -112,14 +112,14 @@ class MetricTracker:
             autograd, on the model's device.
 
     Example:
-        >>> tracker = MetricTracker(model, every_n_steps=50)
-        >>> for epoch in range(epochs):
+        >>> tracker = MetricTracker(model, every_n_steps=50)  # doctest: +SKIP
+        >>> for epoch in range(epochs):  # doctest: +SKIP
         ...     for x, y in train_loader:
         ...         ...  # forward, loss, backward, optimizer step
         ...         step += 1
         ...         tracker.on_step(step, epoch)
         ...     tracker.on_epoch_end(epoch, step)
-        >>> tracker.frame.query("metric == 'head_jaccard'")
+        >>> tracker.frame.query("metric == 'head_jaccard'")  # doctest: +SKIP
     """
 
     def __init__(

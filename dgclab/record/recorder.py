@@ -74,11 +74,14 @@ def paused() -> Iterator[None]:
     a part of the model called on its own. Blocks nest.
 
     Example:
+        >>> model = resnet_cifar(8, width=8, conv="dgc", in_channels=1)
         >>> with Recorder(model) as rec:
-        ...     rec.tag(labels=y)
         ...     with paused():
-        ...         model(torch.zeros(1, 3, 32, 32))  # not recorded
-        ...     model(x)  # recorded, with the labels y
+        ...         _ = model(torch.zeros(1, 1, 28, 28))  # not recorded
+        ...     rec.tag(labels=torch.tensor([3, 7]))
+        ...     _ = model(torch.randn(2, 1, 28, 28))  # recorded, with its labels
+        >>> rec.selections("layer1.0.conv1").shape[0], rec.labels.tolist()
+        (2, [3, 7])
     """
     token = _PAUSED.set(True)
     try:

@@ -117,7 +117,7 @@ def run_sparsity_study(
             number of epochs.
 
     Example:
-        >>> result = run_sparsity_study("runs/sparsity", "synthetic", subset=256, epochs=1)
+        >>> result = run_sparsity_study("runs/sparsity", "synthetic", subset=256, epochs=1)  # doctest: +SKIP
         >>> result.summary[["arm", "dead_activation", "test_acc"]]  # doctest: +SKIP
     """
     say = log or (lambda line: None)

@@ -442,7 +442,7 @@ def family_explorer(models: Mapping[str, nn.Module], images, captions=None,
 
     Example:
         >>> explorer = family_explorer({"dgc": dgc, "group": group}, images)  # doctest: +SKIP
-        >>> explorer                # the widget
-        >>> explorer.default_image  # the static figure, for readers without a kernel
+        >>> explorer                # the widget  # doctest: +SKIP
+        >>> explorer.default_image  # the static figure, for readers without a kernel  # doctest: +SKIP
     """
     return FamilyExplorer(models, images, captions, **kwargs)

@@ -265,8 +265,8 @@ def image_explorer(model: nn.Module, dataset, classes=None, layers: Sequence[str
 
     Example:
         >>> explorer = image_explorer(model, test_set, classes=info.classes)  # doctest: +SKIP
-        >>> explorer.default_figure   # the static figure, for readers without a kernel
-        >>> explorer                  # the widget
+        >>> explorer.default_figure   # the static figure, for readers without a kernel  # doctest: +SKIP
+        >>> explorer                  # the widget  # doctest: +SKIP
     """
     return ImageExplorer(model, dataset, classes, layers, **kwargs)
 
@@ -354,7 +354,7 @@ def epoch_explorer(snapshots, classes=None, **kwargs) -> EpochExplorer:
     """An ``EpochExplorer`` over ``snapshots`` (epoch -> Recording).
 
     Example:
-        >>> snaps = RecordingSnapshots()
+        >>> snaps = RecordingSnapshots()  # doctest: +SKIP
         >>> Trainer(config, callbacks=[snaps]).fit()  # doctest: +SKIP
         >>> epoch_explorer(snaps.recordings)          # doctest: +SKIP
     """
