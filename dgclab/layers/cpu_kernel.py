@@ -29,7 +29,6 @@ any value of the variable other than 0/1 (false/true, off/on, no/yes) is refused
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -40,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from ..checks import check_bool
+from ._switch import Switch
 
 __all__ = [
     "available", "applies", "applies_under_autograd", "enabled", "set_enabled", "use", "load",
@@ -64,8 +63,8 @@ def _enabled_by_environment() -> bool:
 
 
 _lock = threading.Lock()
+_switch = Switch(_enabled_by_environment())
 _state: dict[str, object] = {
-    "enabled": _enabled_by_environment(),
     "loaded": None,  # None: not tried; True: ops registered; False: build failed
     "error": None,
 }
@@ -148,23 +147,17 @@ def build_error() -> Exception | None:
 
 def enabled() -> bool:
     """Whether the layer may use the kernel (it is built on first use)."""
-    return bool(_state["enabled"])
+    return _switch.on
 
 
 def set_enabled(flag: bool) -> None:
     """Let DGC layers use the kernel (True, the default) or keep their PyTorch formulation."""
-    _state["enabled"] = check_bool("flag", flag)
+    _switch.set(flag)
 
 
-@contextlib.contextmanager
 def use(flag: bool):
     """``with cpu_kernel.use(False): ...`` runs the block with the kernel off (or on)."""
-    before = enabled()
-    set_enabled(flag)
-    try:
-        yield
-    finally:
-        _state["enabled"] = before
+    return _switch.use(flag)
 
 
 def available() -> bool:

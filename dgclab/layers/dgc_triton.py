@@ -34,13 +34,13 @@ layers and networks run it in the interpreter.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 
 import torch
 from torch.nn.modules.utils import _pair
 
+from ._switch import Switch
 from .base import conv_output_hw
 
 __all__ = ["SUPPORTED_DTYPES", "applies", "available", "enabled", "gather_conv", "use"]
@@ -53,7 +53,8 @@ try:  # Triton ships with torch's Linux wheels; elsewhere the PyTorch gather run
 except ImportError:  # pragma: no cover - depends on the platform
     triton = None
 
-_state = {"enabled": os.environ.get("DGCLAB_TRITON", "1") != "0", "warned": set()}
+_switch = Switch(os.environ.get("DGCLAB_TRITON", "1") != "0")
+_state = {"warned": set()}
 # Triton reads TRITON_INTERPRET when it is imported: kernels then run on CPU tensors
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -65,20 +66,13 @@ def available() -> bool:
 
 def enabled() -> bool:
     """Whether CUDA inputs take the Triton kernel (``DGCLAB_TRITON=0`` turns it off)."""
-    return _state["enabled"]
+    return _switch.on
 
 
-@contextlib.contextmanager
 def use(flag: bool):
     """Within the block, CUDA inputs take the Triton kernel if ``flag``, the PyTorch gather if
     not (to time one against the other)."""
-    if not isinstance(flag, bool):
-        raise TypeError(f"flag must be a bool, got {type(flag).__name__}")
-    before, _state["enabled"] = _state["enabled"], flag
-    try:
-        yield
-    finally:
-        _state["enabled"] = before
+    return _switch.use(flag)
 
 
 def applies(x: torch.Tensor) -> bool:
@@ -86,7 +80,7 @@ def applies(x: torch.Tensor) -> bool:
     supported dtype (or of any dtype under CUDA autocast to one), Triton available, enabled.
     A CUDA input of another dtype gets one warning per dtype and the PyTorch gather."""
     on_device = x.is_cuda or (_INTERPRETED and x.device.type == "cpu")
-    if not (on_device and _state["enabled"] and triton is not None):
+    if not (on_device and _switch.on and triton is not None):
         return False
     dtype = _compute_dtype(x)
     if dtype in SUPPORTED_DTYPES:

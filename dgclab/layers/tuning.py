@@ -22,7 +22,6 @@ training forward would run the BN updates and the graph several times.
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import threading
 import time
@@ -30,36 +29,30 @@ from collections.abc import Callable, Hashable
 
 import torch
 
-from ..checks import check_bool
+from ._switch import Switch
 
 __all__ = ["enabled", "set_enabled", "use", "choose", "remembered", "choices", "clear", "ROUNDS"]
 
 ROUNDS = 3  # timed calls of each candidate, interleaved, after one untimed warm-up call each
 
 _lock = threading.Lock()
-_state = {"enabled": False}
+_switch = Switch(False)
 _choices: dict[Hashable, tuple[str, dict[str, float]]] = {}
 
 
 def enabled() -> bool:
     """Whether ``"auto"`` executions are chosen by measurement (off by default)."""
-    return bool(_state["enabled"])
+    return _switch.on
 
 
 def set_enabled(flag: bool) -> None:
     """Choose ``"auto"`` executions by measurement (True) or by the fixed rule (False)."""
-    _state["enabled"] = check_bool("flag", flag)
+    _switch.set(flag)
 
 
-@contextlib.contextmanager
 def use(flag: bool):
     """``with tuning.use(True): ...`` runs the block with tuning on (or off)."""
-    before = enabled()
-    set_enabled(flag)
-    try:
-        yield
-    finally:
-        _state["enabled"] = before
+    return _switch.use(flag)
 
 
 def choose(key: Hashable, candidates: dict[str, Callable[[], object]]) -> str:

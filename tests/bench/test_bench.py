@@ -148,19 +148,23 @@ def test_groups_benchmark_shapes_table_says_what_group_conv2d_takes(capsys, monk
     assert all(float(r[5]) > 0 and float(r[6]) > 0 for r in rows)
 
 
+def _tiny_dgc_resnet():
+    """A bench network builder: resnet_cifar(8), width 8, DGC with 2 heads at its final k."""
+    from dgclab.layers import set_progress
+    from dgclab.models import resnet_cifar
+
+    model = resnet_cifar(8, width=8, conv="dgc", heads=2, in_channels=1)
+    set_progress(model, 1.0)
+    return model
+
+
 @needs_compiler
 def test_groups_benchmark_networks_table_times_the_kernel_on_and_off(capsys, monkeypatch):
     from dgclab.bench import groups, network
-    from dgclab.layers import group, set_progress
-    from dgclab.models import resnet_cifar
+    from dgclab.layers import group
 
-    def tiny():
-        model = resnet_cifar(8, width=8, conv="dgc", heads=2, in_channels=1)
-        set_progress(model, 1.0)
-        return model
-
-    monkeypatch.setattr(network, "NETWORKS", [("tiny", tiny, (1, 8, 8), (1,)),
-                                              ("big", tiny, (1, 224, 224), (1,))])
+    monkeypatch.setattr(network, "NETWORKS", [("tiny", _tiny_dgc_resnet, (1, 8, 8), (1,)),
+                                              ("big", _tiny_dgc_resnet, (1, 224, 224), (1,))])
     pays = group.kernel_pays
     assert groups.main(["--networks", "--batch", "2", "--rounds", "1", "--threads", "1"]) == 0
     assert group.kernel_pays is pays  # restored
@@ -173,15 +177,9 @@ def test_groups_benchmark_networks_table_times_the_kernel_on_and_off(capsys, mon
 @needs_compiler
 def test_network_benchmark_tune_times_the_measured_choice_beside_the_rule(capsys, monkeypatch):
     from dgclab.bench import network
-    from dgclab.layers import dgc_layers, set_progress, tuning
-    from dgclab.models import resnet_cifar
+    from dgclab.layers import dgc_layers, tuning
 
-    def tiny():
-        model = resnet_cifar(8, width=8, conv="dgc", heads=2, in_channels=1)
-        set_progress(model, 1.0)
-        return model
-
-    monkeypatch.setattr(network, "NETWORKS", [("tiny", tiny, (1, 8, 8), (1, 3))])
+    monkeypatch.setattr(network, "NETWORKS", [("tiny", _tiny_dgc_resnet, (1, 8, 8), (1, 3))])
     tuning.clear()
     try:
         assert network.main(["--tune", "--no-train", "--rounds", "1", "--threads", "1"]) == 0
@@ -192,7 +190,7 @@ def test_network_benchmark_tune_times_the_measured_choice_beside_the_rule(capsys
         tuning.clear()
     rows = [line for line in out.splitlines() if line.strip().startswith("tiny")]
     assert len(rows) == 2 and "tuned/dense" in out
-    layers = len(dgc_layers(tiny()))
+    layers = len(dgc_layers(_tiny_dgc_resnet()))
     for row in rows:  # every DGC layer counted once, by the execution it chose
         counts = row[row.index("(") + 1:row.index(")")]
         assert sum(int(part.split()[0]) for part in counts.split(", ")) == layers, row
