@@ -31,9 +31,13 @@ import torch
 
 from ._switch import Switch
 
-__all__ = ["enabled", "set_enabled", "use", "choose", "remembered", "choices", "clear", "ROUNDS"]
+__all__ = ["enabled", "set_enabled", "use", "choose", "remembered", "choices", "clear", "ROUNDS",
+           "MIN_SECONDS", "MAX_ROUNDS"]
 
-ROUNDS = 3  # timed calls of each candidate, interleaved, after one untimed warm-up call each
+ROUNDS = 3  # timed calls of each candidate at least, interleaved, after one untimed warm-up call
+MIN_SECONDS = 2e-3  # and more rounds until every candidate has run this long in all (small
+MAX_ROUNDS = 25  # layers take tens of microseconds: three calls are at the mercy of one
+# preemption, and the choice stays for the process), at most this many
 
 _lock = threading.Lock()
 _switch = Switch(False)
@@ -61,8 +65,9 @@ def choose(key: Hashable, candidates: dict[str, Callable[[], object]]) -> str:
     Args:
         key: what the choice depends on (shapes, k, threads); hashable.
         candidates: name -> a call running that execution on the input in question. Each is
-            called once untimed, then ``ROUNDS`` times interleaved with the others; the one with
-            the smallest median wins (ties: the first given).
+            called once untimed, then in interleaved rounds with the others, ``ROUNDS`` at
+            least and more until each has run ``MIN_SECONDS`` in all (``MAX_ROUNDS`` at most);
+            the one with the smallest median wins (ties: the first given).
 
     Returns:
         The chosen name.
@@ -76,7 +81,10 @@ def choose(key: Hashable, candidates: dict[str, Callable[[], object]]) -> str:
     for run in candidates.values():  # warm-up: first-call allocations, weight packing
         run()
     times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(ROUNDS):
+    rounds = 0
+    while rounds < ROUNDS or (rounds < MAX_ROUNDS
+                              and min(sum(t) for t in times.values()) < MIN_SECONDS):
+        rounds += 1
         for name, run in candidates.items():
             start = time.perf_counter()
             run()

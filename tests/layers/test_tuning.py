@@ -3,6 +3,8 @@ key, it changes no result, and only inference in eval mode is tuned."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -23,20 +25,36 @@ def test_choose_measures_once_and_remembers():
 
     def slow():
         calls["slow"] += 1
-        sum(range(20000))
+        time.sleep(tuning.MIN_SECONDS)  # one call is all the time a round needs
 
     def fast():
         calls["fast"] += 1
 
     assert tuning.choose("k", {"slow": slow, "fast": fast}) == "fast"
-    assert calls == {"slow": 1 + tuning.ROUNDS, "fast": 1 + tuning.ROUNDS}
+    # the fast one has not run MIN_SECONDS in ROUNDS calls, nor in MAX_ROUNDS
+    assert calls == {"slow": 1 + tuning.MAX_ROUNDS, "fast": 1 + tuning.MAX_ROUNDS}
     assert tuning.choose("k", {"slow": slow, "fast": fast}) == "fast"  # remembered: no calls
-    assert calls == {"slow": 1 + tuning.ROUNDS, "fast": 1 + tuning.ROUNDS}
+    assert calls == {"slow": 1 + tuning.MAX_ROUNDS, "fast": 1 + tuning.MAX_ROUNDS}
     assert tuning.remembered("k") == "fast" and tuning.remembered("other") is None
     choice, medians = tuning.choices()["k"]
     assert choice == "fast" and set(medians) == {"slow", "fast"}
     tuning.clear()
     assert tuning.remembered("k") is None
+
+
+def test_choose_takes_few_rounds_of_long_calls():
+    calls = {"a": 0, "b": 0}
+
+    def a():
+        calls["a"] += 1
+        time.sleep(tuning.MIN_SECONDS)
+
+    def b():
+        calls["b"] += 1
+        time.sleep(10 * tuning.MIN_SECONDS)
+
+    assert tuning.choose("long", {"a": a, "b": b}) == "a"
+    assert calls == {"a": 1 + tuning.ROUNDS, "b": 1 + tuning.ROUNDS}
 
 
 @pytest.mark.parametrize("bad", [{}, None, ["mask"]])
