@@ -187,8 +187,9 @@ class DGCConv2d(GroupingConv, nn.Module):
         execution: ``"mask"`` (reference), ``"gather"`` (computes only the kept channels) or
             ``"auto"`` (where the fused CPU kernel applies, gather at every k but on small
             maps at large batches; elsewhere gather when a head keeps at most 3/4 of its
-            channels, at most 1/4 of them under autograd, else mask; ``resolved_execution``
-            says which).
+            channels, at most 1/4 of them under autograd, else mask; with
+            ``dgclab.layers.tuning`` on, eval-mode CPU inference measures the two per shape
+            instead; ``resolved_execution`` says which).
 
     Every argument is checked here (TypeError for a wrong type, ValueError for a bad value),
     and so is k wherever it enters: the ``inactive_channels`` setter, ``load_state_dict``
