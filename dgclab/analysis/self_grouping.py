@@ -5,7 +5,7 @@ Guo, Zhang, Wang, Zhou, Dong, "Self-grouping convolutional neural networks", Neu
 current mask (O, C) (all ones the first time):
 
 1. importance of filter i for input channel j: ``v_i[j] = sum_taps |W[i, j] * mask[i, j]|``;
-2. k-means of the O vectors ``v_i`` (``min(groups, O)`` clusters, random init, 10 restarts;
+2. k-means of the O vectors ``v_i`` (``groups`` clusters, at most O, random init, 10 restarts;
    ``init="k-means++"`` recovers true groups more reliably, see ``self_group``);
    the centroid of a cluster is the mean of its filters' vectors;
 3. ``T`` = the ``rate * 100``-th percentile of the concatenated ``centroid_{k(i)} * mask_i``
@@ -199,7 +199,10 @@ def self_group(
         TypeError: ``model`` not a Module, ``layers`` not a sequence of names, a non-int
             ``groups`` or ``seed``, a non-real ``rate``.
         ValueError: ``groups < 1``, ``rate`` outside (0, 1), ``seed < 0``, a name in
-            ``layers`` that is not in the model or not a dense conv.
+            ``layers`` that is not in the model or not a dense conv, a model without any
+            ``nn.Conv2d``, ``groups`` above the filters of a layer to group (more clusters than
+            filters). A model whose convs all belong to protocol layers or are grouped already
+            gives an empty table.
 
     Example:
         >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
@@ -213,6 +216,9 @@ def self_group(
     seed = check_int("seed", seed, min=0, max=2**32 - 1)
     init = check_choice("init", init, INITS)
     modules = dict(model.named_modules())
+    if not any(isinstance(m, nn.Conv2d) for m in modules.values()):
+        raise ValueError(f"model has no nn.Conv2d to group (a {type(model).__name__} of "
+                         f"{', '.join(sorted({type(m).__name__ for m in modules.values()}))})")
     # the convs inside a protocol layer (a DGC head's conv, an LGC's) or an already grouped
     # conv belong to it: never grouped on their own
     owners = [n + "." for n, m in modules.items()
@@ -232,6 +238,11 @@ def self_group(
             if not _groupable(modules[name]):
                 raise ValueError(f"layers must name nn.Conv2d with groups=1, got {name!r} "
                                  f"({type(modules[name]).__name__})")
+    for name in names:
+        if groups > modules[name].out_channels:
+            raise ValueError(f"groups={groups} is more clusters than layer {name!r} has filters "
+                             f"({modules[name].out_channels}); leave it out with layers=[...] or "
+                             f"use fewer groups")
     rows = []
     for name in names:
         conv = modules[name]

@@ -151,13 +151,17 @@ def test_regrouping_at_a_higher_rate_only_removes_channels():
 
 def test_layers_argument_and_small_layers():
     model = small_cnn()
-    table = self_group(model, groups=16, rate=0.5, layers=["0", "9"])
+    table = self_group(model, groups=4, rate=0.5, layers=["0", "9"])
     assert list(table["layer"].unique()) == ["0", "9"]
-    assert (table[table["layer"] == "0"]["cluster"].max()) < 16
-    # a layer with fewer filters than groups: one cluster per filter at most
+    assert (table[table["layer"] == "0"]["cluster"].max()) < 4
+    # a layer with fewer filters than groups: refused, naming it, before anything is grouped
     tiny = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 3, 3))
-    table = self_group(tiny, groups=16, rate=0.5)
-    assert len(table) <= 3 and (table["channels"] >= 1).all()
+    with pytest.raises(ValueError, match="groups=16 is more clusters than layer '1' has filters "
+                                         r"\(3\)"):
+        self_group(tiny, groups=16, rate=0.5)
+    assert not any(parametrize.is_parametrized(m) for m in tiny.modules())
+    table = self_group(tiny, groups=3, rate=0.5)  # one filter a cluster
+    assert len(table) == 3 and (table["channels"] >= 1).all()
 
 
 def test_every_cluster_keeps_a_channel():
@@ -426,6 +430,12 @@ def test_bad_arguments(kwargs, error, text):
     with pytest.raises(error, match=text.replace(".", r"\.").replace("-", r"\-")):
         self_group(model, **kwargs)
     assert not any(parametrize.is_parametrized(m) for m in model.modules())
+
+
+def test_a_model_without_convs_is_refused():
+    with pytest.raises(ValueError, match="model has no nn.Conv2d to group .a Sequential of "
+                                         "Linear, ReLU, Sequential."):
+        self_group(nn.Sequential(nn.Linear(3, 4), nn.ReLU()))
 
 
 def test_not_a_module():
