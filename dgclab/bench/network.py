@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -36,7 +35,7 @@ from ..analysis import count_macs
 from ..layers import dgc_layers, make_conv, set_progress, tuning
 from ..models import dydensenet86, dyresnet18, resnet_cifar
 from ..train import recalibrate_bn
-from .timing import interleaved_medians, synchronized
+from .timing import WithTuning, interleaved_medians, synchronized
 
 __all__ = ["twin", "calibrate", "profile", "NETWORKS", "main"]
 
@@ -113,15 +112,6 @@ def _calibrated_nets(make, size: tuple[int, ...]) -> dict[str, nn.Module]:
     return nets
 
 
-def _tuned(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``model`` called with its "auto" executions chosen by measurement (``layers.tuning``):
-    the first call per shape times the candidates (the bench's warm-up calls)."""
-    def run(x):
-        with tuning.use(True):
-            return model(x)
-    return run
-
-
 def _tuning_summary(model: nn.Module, x: torch.Tensor) -> str:
     """How many of ``model``'s DGC layers the measurement sent to each execution for ``x``."""
     seen: list[str] = []
@@ -152,7 +142,7 @@ def _inference(rounds: int, imagenet: bool, device: str = "cpu",
             x = torch.randn(batch, *size, device=device, dtype=dtype)
             calls = {n: lambda m=m: m(x) for n, m in nets.items()}
             if tune:
-                calls["tuned"] = lambda m=_tuned(nets["dgc"]): m(x)
+                calls["tuned"] = lambda m=WithTuning(nets["dgc"]): m(x)
             with torch.no_grad():
                 t = interleaved_medians({n: synchronized(c, device) for n, c in calls.items()},
                                         rounds=rounds)

@@ -1,4 +1,5 @@
-"""Interleaved timing: every candidate runs once per round, medians over rounds."""
+"""Interleaved timing: every candidate runs once per round, medians over rounds; and models
+wrapped so that a switch of dgclab's is flipped for their timed calls only."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn as nn
+
+from ..layers import cpu_kernel, tuning
 
 
 def interleaved_medians(
@@ -56,3 +60,34 @@ def synchronized(fn: Callable[[], object], device: str | torch.device) -> Callab
         torch.cuda.synchronize(device)
         return out
     return run
+
+
+class _Within(nn.Module):
+    """``model`` whose forward runs inside ``self.setting()``, a context manager: a switch of
+    dgclab's flipped for the timed call only."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self.setting():
+            return self.model(x)
+
+
+class WithoutKernel(_Within):
+    """``model`` with dgclab's C++ kernel off in its forward (``cpu_kernel.use(False)``): its
+    PyTorch execution, timed beside the kernel's."""
+
+    @staticmethod
+    def setting():
+        return cpu_kernel.use(False)
+
+
+class WithTuning(_Within):
+    """``model`` with its "auto" executions chosen by measurement in its forward
+    (``dgclab.layers.tuning``): the first call of each shape times the candidates."""
+
+    @staticmethod
+    def setting():
+        return tuning.use(True)

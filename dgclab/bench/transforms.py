@@ -49,7 +49,7 @@ from ..train.checkpoint import atomic_torch_save, load_checkpoint
 from ..train.evaluation import evaluate_model
 from ..train.run_folder import load_weights, model_of
 from .tables import markdown_table
-from .timing import interleaved_medians
+from .timing import WithoutKernel, WithTuning, interleaved_medians
 
 __all__ = ["MERGED_FORMAT", "WithTuning", "WithoutKernel", "forward_times", "layer_sweep",
            "load_merged", "main", "merge_example", "save_merged", "time_schedule"]
@@ -111,32 +111,6 @@ def time_schedule(dense: nn.Module, run: Path, input_size: Sequence[int],
             models[f"grouped-pt-{stage}"] = WithoutKernel(to_grouped(masked).eval())
         models[f"padded-{stage}"] = to_grouped(masked, "padded").eval()
     return forward_times(models, input_size, rounds=rounds)
-
-
-class WithoutKernel(nn.Module):
-    """``model`` with dgclab's C++ kernel off in its forward (``cpu_kernel.use(False)``): its
-    PyTorch execution, timed beside the kernel's."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with cpu_kernel.use(False):
-            return self.model(x)
-
-
-class WithTuning(nn.Module):
-    """``model`` with its "auto" executions chosen by measurement in its forward
-    (``dgclab.layers.tuning``): the first call of each shape times the candidates."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with tuning.use(True):
-            return self.model(x)
 
 
 SWEEP_LAYERS = ((64, 28), (128, 14), (256, 14), (512, 7))  # (channels, map side)
