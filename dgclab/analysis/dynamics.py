@@ -191,24 +191,12 @@ def bn_drift(model: nn.Module, stale: Mapping[str, torch.Tensor]) -> pd.DataFram
     """
     check_type("model", model, nn.Module)
     check_type("stale", stale, Mapping)
+    bns = _running_bns(model)
+    before = _statistics(bns, stale, "stale")
     rows = []
-    for name, bn in model.named_modules():
-        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_mean is None:
-            continue
-        prefix = f"{name}." if name else ""
-        old = []
-        for stat, now in (("running_mean", bn.running_mean), ("running_var", bn.running_var)):
-            key = prefix + stat
-            if key not in stale:
-                raise ValueError(f"stale has no {key!r}: it must hold every BN's running "
-                                 f"statistics (a state_dict of the same model)")
-            if not isinstance(stale[key], torch.Tensor) or stale[key].shape != now.shape:
-                got = tuple(stale[key].shape) if isinstance(stale[key], torch.Tensor) else stale[key]
-                raise ValueError(f"stale[{key!r}] must be a tensor of shape {tuple(now.shape)}, "
-                                 f"got {got}")
-            old.append(stale[key].detach().double().cpu())
+    for name, bn in bns:
+        stale_mean, stale_var = (t.double().cpu() for t in before[name])
         mean, var = bn.running_mean.detach().double().cpu(), bn.running_var.detach().double().cpu()
-        stale_mean, stale_var = old
         m = (mean - stale_mean) / (stale_var + bn.eps).sqrt()  # (C,) output mean, stale stats
         s = (var / (stale_var + bn.eps)).sqrt()  # (C,) output std, stale stats
         s0 = (var / (var + bn.eps)).sqrt()  # (C,) output std, right stats
@@ -236,7 +224,8 @@ def _statistics(bns, given: Mapping[str, torch.Tensor], label: str) -> dict:
             if not isinstance(value, torch.Tensor) or value.shape != now.shape:
                 got = tuple(value.shape) if isinstance(value, torch.Tensor) else value
                 raise ValueError(f"{label}[{key!r}] must be a tensor of shape "
-                                 f"{tuple(now.shape)} (a state_dict of the same model), got {got}")
+                                 f"{tuple(now.shape)}, got {got}: {label} must hold every BN's "
+                                 f"running statistics (a state_dict of the same model)")
             pair.append(value.detach())
         out[name] = tuple(pair)
     return out
