@@ -356,9 +356,9 @@ def test_cluster_conv2d_refuses_bad_lists():
 @pytest.mark.parametrize("side,ksize,dilation", [(6, 3, 1), (9, 3, 2), (19, 3, 1), (23, 3, 2),
                                                  (5, 1, 1)])
 def test_cluster_conv2d_equals_conv2d_for_every_filter_block(batch, side, ksize, dilation):
-    """One cluster per size 1..17: every register block of the direct kernels (8 filters, then
-    a remainder of 1..7 with its lane blocks), on maps read as one long row (side <= 16) and
-    row by row (wider, with an odd number of rows left over), and the 1x1 GEMM."""
+    """One cluster per size 1..17: the filter-lane kernel (8 and 16 filters) and every filter
+    block of the pixel-lane ones (3, 2, 1), on maps read as one long row (side <= 16) and row
+    by row (wider, with an odd number of rows left over), and the 1x1 GEMM."""
     assert cpu_kernel.load()
     torch.manual_seed(0)
     sizes = list(range(1, 18))

@@ -54,6 +54,31 @@ def test_kernel_im2col_gemm_for_many_filters_per_head(kernel, batch):
     assert_three_ways_agree(layer, torch.randn(batch, 16, 7, 7))  # 49: direct_plane
 
 
+# (cin, cout, ksize, stride, padding, dilation, heads, input size): which conv_image_head runs
+DIRECT_KERNEL_CASES = [
+    (16, 32, 3, 1, 1, 1, 4, (9, 9)),  # 8 filters a head: filter lanes, P = 8 pixels a tile
+    (16, 64, 3, 1, 1, 1, 4, (5, 37)),  # 16: filter lanes, 2 vectors; wide rows
+    (16, 48, 3, 2, 1, 1, 2, (11, 10)),  # 24, strided: 16 + 8 filter lanes, no im2col
+    (16, 32, 3, 1, 2, 2, 2, (7, 13)),  # dilated, a rectangular map
+    (16, 16, (1, 3), 1, (0, 1), 1, 2, (6, 9)),  # rectangular kernel
+    (16, 32, 1, 2, 0, 1, 4, (9, 9)),  # strided 1x1: filter lanes, not a GEMM
+    (16, 256, 3, 1, 1, 1, 4, (7, 7)),  # 64 a head on 49 pixels: filter lanes (the plane's rule)
+    (16, 256, 3, 1, 1, 1, 4, (9, 9)),  # 64 a head on 81 pixels: im2col + GEMM
+    (16, 96, 3, 1, 1, 1, 8, (9, 9)),  # 12 a head: pixel lanes, blocks of 3 filters
+    (16, 40, 3, 1, 1, 1, 4, (5, 37)),  # 10 a head on wide rows: pixel lanes, 3 + 3 + 3 + 1
+]
+
+
+@pytest.mark.parametrize("batch", [1, 4])  # filters read as nn.Conv2d keeps them / packed
+@pytest.mark.parametrize("cin,cout,ksize,stride,padding,dilation,heads,size", DIRECT_KERNEL_CASES)
+def test_every_direct_kernel_matches_the_mask(kernel, batch, cin, cout, ksize, stride, padding,
+                                              dilation, heads, size):
+    for k in (0, 5, 12):
+        layer = make_layer(cin, cout, ksize, stride=stride, padding=padding, dilation=dilation,
+                           heads=heads, k=k, squeeze_rate=2).eval()
+        assert_three_ways_agree(layer, torch.randn(batch, cin, *size), msg=f"k={k}")
+
+
 @pytest.mark.parametrize("heads", [1, 2, 4, 8])
 def test_kernel_batch_one_and_ties(kernel, heads):
     """Batch 1; a ReLU'd input with many zero channels, so that saliency ties drop together

@@ -6,9 +6,9 @@
 // pool, every head's saliency MLP, the head-wise top-k selection, and per image and head the
 // conv over the kept channels only (their number may differ between image-heads: ties drop
 // together). Per image and head the kept channels, normalised and times their saliency gate,
-// go into a small zero-padded buffer, are laid out as GEMM columns beside the matching filter
-// taps, and one sgemm writes the output rows at their interleaved channels (head i, channel
-// j -> j * heads + i). Every buffer holds one image-head's worth, per thread, so nothing of the
+// go into a small zero-padded buffer, and a register-tiled direct conv over them (for wide heads
+// over deep inputs: im2col and one sgemm) writes the output rows at their interleaved channels
+// (head i, channel j -> j * heads + i). Every buffer holds one image-head's worth, per thread, so nothing of the
 // batch's size is gathered, copied or shuffled; image-heads run in parallel on ATen's OpenMP
 // threads.
 //
@@ -53,10 +53,15 @@ void check_float_cpu(const at::Tensor& t, const char* name) {
               " must be a float32 CPU tensor, got ", t.scalar_type(), " on ", t.device());
 }
 
-// The element-wise loops below are compiled for AVX-512 and AVX2 as well as the baseline ISA on
-// x86-64 and picked at load time (gcc function multiversioning), so the build stays portable.
+// The vector loops below are compiled for AVX-512, AVX2 with FMA (x86-64-v3; plain AVX2 before gcc
+// 12) and the baseline ISA on x86-64 and picked at load time (gcc function multiversioning), so
+// the build stays portable.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if __GNUC__ >= 12
+#define DGCLAB_VECTOR_CLONES __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
+#else
 #define DGCLAB_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
 #else
 #define DGCLAB_VECTOR_CLONES
 #endif
@@ -178,38 +183,49 @@ std::vector<const float*> filter_banks(const std::vector<const float*>& heads, i
   return packed;
 }
 
-// Stride-1 kxk convs over output rows wider than kDirectMinWidth skip im2col and GEMM:
-// direct_rows accumulates output rows in vector registers, a chunk of kChunk pixels of NB
-// filters at a time. (Narrower rows waste too much of a chunk: direct_plane below takes those
-// maps.) The padded buffer has slack for the chunk's overhang.
+// The pixel-lane kernels, for heads and clusters whose filters are not whole blocks of 8 (those
+// take direct_filters below). Stride-1 kxk convs over output rows wider than kDirectMinWidth skip
+// im2col and GEMM: direct_rows accumulates output rows in vector registers, a tile of kChunk
+// pixels of NB filters at a time. (Narrower rows waste too much of a tile: direct_plane below
+// takes those maps.) The padded buffer has slack for the tile's overhang.
 constexpr int64_t kDirectMinWidth = 16;
 // Where im2col + GEMM would run (stride 1, rows of at most kDirectMinWidth), direct_plane runs
 // instead for up to kPlaneMaxFilters filters per image-head or cluster, or up to
-// kPlaneMaxFiltersSmallMap on maps of at most kSmallMap output pixels. Measured for DGC layers
-// (4 heads, 3x3, k = 0 and 3/4 C) and SG-CNN clusters on 7x7-16x16 maps, batch 1 and 64: faster
-// than GEMM for 2-32 filters everywhere, and for 64 filters on 7x7 maps; 64 filters on a 14x14
-// map at batch 64 are a little faster by GEMM (README, "Speed").
+// kPlaneMaxFiltersSmallMap on maps of at most kSmallMap output pixels: faster than GEMM there
+// for DGC layers and SG-CNN clusters on 7x7-16x16 maps, batch 1 and 64 (README, "Speed").
 constexpr int64_t kPlaneMaxFilters = 32, kPlaneMaxFiltersSmallMap = 64, kSmallMap = 64;
-constexpr int kChunk = 32;
 
-// One chunk of kChunk output lanes of NB filters, accumulated over the kept planes and taps:
-// acc[b][j] += w(b, i, tap) * lane0[i * plane + tap offset + j], with
-// w(o, i, t) = w[o * so + sel[i] * sc + t * st]. The accumulators have fixed sizes so that the
-// compiler keeps them in vector registers (inlined into the vector clones below).
+// Eight float lanes: one AVX2 register (two SSE ones in the baseline clone). Lanes8u loads and
+// stores them at any float's address.
+typedef float Lanes8 __attribute__((vector_size(32)));
+typedef float Lanes8u __attribute__((vector_size(32), aligned(4), may_alias));
+
+// A tile is NB filters x kVectors * 8 output lanes, NB * kVectors <= 12 accumulators, so that
+// they, the tile's input vectors and a broadcast weight fit AVX2's 16 registers: per kept
+// channel and tap, kVectors loads and NB broadcasts feed NB * kVectors multiply-adds.
+constexpr int kVectors = 4;
+constexpr int kChunk = 8 * kVectors;
+constexpr int kMaxTileFilters = 12 / kVectors;
+
+// One tile: acc[b][v] += w(b, i, tap) * lanes [8v, 8v + 8) of lane0[i * plane + tap offset],
+// with w(o, i, t) = w[o * so + sel[i] * sc + t * st], over the kept planes and taps. Inlined into
+// the vector clones below.
 template <int NB>
-inline __attribute__((always_inline)) void accumulate_chunk(
+inline __attribute__((always_inline)) void accumulate_tile(
     const Geometry& g, const float* lane0, const int64_t* sel, int64_t count, const float* w,
-    int64_t so, int64_t sc, int64_t st, float (&acc)[NB][kChunk]) {
+    int64_t so, int64_t sc, int64_t st, Lanes8 (&acc)[NB][kVectors]) {
   for (int64_t i = 0; i < count; ++i) {
     const float* plane = lane0 + i * g.plane;
     const float* wi = w + sel[i] * sc;
     for (int64_t ky = 0; ky < g.kh; ++ky) {
       for (int64_t kx = 0; kx < g.kw; ++kx) {
         const float* in = plane + ky * g.dh * g.wp + kx * g.dw;
-        const int64_t t = ky * g.kw + kx;
+        const float* wt = wi + (ky * g.kw + kx) * st;
+        Lanes8 v[kVectors];
+        for (int j = 0; j < kVectors; ++j) v[j] = *reinterpret_cast<const Lanes8u*>(in + 8 * j);
         for (int b = 0; b < NB; ++b) {
-          const float wb = wi[b * so + t * st];
-          for (int j = 0; j < kChunk; ++j) acc[b][j] += wb * in[j];
+          const float wb = wt[b * so];
+          for (int j = 0; j < kVectors; ++j) acc[b][j] += wb * v[j];
         }
       }
     }
@@ -217,7 +233,7 @@ inline __attribute__((always_inline)) void accumulate_chunk(
 }
 
 // NB output rows of a stride-1 conv, pixels [x0, x0 + kChunk) of each (fewer at the row's end),
-// by accumulate_chunk; the input may be read up to kChunk floats past a row (the padded buffer
+// by accumulate_tile; the input may be read up to kChunk floats past a row (the padded buffer
 // has that much slack), those lanes are never stored.
 template <int NB>
 DGCLAB_VECTOR_CLONES void direct_rows(const Geometry& g, const float* padded, const int64_t* sel,
@@ -225,18 +241,25 @@ DGCLAB_VECTOR_CLONES void direct_rows(const Geometry& g, const float* padded, co
                                       int64_t st, float* out, int64_t ldc) {
   for (int64_t oy = 0; oy < g.ho; ++oy) {
     for (int64_t x0 = 0; x0 < g.wo; x0 += kChunk) {
-      float acc[NB][kChunk] = {};
-      accumulate_chunk<NB>(g, padded + oy * g.wp + x0, sel, count, w, so, sc, st, acc);
+      Lanes8 acc[NB][kVectors] = {};
+      accumulate_tile<NB>(g, padded + oy * g.wp + x0, sel, count, w, so, sc, st, acc);
       const int64_t n = std::min<int64_t>(kChunk, g.wo - x0);
-      for (int b = 0; b < NB; ++b)
-        for (int64_t j = 0; j < n; ++j) out[b * ldc + oy * g.wo + x0 + j] = acc[b][j];
+      for (int b = 0; b < NB; ++b) {
+        float* row = out + b * ldc + oy * g.wo + x0;
+        if (n == kChunk) {
+          for (int j = 0; j < kVectors; ++j) *reinterpret_cast<Lanes8u*>(row + 8 * j) = acc[b][j];
+        } else {
+          const float* lanes = reinterpret_cast<const float*>(acc[b]);
+          for (int64_t j = 0; j < n; ++j) row[j] = lanes[j];
+        }
+      }
     }
   }
 }
 
 // Stride-1 convs over narrow maps, for few filters: the padded plane read as one long row.
 // Output pixel (oy, ox) is lane oy * wp + ox of that row (the wp - wo lanes past each output row
-// are computed and dropped), so chunks of kChunk lanes cover the whole plane without im2col.
+// are computed and dropped), so tiles of kChunk lanes cover the whole plane without im2col.
 // Lanes past the last plane read into the padded buffer's slack (padded_planes); every lane that
 // is stored reads inside its plane.
 template <int NB>
@@ -245,19 +268,25 @@ DGCLAB_VECTOR_CLONES void direct_plane(const Geometry& g, const float* padded, c
                                        int64_t st, float* out, int64_t ldc) {
   const int64_t lanes = g.ho * g.wp;
   for (int64_t x0 = 0; x0 < lanes; x0 += kChunk) {
-    float acc[NB][kChunk] = {};
-    accumulate_chunk<NB>(g, padded + x0, sel, count, w, so, sc, st, acc);
+    Lanes8 acc[NB][kVectors] = {};
+    accumulate_tile<NB>(g, padded + x0, sel, count, w, so, sc, st, acc);
     const int64_t n = std::min<int64_t>(kChunk, lanes - x0);
-    for (int64_t j = 0; j < n; ++j) {
-      const int64_t oy = (x0 + j) / g.wp, ox = (x0 + j) % g.wp;
-      if (ox < g.wo)
-        for (int b = 0; b < NB; ++b) out[b * ldc + oy * g.wo + ox] = acc[b][j];
+    // the tile's lanes are runs of output row oy, from column ox, until the row's end
+    int64_t oy = x0 / g.wp, ox = x0 % g.wp;
+    for (int64_t j = 0; j < n;) {
+      const int64_t run = std::min<int64_t>(n - j, g.wp - ox), stored = std::min(run, g.wo - ox);
+      for (int b = 0; b < NB; ++b) {
+        const float* lanes_b = reinterpret_cast<const float*>(acc[b]) + j;
+        float* row = out + b * ldc + oy * g.wo + ox;
+        for (int64_t r = 0; r < stored; ++r) row[r] = lanes_b[r];
+      }
+      j += run, ++oy, ox = 0;
     }
   }
 }
 
-// All co_h filters of an image-head by direct_rows (Plane: direct_plane), in blocks of 8, 4, 2
-// and 1.
+// All co_h filters of an image-head by direct_rows (Plane: direct_plane), in tiles of
+// kMaxTileFilters filters, then 2 and 1.
 template <bool Plane>
 void direct_conv(const Geometry& g, const float* padded, const int64_t* sel, int64_t count,
                  const float* w, int64_t so, int64_t sc, int64_t st, int64_t co_h, float* out,
@@ -271,10 +300,69 @@ void direct_conv(const Geometry& g, const float* padded, const int64_t* sel, int
     }
   };
   int64_t o = 0;
-  for (; o + 8 <= co_h; o += 8) run(std::integral_constant<int, 8>{}, o);
-  for (; o + 4 <= co_h; o += 4) run(std::integral_constant<int, 4>{}, o);
+  for (; o + kMaxTileFilters <= co_h; o += kMaxTileFilters)
+    run(std::integral_constant<int, kMaxTileFilters>{}, o);
   for (; o + 2 <= co_h; o += 2) run(std::integral_constant<int, 2>{}, o);
   for (; o < co_h; ++o) run(std::integral_constant<int, 1>{}, o);
+}
+
+// Convs of whole blocks of 8 filters, any stride and dilation, with the filters in the vector
+// lanes instead of the pixels: a tile is P output pixels x NF vectors of 8 filters, and per kept
+// channel and tap it loads NF weight vectors and broadcasts P input values, so no lane is ever
+// wasted on a map's edge (every pixel of the tile is a real output pixel but the last tile's
+// repeats, which are not stored). `wt` is (i, tap, filter) with rows `ldw` floats apart: the
+// packed bank (kept channel i at row sel[i]) or a compact copy (row i). Output pixel p of the
+// tile reads the padded planes at offset off[p] = oy * sh * wp + ox * sw plus the tap's. K = 3
+// unrolls a 3x3 kernel's taps at compile time (K = 0: any kernel, its size read from g).
+template <int NF, int P, int K>
+DGCLAB_VECTOR_CLONES void direct_filters(const Geometry& g, const float* padded,
+                                         const int64_t* sel, int64_t count, const float* wt,
+                                         int64_t ldw, float* out, int64_t ldc) {
+  int64_t oy = 0, ox = 0;  // output pixel p0
+  for (int64_t p0 = 0; p0 < g.n_out; p0 += P) {
+    int64_t off[P];
+    for (int p = 0; p < P; ++p) {  // past the last pixel: the last again, not stored
+      off[p] = p0 + p < g.n_out ? oy * g.sh * g.wp + ox * g.sw : off[p - 1];
+      if (++ox == g.wo) ox = 0, ++oy;
+    }
+    Lanes8 acc[P][NF] = {};
+    for (int64_t i = 0; i < count; ++i) {
+      const float* plane = padded + i * g.plane;
+      const float* wi = wt + (sel != nullptr ? sel[i] : i) * g.taps * ldw;
+      const int64_t kh = K ? K : g.kh, kw = K ? K : g.kw;
+      for (int64_t ky = 0; ky < kh; ++ky) {
+        for (int64_t kx = 0; kx < kw; ++kx) {
+          const float* in = plane + ky * g.dh * g.wp + kx * g.dw;
+          const float* wv = wi + (ky * kw + kx) * ldw;
+          Lanes8 w[NF];
+          for (int j = 0; j < NF; ++j) w[j] = *reinterpret_cast<const Lanes8u*>(wv + 8 * j);
+          for (int p = 0; p < P; ++p) {
+            const float v = in[off[p]];
+            for (int j = 0; j < NF; ++j) acc[p][j] += v * w[j];
+          }
+        }
+      }
+    }
+    const int64_t n = std::min<int64_t>(P, g.n_out - p0);
+    for (int64_t p = 0; p < n; ++p)
+      for (int j = 0; j < NF; ++j)
+        for (int l = 0; l < 8; ++l) out[(8 * j + l) * ldc + p0 + p] = acc[p][j][l];
+  }
+}
+
+// co_h filters by direct_filters, 16 at a time, then 8.
+void filter_lanes_conv(const Geometry& g, const float* padded, const int64_t* sel, int64_t count,
+                       const float* wt, int64_t ldw, int64_t co_h, float* out, int64_t ldc) {
+  const bool three = g.kh == 3 && g.kw == 3;
+  int64_t o = 0;
+  for (; o + 16 <= co_h; o += 16) {
+    if (three) direct_filters<2, 6, 3>(g, padded, sel, count, wt + o, ldw, out + o * ldc, ldc);
+    else direct_filters<2, 6, 0>(g, padded, sel, count, wt + o, ldw, out + o * ldc, ldc);
+  }
+  for (; o < co_h; o += 8) {
+    if (three) direct_filters<1, 8, 3>(g, padded, sel, count, wt + o, ldw, out + o * ldc, ldc);
+    else direct_filters<1, 8, 0>(g, padded, sel, count, wt + o, ldw, out + o * ldc, ldc);
+  }
 }
 
 // The `count` input channels of image x_img listed in `sel`, each times its gate (after the
@@ -333,6 +421,14 @@ bool uses_direct_plane(const Geometry& g, int64_t filters) {
           (filters <= kPlaneMaxFiltersSmallMap && g.n_out <= kSmallMap));
 }
 
+// Whether conv_image_head takes direct_filters: whole blocks of 8 filters, not a 1x1 conv over
+// the planes as they are (a GEMM, which BLAS runs faster there), and for 64 filters or more only
+// where the pixel-lane kernels would run: wider heads over deep inputs are GEMMs too.
+bool uses_direct_filters(const Geometry& g, int64_t filters) {
+  return filters % 8 == 0 && !g.direct &&
+         (filters < 64 || uses_direct_plane(g, filters) || uses_direct_rows(g));
+}
+
 // One image-head: convolve `count` input channels of image x_img (C planes of h x w), listed
 // in `sel` with their gates, by the head's filters (`filters`, one head's bank in the layout
 // `packed` says), optionally through the folded BN-ReLU (scale, shift per channel), into
@@ -351,6 +447,23 @@ void conv_image_head(const Geometry& g, const float* x_img, const int64_t* sel,
   Scratch& s = scratch();
   const int64_t depth = count * g.taps;
   const float* padded = padded_planes(g, x_img, sel, gates, count, scale, shift, s);
+  if (uses_direct_filters(g, co_h)) {
+    // the kept channels' taps as (i, tap, filter): the packed bank as it is, or copied
+    if (packed && compact == nullptr) {
+      filter_lanes_conv(g, padded, sel, count, wh, co_h, co_h, out, ldc);
+      return;
+    }
+    float* buf = sized(s.wk, depth * co_h);
+    for (int64_t o = 0; o < co_h; ++o) {
+      for (int64_t i = 0; i < count; ++i) {
+        const float* taps = compact != nullptr ? compact + (o * count + i) * g.taps
+                                               : wh + (o * g.c + sel[i]) * g.taps;
+        for (int64_t t = 0; t < g.taps; ++t) buf[(i * g.taps + t) * co_h + o] = taps[t];
+      }
+    }
+    filter_lanes_conv(g, padded, nullptr, count, buf, co_h, co_h, out, ldc);
+    return;
+  }
   const bool plane = uses_direct_plane(g, co_h);
   if (plane || uses_direct_rows(g)) {
     // w(o, i, t) at w[o * so + sel[i] * sc + t * st]: compact (o, i, t) with sel the identity,
