@@ -8,9 +8,9 @@
 // together). Per image and head the kept channels, normalised and times their saliency gate,
 // go into a small zero-padded buffer, and a register-tiled direct conv over them (for wide heads
 // over deep inputs: im2col and one sgemm) writes the output rows at their interleaved channels
-// (head i, channel j -> j * heads + i). Every buffer holds one image-head's worth, per thread, so nothing of the
-// batch's size is gathered, copied or shuffled; image-heads run in parallel on ATen's OpenMP
-// threads.
+// (head i, channel j -> j * heads + i). Every buffer holds one image-head's worth, per thread,
+// so nothing of the batch's size is gathered, copied or shuffled; image-heads run in parallel on
+// ATen's OpenMP threads.
 //
 // gather_conv2d: the conv part alone, for dgc_gather_conv (dgc_gather.py): the channels and
 // gates given by the caller.
@@ -318,6 +318,7 @@ template <int NF, int P, int K>
 DGCLAB_VECTOR_CLONES void direct_filters(const Geometry& g, const float* padded,
                                          const int64_t* sel, int64_t count, const float* wt,
                                          int64_t ldw, float* out, int64_t ldc) {
+  const int64_t kh = K ? K : g.kh, kw = K ? K : g.kw;
   int64_t oy = 0, ox = 0;  // output pixel p0
   for (int64_t p0 = 0; p0 < g.n_out; p0 += P) {
     int64_t off[P];
@@ -329,7 +330,6 @@ DGCLAB_VECTOR_CLONES void direct_filters(const Geometry& g, const float* padded,
     for (int64_t i = 0; i < count; ++i) {
       const float* plane = padded + i * g.plane;
       const float* wi = wt + (sel != nullptr ? sel[i] : i) * g.taps * ldw;
-      const int64_t kh = K ? K : g.kh, kw = K ? K : g.kw;
       for (int64_t ky = 0; ky < kh; ++ky) {
         for (int64_t kx = 0; kx < kw; ++kx) {
           const float* in = plane + ky * g.dh * g.wp + kx * g.dw;
@@ -350,19 +350,22 @@ DGCLAB_VECTOR_CLONES void direct_filters(const Geometry& g, const float* padded,
   }
 }
 
-// co_h filters by direct_filters, 16 at a time, then 8.
+// co_h filters by direct_filters, 16 at a time, then 8; K as there.
+template <int K>
 void filter_lanes_conv(const Geometry& g, const float* padded, const int64_t* sel, int64_t count,
                        const float* wt, int64_t ldw, int64_t co_h, float* out, int64_t ldc) {
-  const bool three = g.kh == 3 && g.kw == 3;
   int64_t o = 0;
-  for (; o + 16 <= co_h; o += 16) {
-    if (three) direct_filters<2, 6, 3>(g, padded, sel, count, wt + o, ldw, out + o * ldc, ldc);
-    else direct_filters<2, 6, 0>(g, padded, sel, count, wt + o, ldw, out + o * ldc, ldc);
-  }
-  for (; o < co_h; o += 8) {
-    if (three) direct_filters<1, 8, 3>(g, padded, sel, count, wt + o, ldw, out + o * ldc, ldc);
-    else direct_filters<1, 8, 0>(g, padded, sel, count, wt + o, ldw, out + o * ldc, ldc);
-  }
+  for (; o + 16 <= co_h; o += 16)
+    direct_filters<2, 6, K>(g, padded, sel, count, wt + o, ldw, out + o * ldc, ldc);
+  for (; o < co_h; o += 8)
+    direct_filters<1, 8, K>(g, padded, sel, count, wt + o, ldw, out + o * ldc, ldc);
+}
+void filter_lanes_conv(const Geometry& g, const float* padded, const int64_t* sel, int64_t count,
+                       const float* wt, int64_t ldw, int64_t co_h, float* out, int64_t ldc) {
+  if (g.kh == 3 && g.kw == 3)
+    filter_lanes_conv<3>(g, padded, sel, count, wt, ldw, co_h, out, ldc);
+  else
+    filter_lanes_conv<0>(g, padded, sel, count, wt, ldw, co_h, out, ldc);
 }
 
 // The `count` input channels of image x_img listed in `sel`, each times its gate (after the
