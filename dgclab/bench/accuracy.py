@@ -166,6 +166,9 @@ class _Recalibrated:
             if self.drift_path.is_file():
                 rows = pd.read_csv(self.drift_path)
                 self.drift = [rows[rows.epoch <= trainer.epoch]]
+            if trainer.epoch not in {row["epoch"] for row in self.rows}:
+                # killed between the checkpoint and this file: the model is still that epoch's
+                self.on_epoch_end(trainer, trainer.epoch, trainer.history[-1])
 
     def on_epoch_end(self, trainer, epoch, row) -> None:
         model, config = trainer.model, trainer.config

@@ -356,6 +356,34 @@ def test_dynamics_summary_reads_published_dynamics(tmp_path, capsys):
                                     plot=False)
 
 
+def test_bn_recalibration_rows_of_a_run_killed_before_them_are_made_on_resume(tmp_path,
+                                                                             monkeypatch):
+    from helpers import tiny
+
+    monkeypatch.setattr(accuracy, "_config",
+                        lambda name, seed, args: tiny(subset=64, batch_size=32,
+                                                      epochs=args.epochs))
+    kill = [True]
+
+    class KilledBeforeTheRow(accuracy._Recalibrated):
+        def on_epoch_end(self, trainer, epoch, row):
+            if kill[0] and epoch == 1:  # after the checkpoint, before this file
+                raise KeyboardInterrupt
+            super().on_epoch_end(trainer, epoch, row)
+
+    monkeypatch.setattr(accuracy, "_Recalibrated", KilledBeforeTheRow)
+    with pytest.raises(KeyboardInterrupt):
+        accuracy.train_run("dgc", 0, _args(tmp_path, 2))
+    run = tmp_path / "runs" / "dgc-seed0"
+    assert not (run / accuracy.RECALIBRATION).exists()
+    kill[0] = False
+    resumed = accuracy.train_run("dgc", 0, _args(tmp_path, 2))
+    whole = accuracy.train_run("dgc", 0, _args(tmp_path / "whole", 2))
+    for name in (accuracy.RECALIBRATION, accuracy.BN_DRIFT):  # as if never killed
+        pd.testing.assert_frame_equal(pd.read_csv(resumed / name), pd.read_csv(whole / name),
+                                      check_exact=False, rtol=1e-5)
+
+
 def test_bn_recalibration_rows_leave_the_training_unchanged(tmp_path, monkeypatch):
     from helpers import tiny
 
