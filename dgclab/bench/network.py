@@ -18,6 +18,11 @@ inputs), per-image medians of interleaved rounds, for:
 It prints the ratios DGC / dense and DGC / group beside the MAC ratios (paper convention) and
 the targets of the network-speed issue, whichever way they fall.
 
+``--layers`` splits each network's time at its smallest batch into its DGC layers (each timed
+alone, on the input it sees in the DGC network, against its twins' BN-ReLU-conv on the same
+input) and the rest, which the three networks share: how far the whole network can move when
+only the DGC layers change (``layer_split``).
+
 ``--device cuda [--dtype float16]`` runs the same tables on a GPU (DGC's gather there is the
 Triton kernel, ``layers/dgc_triton.py``), every timed call followed by a CUDA synchronize.
 """
@@ -37,7 +42,7 @@ from ..models import dydensenet86, dyresnet18, resnet_cifar
 from ..train import recalibrate_bn
 from .timing import WithTuning, interleaved_medians, synchronized
 
-__all__ = ["twin", "calibrate", "profile", "NETWORKS", "main"]
+__all__ = ["twin", "calibrate", "layer_split", "profile", "NETWORKS", "main"]
 
 
 def twin(model: nn.Module, kind: str) -> nn.Module:
@@ -157,6 +162,69 @@ def _inference(rounds: int, imagenet: bool, device: str = "cpu",
             print(line)
 
 
+def layer_split(nets: dict[str, nn.Module], x: torch.Tensor, rounds: int = 10,
+                device: str = "cpu") -> dict[str, dict[str, float]]:
+    """Seconds per call of each network in ``nets``, split into its DGC layers and the rest.
+
+    ``nets`` is ``{"dgc": model, "dense": twin(model, "dense"), "group": twin(model, "group")}``
+    (any subset of twins beside ``"dgc"``). Each DGC layer is timed alone on the input it
+    receives when the DGC network runs ``x`` (its real activations: its selection depends on
+    them), interleaved with each twin's module of the same name (BN-ReLU-conv) on the same
+    input, steady state (blocks of 3 calls, the first discarded); the whole networks are timed
+    the same way. Returns ``{kind: {"layers": summed layer medians, "whole": network median,
+    "rest": whole - layers}}``: ``rest`` is what the networks share (the convs DGC does not
+    replace, BNs, concatenations), so ``(rest + layers["dgc"]) / whole["dense"]`` is about the
+    best DGC / dense a network can reach by making its DGC layers faster.
+    """
+    if "dgc" not in nets:
+        raise ValueError(f"nets needs a 'dgc' network, got {sorted(nets)}")
+    inputs: dict[str, torch.Tensor] = {}
+    layers = dgc_layers(nets["dgc"])
+    hooks = [layer.register_forward_hook(
+        lambda m, args, out, name=name: inputs.__setitem__(name, args[0]))
+        for name, layer in layers]
+    try:
+        with torch.no_grad():
+            nets["dgc"](x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    split = {kind: {"layers": 0.0} for kind in nets}
+    with torch.no_grad():
+        for name, _ in layers:
+            calls = {kind: synchronized(lambda m=net.get_submodule(name), i=inputs[name]: m(i),
+                                        device) for kind, net in nets.items()}
+            for kind, t in interleaved_medians(calls, rounds=rounds, block=3).items():
+                split[kind]["layers"] += t
+        whole = interleaved_medians({kind: synchronized(lambda m=net: m(x), device)
+                                     for kind, net in nets.items()}, rounds=rounds)
+    for kind, t in whole.items():
+        split[kind] |= {"whole": t, "rest": t - split[kind]["layers"]}
+    return split
+
+
+def _layer_splits(rounds: int, imagenet: bool, device: str = "cpu") -> None:
+    print("\nDGC layers and the rest, at each network's smallest batch (ms per image; each DGC "
+          "layer and its twins' BN-ReLU-conv timed alone on the DGC network's activations)")
+    print(f"{'network':>22} {'batch':>5} {'':>6} {'dense':>9} {'group':>9} {'dgc':>9}  "
+          f"{'dgc/dense':>9} {'dgc/group':>9}")
+    for name, make, size, batches in NETWORKS:
+        if size[1] >= 224 and not imagenet:
+            continue
+        nets = {n: m.to(device) for n, m in _calibrated_nets(make, size).items()}
+        batch = min(batches)
+        split = layer_split(nets, torch.randn(batch, *size, device=device), rounds, device)
+        for part in ("layers", "rest", "whole"):
+            ms = {kind: split[kind][part] * 1e3 / batch for kind in split}
+            print(f"{name if part == 'layers' else '':>22} {batch if part == 'layers' else '':>5} "
+                  f"{part:>6} {ms['dense']:9.3f} {ms['group']:9.3f} {ms['dgc']:9.3f}  "
+                  f"{ms['dgc'] / ms['dense']:9.2f} {ms['dgc'] / ms['group']:9.2f}")
+        dense, rest = split["dense"]["whole"], split["dgc"]["rest"]
+        print(f"{'':>22} {'':>5} {'':>6} (DGC / dense if its DGC layers cost what the static "
+              f"groups' do: {(rest + split['group']['layers']) / dense:.2f}, nothing: "
+              f"{rest / dense:.2f})")
+
+
 def profile(model: nn.Module, x: torch.Tensor, calls: int = 10, rows: int = 12) -> str:
     """Where ``model(x)``'s time goes: torch.profiler's ops by self CPU time, per forward.
 
@@ -235,6 +303,9 @@ def main(argv=None) -> int:
                         help="also time the DGC network with its executions chosen by "
                              "measurement per layer shape (dgclab.layers.tuning), in the same "
                              "rounds, and say how many layers chose which")
+    parser.add_argument("--layers", action="store_true",
+                        help="also split each network's time at its smallest batch into its "
+                             "DGC layers and the rest the twins share")
     parser.add_argument("--profile", action="store_true",
                         help="also print where resnet_cifar(20, w32)'s time goes, per op, DGC "
                              "and dense, batch 1 and 64")
@@ -258,6 +329,8 @@ def main(argv=None) -> int:
                args.tune)
     if not args.no_train:
         _training(args.train_rounds, args.train_batch, args.device)
+    if args.layers:
+        _layer_splits(args.rounds, not args.no_imagenet, args.device)
     if args.profile:
         _profiles()
     return 0

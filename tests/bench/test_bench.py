@@ -441,3 +441,25 @@ def test_bn_recalibration_rows_leave_the_training_unchanged(tmp_path, monkeypatc
     assert not (without / accuracy.RECALIBRATION).exists()
     columns = ["train_loss", "test_loss", "test_acc", "k_frac"]
     pd.testing.assert_frame_equal(pd.read_csv(without / "metrics.csv")[columns], metrics[columns])
+
+
+def test_network_layer_split_adds_up_to_the_whole_network():
+    import torch
+
+    from dgclab.bench.network import calibrate, layer_split, twin
+    from dgclab.layers import set_progress
+    from dgclab.models import resnet_cifar
+
+    torch.manual_seed(0)
+    dgc = resnet_cifar(8, width=8, conv="dgc", in_channels=1)
+    set_progress(dgc, 1.0)
+    nets = {"dgc": dgc, "dense": twin(dgc, "dense"), "group": twin(dgc, "group")}
+    for net in nets.values():
+        calibrate(net, (1, 12, 12), batches=1, batch=4)
+    split = layer_split(nets, torch.randn(2, 1, 12, 12), rounds=2)
+    assert set(split) == {"dgc", "dense", "group"}
+    for parts in split.values():
+        assert parts["layers"] > 0 and parts["whole"] > 0
+        assert parts["rest"] == pytest.approx(parts["whole"] - parts["layers"])
+    with pytest.raises(ValueError, match="'dgc'"):
+        layer_split({"dense": nets["dense"]}, torch.randn(1, 1, 12, 12))
