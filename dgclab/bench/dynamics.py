@@ -34,7 +34,7 @@ from .._atomic import atomic_open, atomic_write_csv
 from ..analysis import PROBE_METRICS, loss_around_k_steps
 from ..analysis.dynamics import LOSS_AROUND_K_COLUMNS
 
-__all__ = ["summarize_dynamics", "SUMMARY", "LOSS_AROUND_K"]
+__all__ = ["summarize_dynamics", "eval_mode_dips", "SUMMARY", "LOSS_AROUND_K"]
 
 DYNAMICS = "dynamics.csv"  # a run's MetricTracker frame (dgclab.bench.accuracy writes it)
 RECALIBRATION = "bn_recalibration.csv"  # per epoch: test accuracy, BN statistics recomputed
@@ -59,8 +59,10 @@ def _epoch_table(name: str, metrics: pd.DataFrame, dynamics: pd.DataFrame | None
         table = table.merge(recalibration[["epoch"] + columns], on="epoch", how="left")
     if dynamics is not None:
         probe = dynamics[dynamics.metric.isin(PROBE_METRICS)]
-        means = probe.pivot_table(index="epoch", columns="metric", values="value", aggfunc="mean")
-        table = means.reset_index().merge(table, on="epoch", how="left")
+        if len(probe):  # runs without DGC layers have per-step rows only
+            means = probe.pivot_table(index="epoch", columns="metric", values="value",
+                                      aggfunc="mean")
+            table = means.reset_index().merge(table, on="epoch", how="left")
     table.insert(0, "run", name)
     return table
 
@@ -118,6 +120,44 @@ def summarize_dynamics(results, names: Sequence[str], reference=None, plot: bool
     return summary
 
 
+def eval_mode_dips(summary: pd.DataFrame, points: float = 1.0) -> pd.DataFrame:
+    """How often and how deep each run's eval-mode accuracy fell under its own weights' worth.
+
+    A dip is an epoch whose test accuracy with every BN's statistics recomputed
+    (``test_acc_recalibrated``) is at least ``points`` percentage points above the run's
+    eval-mode test accuracy: the running statistics, not the weights, cost those points.
+
+    Args:
+        summary: ``summarize_dynamics``'s table (``run``, ``epoch``, ``test_acc``,
+            ``test_acc_recalibrated``); runs without recomputed accuracies are left out.
+        points: the gap that counts as a dip, in percentage points (> 0).
+
+    Returns:
+        DataFrame, one row per run: ``run``, ``epochs`` (with both accuracies), ``dips``,
+        ``dip_epochs`` (e.g. ``"1, 2, 6"``), ``largest_gap`` (percentage points) and
+        ``largest_gap_epoch``, ``mean_gap`` (percentage points).
+
+    Raises:
+        ValueError: ``points`` not positive.
+    """
+    if not points > 0:
+        raise ValueError(f"points must be > 0, got points={points}")
+    columns = ["run", "epochs", "dips", "dip_epochs", "largest_gap", "largest_gap_epoch",
+               "mean_gap"]
+    if "test_acc_recalibrated" not in summary:
+        return pd.DataFrame(columns=columns)
+    both = summary.dropna(subset=["test_acc", "test_acc_recalibrated"])
+    rows = []
+    for run, epochs in both.groupby("run", sort=False):
+        gap = 100 * (epochs.test_acc_recalibrated - epochs.test_acc)
+        dips = epochs.epoch[gap >= points]
+        rows.append({"run": run, "epochs": len(epochs), "dips": len(dips),
+                     "dip_epochs": ", ".join(str(int(e)) for e in dips),
+                     "largest_gap": gap.max(), "largest_gap_epoch": int(epochs.epoch[gap.idxmax()]),
+                     "mean_gap": gap.mean()})
+    return pd.DataFrame(rows, columns=columns)
+
+
 def _print(summary: pd.DataFrame, around: dict[str, pd.DataFrame]) -> None:
     tables = (("test_acc", "test accuracy (%)", 100, 2),
               ("test_acc_recalibrated", "test accuracy with every BN's statistics recomputed "
@@ -137,6 +177,15 @@ def _print(summary: pd.DataFrame, around: dict[str, pd.DataFrame]) -> None:
         for epoch, row in table.iterrows():
             print(f"| {epoch} | " + " | ".join(f"{scale * v:.{digits}f}" if v == v else "–"
                                                for v in row) + " |")
+    dips = eval_mode_dips(summary)
+    if len(dips):
+        print("\neval-mode dips: epochs whose accuracy with every BN's statistics recomputed is "
+              "at least 1 point above the eval-mode one (gaps in points)\n")
+        print("| run | epochs | dips | at epochs | largest gap | at epoch | mean gap |")
+        print("|---|---|---|---|---|---|---|")
+        for r in dips.itertuples():
+            print(f"| {r.run} | {r.epochs} | {r.dips} | {r.dip_epochs or '–'} "
+                  f"| {r.largest_gap:+.2f} | {r.largest_gap_epoch} | {r.mean_gap:+.2f} |")
     probe = summary.dropna(subset=["selection_churn", "saliency_zero"], how="all")
     if len(probe):
         print("\nprobe metrics, mean over DGC layers (churn, zeros, overlap in %; spread: std/mean "

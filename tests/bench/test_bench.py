@@ -329,8 +329,17 @@ def test_dynamics_summary_reads_published_dynamics(tmp_path, capsys):
     _fake_dynamics(results / "dgc-seed0")
     _fake_run(results / "dgc-no-lasso-seed0", "dgc", 0.9)  # no dynamics.csv: not in the table
     _fake_run(tmp_path / "ref" / "dense-seed0", "dense", 0.92)
+    group = results / "group-seed0"  # no DGC layer: per-step rows only, and BNs recomputed
+    _fake_run(group, "group", 0.90)
+    _fake_dynamics(group)
+    steps = pd.read_csv(group / accuracy.DYNAMICS)
+    steps.loc[steps.metric == "k_frac", "value"] = 0.0  # k never grows
+    steps[steps.metric.isin(["loss", "k_frac"])].to_csv(group / accuracy.DYNAMICS, index=False)
+    pd.DataFrame({"epoch": [1, 2], "k_frac": 0.0, "test_acc": 0.90,
+                  "test_acc_recalibrated": [0.93, 0.905]}).to_csv(
+        group / accuracy.RECALIBRATION, index=False)
     summary = dynamics.summarize_dynamics(
-        results, ["dgc-seed0", "dgc-no-lasso-seed0", "dgc-seed1"],
+        results, ["dgc-seed0", "dgc-no-lasso-seed0", "dgc-seed1", "group-seed0"],
         reference={"dense (ref)": tmp_path / "ref" / "dense-seed0"})
     dgc = summary[summary.run == "dgc-seed0"].set_index("epoch")
     assert dgc.index.tolist() == [0, 1, 2]
@@ -339,6 +348,9 @@ def test_dynamics_summary_reads_published_dynamics(tmp_path, capsys):
     assert np.isnan(dgc.test_acc[0]) and dgc.test_acc[2] == pytest.approx(0.88)
     dense = summary[summary.run == "dense (ref)"]
     assert dense.epoch.tolist() == [1, 2] and dense.saliency_zero.isna().all()
+    grouped = summary[summary.run == "group-seed0"]
+    assert grouped.epoch.tolist() == [1, 2] and grouped.saliency_zero.isna().all()
+    assert grouped.test_acc_recalibrated.tolist() == pytest.approx([0.93, 0.905])
     pd.testing.assert_frame_equal(pd.read_csv(results / dynamics.SUMMARY), summary,
                                   check_dtype=False)
     around = pd.read_csv(results / dynamics.LOSS_AROUND_K)
@@ -348,8 +360,9 @@ def test_dynamics_summary_reads_published_dynamics(tmp_path, capsys):
     for figure in ("dynamics.png", "loss_around_k.png", "accuracy_by_epoch.png"):
         assert (results / figure).is_file()
     out = capsys.readouterr().out
-    assert "| 2 | 88.00 | 92.00 |" in out and "| dgc-seed0 | 0 | init |" in out
+    assert "| 2 | 88.00 | 90.00 | 92.00 |" in out and "| dgc-seed0 | 0 | init |" in out
     assert "training loss (mean over the epoch) by epoch" in out
+    assert "| group-seed0 | 2 | 1 | 1 | +3.00 | 1 | +1.75 |" in out  # the eval-mode dips
     assert dynamics.summarize_dynamics(results, ["dgc-no-lasso-seed0"]).empty
     with pytest.raises(FileNotFoundError, match="nowhere"):
         dynamics.summarize_dynamics(results, ["dgc-seed0"], reference={"x": tmp_path / "nowhere"},
@@ -463,3 +476,26 @@ def test_network_layer_split_adds_up_to_the_whole_network():
         assert parts["rest"] == pytest.approx(parts["whole"] - parts["layers"])
     with pytest.raises(ValueError, match="'dgc'"):
         layer_split({"dense": nets["dense"]}, torch.randn(1, 1, 12, 12))
+
+
+def test_eval_mode_dips_count_the_epochs_the_running_statistics_cost_a_point():
+    from dgclab.bench.dynamics import eval_mode_dips
+
+    summary = pd.DataFrame({
+        "run": ["a"] * 4 + ["b"] * 2 + ["c"],
+        "epoch": [0, 1, 2, 3, 1, 2, 1],
+        "test_acc": [float("nan"), 0.80, 0.85, 0.90, 0.90, 0.91, 0.5],
+        "test_acc_recalibrated": [float("nan"), 0.84, 0.855, 0.91, 0.90, 0.905, float("nan")]})
+    dips = eval_mode_dips(summary).set_index("run")
+    assert list(dips.index) == ["a", "b"]  # c has no recomputed accuracy
+    assert dips.loc["a", "epochs"] == 3 and dips.loc["a", "dips"] == 2
+    assert dips.loc["a", "dip_epochs"] == "1, 3"  # a gap of exactly 1 point counts
+    assert dips.loc["a", "largest_gap"] == pytest.approx(4.0)
+    assert dips.loc["a", "largest_gap_epoch"] == 1
+    assert dips.loc["a", "mean_gap"] == pytest.approx((4.0 + 0.5 + 1.0) / 3)
+    assert dips.loc["b", "dips"] == 0 and dips.loc["b", "dip_epochs"] == ""
+    assert dips.loc["b", "largest_gap"] == pytest.approx(0.0)
+    assert eval_mode_dips(summary, points=5).dips.tolist() == [0, 0]
+    assert eval_mode_dips(summary.drop(columns="test_acc_recalibrated")).empty
+    with pytest.raises(ValueError, match="points=0"):
+        eval_mode_dips(summary, points=0)
