@@ -67,12 +67,17 @@ def test_command_line_rejects_an_unknown_config(capsys):
     assert "dgc-bogus" in capsys.readouterr().err
 
 
-def test_runs_write_and_publish_dynamics_and_resume_keeps_their_rows(tmp_path, monkeypatch):
+def _tiny_runs(monkeypatch):
+    """Make the accuracy bench train tiny runs (64 images, batch 32) of any config."""
     from helpers import tiny
 
     monkeypatch.setattr(accuracy, "_config",
                         lambda name, seed, args: tiny(subset=64, batch_size=32,
                                                       epochs=args.epochs))
+
+
+def test_runs_write_and_publish_dynamics_and_resume_keeps_their_rows(tmp_path, monkeypatch):
+    _tiny_runs(monkeypatch)
     kill = [True]
 
     class KilledAfterEpoch1(accuracy._Dynamics):
@@ -371,11 +376,7 @@ def test_dynamics_summary_reads_published_dynamics(tmp_path, capsys):
 
 def test_bn_recalibration_rows_of_a_run_killed_before_them_are_made_on_resume(tmp_path,
                                                                              monkeypatch):
-    from helpers import tiny
-
-    monkeypatch.setattr(accuracy, "_config",
-                        lambda name, seed, args: tiny(subset=64, batch_size=32,
-                                                      epochs=args.epochs))
+    _tiny_runs(monkeypatch)
     kill = [True]
 
     class KilledBeforeTheRow(accuracy._Recalibrated):
@@ -398,11 +399,7 @@ def test_bn_recalibration_rows_of_a_run_killed_before_them_are_made_on_resume(tm
 
 
 def test_bn_recalibration_rows_leave_the_training_unchanged(tmp_path, monkeypatch):
-    from helpers import tiny
-
-    monkeypatch.setattr(accuracy, "_config",
-                        lambda name, seed, args: tiny(subset=64, batch_size=32,
-                                                      epochs=args.epochs))
+    _tiny_runs(monkeypatch)
     published = accuracy.train_run("dgc", 0, _args(tmp_path / "with", 2))
     rows = pd.read_csv(published / accuracy.RECALIBRATION)
     metrics = pd.read_csv(published / "metrics.csv")
