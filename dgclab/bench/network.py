@@ -20,8 +20,8 @@ the targets of the network-speed issue, whichever way they fall.
 
 ``--layers`` splits each network's time at its smallest batch into its DGC layers (each timed
 alone, on the input it sees in the DGC network, against its twins' BN-ReLU-conv on the same
-input) and the rest, which the three networks share: how far the whole network can move when
-only the DGC layers change (``layer_split``).
+input) and the rest (the ops the three networks share, and what layers lose inside a network):
+how far the whole network can move when only the DGC layers change (``layer_split``).
 
 ``--device cuda [--dtype float16]`` runs the same tables on a GPU (DGC's gather there is the
 Triton kernel, ``layers/dgc_triton.py``), every timed call followed by a CUDA synchronize.
@@ -172,9 +172,11 @@ def layer_split(nets: dict[str, nn.Module], x: torch.Tensor, rounds: int = 10,
     them), interleaved with each twin's module of the same name (BN-ReLU-conv) on the same
     input, steady state (blocks of 3 calls, the first discarded); the whole networks are timed
     the same way. Returns ``{kind: {"layers": summed layer medians, "whole": network median,
-    "rest": whole - layers}}``: ``rest`` is what the networks share (the convs DGC does not
-    replace, BNs, concatenations), so ``(rest + layers["dgc"]) / whole["dense"]`` is about the
-    best DGC / dense a network can reach by making its DGC layers faster.
+    "rest": whole - layers}}``: ``rest`` holds the ops the networks share (the convs DGC does
+    not replace, BNs, concatenations) and whatever the layers lose inside the network beyond
+    their time alone (colder caches), so ``(split["dgc"]["rest"] + split["group"]["layers"]) /
+    split["dense"]["whole"]`` is about the DGC / dense the network would reach with DGC layers
+    as cheap as static groups'.
     """
     if "dgc" not in nets:
         raise ValueError(f"nets needs a 'dgc' network, got {sorted(nets)}")
