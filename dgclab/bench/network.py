@@ -117,6 +117,14 @@ def _calibrated_nets(make, size: tuple[int, ...]) -> dict[str, nn.Module]:
     return nets
 
 
+def _benched_networks(imagenet: bool):
+    """``NETWORKS`` as ``(name, calibrated nets, input size, batch sizes)``, the 224x224 ones
+    only with ``imagenet``."""
+    for name, make, size, batches in NETWORKS:
+        if size[1] < 224 or imagenet:
+            yield name, _calibrated_nets(make, size), size, batches
+
+
 def _tuning_summary(model: nn.Module, x: torch.Tensor) -> str:
     """How many of ``model``'s DGC layers the measurement sent to each execution for ``x``."""
     seen: list[str] = []
@@ -137,10 +145,7 @@ def _inference(rounds: int, imagenet: bool, device: str = "cpu",
     tuned = f" {'tuned':>9} {'tuned/dense':>11}" if tune else ""
     print(f"{'network':>22} {'batch':>5} {'dense':>9} {'group':>9} {'dgc':>9}  {'dgc/dense':>9} "
           f"{'dgc/group':>9}  {'MACs dgc/dense':>14} {'dgc/group':>9}{tuned}   (ms per image)")
-    for name, make, size, batches in NETWORKS:
-        if size[1] >= 224 and not imagenet:
-            continue
-        nets = _calibrated_nets(make, size)
+    for name, nets, size, batches in _benched_networks(imagenet):
         macs = {n: count_macs(m, (1, *size)) for n, m in nets.items()}
         nets = {n: m.to(device, dtype) for n, m in nets.items()}
         for batch in batches:
@@ -210,10 +215,8 @@ def _layer_splits(rounds: int, imagenet: bool, device: str = "cpu") -> None:
           "layer and its twins' BN-ReLU-conv timed alone on the DGC network's activations)")
     print(f"{'network':>22} {'batch':>5} {'':>6} {'dense':>9} {'group':>9} {'dgc':>9}  "
           f"{'dgc/dense':>9} {'dgc/group':>9}")
-    for name, make, size, batches in NETWORKS:
-        if size[1] >= 224 and not imagenet:
-            continue
-        nets = {n: m.to(device) for n, m in _calibrated_nets(make, size).items()}
+    for name, nets, size, batches in _benched_networks(imagenet):
+        nets = {n: m.to(device) for n, m in nets.items()}
         batch = min(batches)
         split = layer_split(nets, torch.randn(batch, *size, device=device), rounds, device)
         for part in ("layers", "rest", "whole"):

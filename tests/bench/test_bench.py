@@ -201,6 +201,30 @@ def test_network_benchmark_tune_times_the_measured_choice_beside_the_rule(capsys
         assert sum(int(part.split()[0]) for part in counts.split(", ")) == layers, row
 
 
+def test_network_benchmark_layers_splits_each_network_and_skips_imagenet_when_told(
+        capsys, monkeypatch):
+    from dgclab.bench import network
+
+    built = []
+
+    def big():
+        built.append("big")
+        return _tiny_dgc_resnet()
+
+    monkeypatch.setattr(network, "NETWORKS", [("tiny", _tiny_dgc_resnet, (1, 8, 8), (3, 2)),
+                                              ("big", big, (1, 224, 224), (1,))])
+    assert network.main(["--layers", "--no-imagenet", "--no-train", "--rounds", "1",
+                         "--threads", "1"]) == 0
+    assert built == []  # never built, in either table
+    out = capsys.readouterr().out
+    split = out[out.index("DGC layers and the rest"):].splitlines()
+    parts = [line.split() for line in split if line.split()[:1] in (["tiny"], ["layers"],
+                                                                     ["rest"], ["whole"])]
+    assert [p[0] for p in parts] == ["tiny", "rest", "whole"]
+    assert parts[0][1:3] == ["2", "layers"]  # at the smallest batch
+    assert "if its DGC layers cost what the static groups' do" in out
+
+
 def test_layer_benchmark_family_computes_what_each_method_claims():
     import torch
 
