@@ -97,7 +97,7 @@ def _cmd_study_sparsity(args: argparse.Namespace) -> int:
                      if v not in (None, False, "basicnet") and v != PILOT_BUDGET[k]]
             if args.subset is not None or clash:
                 raise ValueError(f"--budget pilot sets --full, --epochs and --basicnet itself; "
-                                 f"drop {clash + (['--subset'] if args.subset else [])}")
+                                 f"drop {clash + (['--subset'] if args.subset is not None else [])}")
             budget = dict(PILOT_BUDGET)
         result = run_sparsity_study(
             args.out, args.dataset, args.subset, budget["epochs"], seeds=args.seeds,

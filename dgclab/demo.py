@@ -44,8 +44,8 @@ def published_accuracy(data_root="data") -> list[str]:
 
 def run_demo(out="runs/demo", data_root="data", epochs=None, subset=None, progress=True) -> int:
     config = TrainConfig(**(DEMO | {"data_root": str(data_root)}
-                            | ({"epochs": epochs} if epochs else {})
-                            | ({"subset": subset} if subset else {})))
+                            | ({"epochs": epochs} if epochs is not None else {})
+                            | ({"subset": subset} if subset is not None else {}))).validate()
     print(f"Training {config.model} (resnet_cifar, width {config.width}, conv={config.conv!r}, "
           f"heads {config.heads}, pruning rate {config.pruning_rate}) on {config.subset:,} "
           f"{config.dataset} images for {config.epochs} epochs; run folder {out}\n")

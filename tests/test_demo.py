@@ -2,6 +2,7 @@
 beside the accuracy bench's published tables."""
 
 import pandas as pd
+import pytest
 
 from dgclab import demo
 from helpers import TINY
@@ -39,3 +40,19 @@ def test_demo_trains_reports_and_reprints_a_finished_run(tmp_path, monkeypatch, 
     assert len(pd.read_csv(out / "metrics.csv")) == TINY["epochs"]
     tail = lambda text: text[text.index("test accuracy"):]  # noqa: E731
     assert tail(again).replace(str(out.resolve()), "") == tail(first).replace(str(out.resolve()), "")
+
+
+@pytest.mark.parametrize("field, value", [("epochs", 0), ("subset", 0), ("epochs", -2)])
+def test_demo_rejects_a_budget_it_cannot_train_naming_it(tmp_path, field, value):
+    # 0 once meant "the default" and trained 3 epochs without a word
+    with pytest.raises(ValueError, match=f"{field}.*{value}"):
+        demo.run_demo(out=tmp_path / "demo", data_root=tmp_path, progress=False, **{field: value})
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_command_says_what_was_wrong(tmp_path, capsys):
+    from dgclab.cli import main
+
+    assert main(["demo", "--epochs", "0", "--root", str(tmp_path),
+                 "--out", str(tmp_path / "demo")]) != 0
+    assert "epochs" in capsys.readouterr().err
