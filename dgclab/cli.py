@@ -96,8 +96,9 @@ def _cmd_study_sparsity(args: argparse.Namespace) -> int:
             clash = [f"--{k}" for k, v in budget.items()
                      if v not in (None, False, "basicnet") and v != PILOT_BUDGET[k]]
             if args.subset is not None or clash:
+                given = clash + (["--subset"] if args.subset is not None else [])
                 raise ValueError(f"--budget pilot sets --full, --epochs and --basicnet itself; "
-                                 f"drop {clash + (['--subset'] if args.subset is not None else [])}")
+                                 f"drop {given}")
             budget = dict(PILOT_BUDGET)
         result = run_sparsity_study(
             args.out, args.dataset, args.subset, budget["epochs"], seeds=args.seeds,

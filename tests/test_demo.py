@@ -33,13 +33,15 @@ def test_demo_trains_reports_and_reprints_a_finished_run(tmp_path, monkeypatch, 
     assert (out / "report.html").is_file() and (out / "test_recording.npz").is_file()
     assert len(pd.read_csv(out / "metrics.csv")) == TINY["epochs"]
     assert "layer1.0.conv1" in first and "after 2 epochs" in first
-    assert "8 epochs: dense 91.94 % (2 seeds), static groups 91.57 % (2 seeds), DGC 88.17 %" in first
+    assert ("8 epochs: dense 91.94 % (2 seeds), static groups 91.57 % (2 seeds), "
+            "DGC 88.17 %") in first
 
     assert demo.run_demo(out=out, data_root=tmp_path, progress=False) == 0  # finished: reprinted
     again = capsys.readouterr().out
     assert len(pd.read_csv(out / "metrics.csv")) == TINY["epochs"]
     tail = lambda text: text[text.index("test accuracy"):]  # noqa: E731
-    assert tail(again).replace(str(out.resolve()), "") == tail(first).replace(str(out.resolve()), "")
+    where = str(out.resolve())
+    assert tail(again).replace(where, "") == tail(first).replace(where, "")
 
 
 @pytest.mark.parametrize("field, value", [("epochs", 0), ("subset", 0), ("epochs", -2)])
