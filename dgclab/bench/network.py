@@ -21,7 +21,8 @@ the targets of the network-speed issue, whichever way they fall.
 ``--layers`` splits each network's time at its smallest batch into its DGC layers (each timed
 alone, on the input it sees in the DGC network, against its twins' BN-ReLU-conv on the same
 input) and the rest (the ops the three networks share, and what layers lose inside a network):
-how far the whole network can move when only the DGC layers change (``layer_split``).
+how far the whole network can move when only the DGC layers change (``layer_split``); the same
+modules timed inside their networks say how much of the rest the layers lose there.
 
 ``--device cuda [--dtype float16]`` runs the same tables on a GPU (DGC's gather there is the
 Triton kernel, ``layers/dgc_triton.py``), every timed call followed by a CUDA synchronize.
@@ -31,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
+import time
 
 import torch
 import torch.nn as nn
@@ -176,10 +179,14 @@ def layer_split(nets: dict[str, nn.Module], x: torch.Tensor, rounds: int = 10,
     receives when the DGC network runs ``x`` (its real activations: its selection depends on
     them), interleaved with each twin's module of the same name (BN-ReLU-conv) on the same
     input, steady state (blocks of 3 calls, the first discarded); the whole networks are timed
-    the same way. Returns ``{kind: {"layers": summed layer medians, "whole": network median,
-    "rest": whole - layers}}``: ``rest`` holds the ops the networks share (the convs DGC does
-    not replace, BNs, concatenations) and whatever the layers lose inside the network beyond
-    their time alone (colder caches), so ``(split["dgc"]["rest"] + split["group"]["layers"]) /
+    the same way. The same modules are also timed inside their networks (forward hooks around
+    them, one network after another for ``rounds`` rounds, medians per module).
+
+    Returns ``{kind: {"layers": summed medians alone, "in_network": summed medians inside the
+    network, "whole": network median, "rest": whole - layers}}``. ``rest`` holds the ops the
+    networks share (the convs DGC does not replace, BNs, concatenations) and what the layers
+    lose inside the network beyond their time alone (``in_network - layers``: caches the other
+    layers have filled), so ``(split["dgc"]["rest"] + split["group"]["layers"]) /
     split["dense"]["whole"]`` is about the DGC / dense the network would reach with DGC layers
     as cheap as static groups'.
     """
@@ -205,27 +212,65 @@ def layer_split(nets: dict[str, nn.Module], x: torch.Tensor, rounds: int = 10,
                 split[kind]["layers"] += t
         whole = interleaved_medians({kind: synchronized(lambda m=net: m(x), device)
                                      for kind, net in nets.items()}, rounds=rounds)
+    inside = _timed_inside(nets, [name for name, _ in layers], x, rounds, device)
     for kind, t in whole.items():
-        split[kind] |= {"whole": t, "rest": t - split[kind]["layers"]}
+        split[kind] |= {"in_network": inside[kind], "whole": t, "rest": t - split[kind]["layers"]}
     return split
 
 
+def _timed_inside(nets: dict[str, nn.Module], names: list[str], x: torch.Tensor, rounds: int,
+                  device: str) -> dict[str, float]:
+    """Each network's modules ``names`` timed inside the network running ``x``: per module the
+    median over ``rounds`` forwards (after one untimed), summed per network."""
+    wait = synchronized(lambda: None, device)  # a CUDA synchronize, nothing on the CPU
+    times = {kind: {name: [] for name in names} for kind in nets}
+    began: dict[tuple[str, str], float] = {}
+
+    def start(kind, name):
+        def hook(module, args):
+            wait()
+            began[kind, name] = time.perf_counter()
+        return hook
+
+    def stop(kind, name):
+        def hook(module, args, out):
+            wait()
+            times[kind][name].append(time.perf_counter() - began[kind, name])
+        return hook
+
+    hooks = [hook for kind, net in nets.items() for name in names for hook in (
+        net.get_submodule(name).register_forward_pre_hook(start(kind, name)),
+        net.get_submodule(name).register_forward_hook(stop(kind, name)))]
+    try:
+        with torch.no_grad():
+            for _ in range(rounds + 1):
+                for net in nets.values():
+                    net(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {kind: sum(statistics.median(t[1:]) for t in per.values())
+            for kind, per in times.items()}
+
+
 def _layer_splits(rounds: int, imagenet: bool, device: str = "cpu") -> None:
-    print("\nDGC layers and the rest, at each network's smallest batch (ms per image; each DGC "
-          "layer and its twins' BN-ReLU-conv timed alone on the DGC network's activations)")
-    print(f"{'network':>22} {'batch':>5} {'':>6} {'dense':>9} {'group':>9} {'dgc':>9}  "
+    print("\nDGC layers and the rest, at each network's smallest batch (ms per image; 'layers': "
+          "each DGC layer and its twins' BN-ReLU-conv timed alone on the DGC network's "
+          "activations; 'layers in net': the same modules timed inside their networks)")
+    print(f"{'network':>22} {'batch':>5} {'':>13} {'dense':>9} {'group':>9} {'dgc':>9}  "
           f"{'dgc/dense':>9} {'dgc/group':>9}")
     for name, nets, size, batches in _benched_networks(imagenet):
         nets = {n: m.to(device) for n, m in nets.items()}
         batch = min(batches)
         split = layer_split(nets, torch.randn(batch, *size, device=device), rounds, device)
-        for part in ("layers", "rest", "whole"):
+        for part in ("layers", "in_network", "rest", "whole"):
             ms = {kind: split[kind][part] * 1e3 / batch for kind in split}
+            label = "layers in net" if part == "in_network" else part
             print(f"{name if part == 'layers' else '':>22} {batch if part == 'layers' else '':>5} "
-                  f"{part:>6} {ms['dense']:9.3f} {ms['group']:9.3f} {ms['dgc']:9.3f}  "
+                  f"{label:>13} {ms['dense']:9.3f} {ms['group']:9.3f} {ms['dgc']:9.3f}  "
                   f"{ms['dgc'] / ms['dense']:9.2f} {ms['dgc'] / ms['group']:9.2f}")
         dense, rest = split["dense"]["whole"], split["dgc"]["rest"]
-        print(f"{'':>22} {'':>5} {'':>6} (DGC / dense if its DGC layers cost what the static "
+        print(f"{'':>22} {'':>5} {'':>13} (DGC / dense if its DGC layers cost what the static "
               f"groups' do: {(rest + split['group']['layers']) / dense:.2f}, nothing: "
               f"{rest / dense:.2f})")
 

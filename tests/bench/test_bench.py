@@ -220,7 +220,8 @@ def test_network_benchmark_layers_splits_each_network_and_skips_imagenet_when_to
     split = out[out.index("DGC layers and the rest"):].splitlines()
     parts = [line.split() for line in split if line.split()[:1] in (["tiny"], ["layers"],
                                                                      ["rest"], ["whole"])]
-    assert [p[0] for p in parts] == ["tiny", "rest", "whole"]
+    assert [p[0] for p in parts] == ["tiny", "layers", "rest", "whole"]
+    assert parts[1][:3] == ["layers", "in", "net"]
     assert parts[0][1:3] == ["2", "layers"]  # at the smallest batch
     assert "if its DGC layers cost what the static groups' do" in out
 
@@ -493,8 +494,10 @@ def test_network_layer_split_adds_up_to_the_whole_network():
     split = layer_split(nets, torch.randn(2, 1, 12, 12), rounds=2)
     assert set(split) == {"dgc", "dense", "group"}
     for parts in split.values():
-        assert parts["layers"] > 0 and parts["whole"] > 0
+        assert parts["layers"] > 0 and parts["whole"] > 0 and parts["in_network"] > 0
         assert parts["rest"] == pytest.approx(parts["whole"] - parts["layers"])
+    for net in nets.values():  # the timing hooks are gone (left, they would time every forward)
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
     with pytest.raises(ValueError, match="'dgc'"):
         layer_split({"dense": nets["dense"]}, torch.randn(1, 1, 12, 12))
 
