@@ -137,6 +137,17 @@ def test_not_a_run_folder(tmp_path):
         write_report(run)
 
 
+def test_report_command_writes_the_page_and_names_a_folder_that_is_not_a_run(dgc_run, tmp_path,
+                                                                           capsys):
+    from dgclab.cli import main
+
+    assert main(["report", str(dgc_run)]) == 0
+    assert f"report: {dgc_run / 'report.html'}" in capsys.readouterr().out
+    read_page(dgc_run / "report.html")
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
 def test_write_is_atomic(tmp_path, monkeypatch):
     run = make_run_folder(tmp_path / "r", layers=1)
     (run / "report.html").write_text("old")

@@ -523,3 +523,32 @@ def test_eval_mode_dips_count_the_epochs_the_running_statistics_cost_a_point():
     assert eval_mode_dips(summary.drop(columns="test_acc_recalibrated")).empty
     with pytest.raises(ValueError, match="points=0"):
         eval_mode_dips(summary, points=0)
+
+
+def test_macs_benchmark_gives_the_papers_dydensenet86_figures(capsys, monkeypatch):
+    from dgclab.bench import macs
+
+    # DyResNet-18 at 224x224 is slow to count on 2 cores: the CIFAR-sized rows suffice here
+    monkeypatch.setattr(macs, "MODELS", [m for m in macs.MODELS if m[2][-1] < 224])
+    assert macs.main([]) == 0
+    rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]]
+            for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and "---" not in r}
+    # the paper's own figures (SPEC: 71.04M MACs, 4,264,810 parameters)
+    assert rows["DyDenseNet-86, CIFAR-10"][1:3] == ["4,264,810", "71.04M"]
+    dense, group, dgc = (rows[f"resnet_cifar(20, 32, {c}), F-MNIST"] for c in ("dense", "group",
+                                                                             "dgc"))
+    assert dense[2] == dense[3]  # a dense net has one convention
+    assert float(dgc[2][:-1]) < float(dense[2][:-1]) / 3 < float(dgc[3][:-1])  # paper vs mask
+
+
+def test_record_benchmark_prints_every_variant_and_the_target(capsys):
+    from dgclab.bench import record
+
+    assert record.main(["--batch", "2", "--rounds", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    for label in ("plain forward", "inside Recorder (selections)",
+                  "inside Recorder (+saliency, +activations)", "after the Recorder exited"):
+        assert label in out
+    assert "(target <= 15%)" in out
+    with pytest.raises(SystemExit):
+        record.main(["--batch", "0"])
