@@ -46,8 +46,9 @@ def plot_selection_dynamics(
         frames: a ``MetricTracker.frame`` (columns ``epoch``, ``layer``, ``metric``, ``value``;
             a run's ``dynamics.csv``), drawn one line per DGC layer; or ``{label: frame}``
             (e.g. the official recipe and its ablations), one line per run, the mean over its
-            layers. ``probe_head_jaccard`` comes with its chance level, dotted, where the frame
-            has ``chance_head_jaccard``.
+            layers; runs without rows of a metric (no DGC layer) are left out of its panel and
+            keep their colours. ``probe_head_jaccard`` comes with its chance level, dotted,
+            where the frame has ``chance_head_jaccard``.
         metrics: one panel each, of the metrics in the frames.
         ax: where to draw (split into one panel per metric); default a new figure.
 
@@ -77,7 +78,7 @@ def plot_selection_dynamics(
                 for j, (layer, part) in enumerate(rows.groupby("layer", sort=False)):
                     panel.plot(part["epoch"], scale * part["value"], marker=".",
                                color=PALETTE[j % len(PALETTE)], label=str(layer))
-            else:
+            elif not rows.empty:  # a run without DGC layers (dense, static groups) has none
                 mean = rows.groupby("epoch")["value"].mean()
                 panel.plot(mean.index, scale * mean.to_numpy(), marker="o", ms=3,
                            color=PALETTE[i % len(PALETTE)], label=str(label))

@@ -42,6 +42,16 @@ def test_runs_draw_their_mean_with_chance_overlap():
     assert np.allclose(overlap.lines[1].get_ydata(), 25)
 
 
+def test_runs_without_dgc_layers_are_left_out_and_keep_the_colours():
+    no_dgc = pd.DataFrame({"step": [0], "epoch": [1], "layer": [""], "metric": ["train_loss"],
+                           "value": [0.5]})  # what a dense run's dynamics.csv holds
+    both = plot_selection_dynamics({"dense": no_dgc, "dgc": _frame()}, metrics=["saliency_zero"])
+    alone = plot_selection_dynamics({"dgc": _frame()}, metrics=["saliency_zero"])
+    (panel,) = both.axes
+    assert [t.get_text() for t in panel.get_legend().get_texts()] == ["dgc"]
+    assert panel.lines[0].get_color() != alone.axes[0].lines[0].get_color()  # its place's colour
+
+
 def test_selection_dynamics_refuses_bad_input():
     with pytest.raises(TypeError, match="must be a DataFrame"):
         plot_selection_dynamics([1, 2])
