@@ -290,21 +290,37 @@ def _latency_ms(models: dict[str, torch.nn.Module], size, batch: int, rounds: in
     return {name: v * 1e3 / batch for name, v in t.items()}
 
 
+def summarized_runs(args) -> list[tuple[str, int]]:
+    """``(config, seed)`` of every finished run published in ``args.results``: the configs of
+    ``args.configs`` first, in their order, then every other config published there, each with
+    all its seeds. A results folder's summary is that of all its runs, so that training or
+    summarising some configs (or fewer seeds) never drops the others from ``summary.csv`` and
+    the figures."""
+    published: dict[str, list[int]] = {}
+    for folder in args.results.glob("*-seed*"):
+        conv, _, seed = folder.name.rpartition("-seed")
+        if (folder.is_dir() and seed.isdigit() and (conv in CONV_KINDS or conv in ABLATIONS)
+                and is_finished(folder, args.epochs)):
+            published.setdefault(conv, []).append(int(seed))
+    order = [c for c in args.configs if c in published]
+    order += sorted(c for c in published if c not in args.configs)
+    return [(conv, seed) for conv in order for seed in sorted(published[conv])]
+
+
 def summarize(args) -> pd.DataFrame:
+    """Print and write (``summary.csv``, ``dynamics_summary.csv``, the figures) the summary of
+    every finished run in ``args.results`` (``summarized_runs``), latencies measured now."""
     rows, models = [], {}
-    for conv in args.configs:
-        for seed in range(args.seeds):
-            run = args.results / f"{conv}-seed{seed}"
-            if not is_finished(run, args.epochs):
-                continue
-            metrics = pd.read_csv(run / "metrics.csv")
-            last = metrics.iloc[-1]
-            rows.append({"conv": conv, "seed": seed, "test_acc": last.test_acc,
-                         "paper_macs": last.paper_macs, "realized_macs": last.realized_macs,
-                         "train_minutes": metrics.epoch_seconds.sum() / 60})
-            if conv not in models:
-                models[conv] = timing_model(_config(conv, seed, args))
-    names = [f"{conv}-seed{seed}" for conv in args.configs for seed in range(args.seeds)]
+    finished = summarized_runs(args)
+    for conv, seed in finished:
+        metrics = pd.read_csv(args.results / f"{conv}-seed{seed}" / "metrics.csv")
+        last = metrics.iloc[-1]
+        rows.append({"conv": conv, "seed": seed, "test_acc": last.test_acc,
+                     "paper_macs": last.paper_macs, "realized_macs": last.realized_macs,
+                     "train_minutes": metrics.epoch_seconds.sum() / 60})
+        if conv not in models:
+            models[conv] = timing_model(_config(conv, seed, args))
+    names = [f"{conv}-seed{seed}" for conv, seed in finished]
     reference = None
     if args.reference is not None:
         reference = {f"{run.name} ({args.reference.name})": run
@@ -412,7 +428,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--configs", default=",".join(DEFAULT_CONVS),
                         help=f"comma-separated conv kinds, of {','.join(CONV_KINDS)}, or "
-                             f"ablations, of {','.join(ABLATIONS)}")
+                             f"ablations, of {','.join(ABLATIONS)}, to train; the summary shows "
+                             f"them first, then every other finished run of --results")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training and latency")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--summary-only", action="store_true")

@@ -43,6 +43,25 @@ def test_accuracy_summary_reads_published_runs(tmp_path, capsys):
     assert (summary.ms_per_image_b1 > 0).all()
 
 
+def test_summary_of_some_configs_keeps_every_finished_run_of_the_folder(tmp_path, capsys):
+    # training one ablation into a shared results folder once rewrote summary.csv with that
+    # ablation alone, dropping the others
+    results = tmp_path / "results"
+    for name, conv, acc in (("dgc-seed0", "dgc", 0.89), ("dgc-no-lasso-seed0", "dgc", 0.88),
+                            ("dgc-ramp-half-seed0", "dgc", 0.90),
+                            ("dgc-ramp-half-seed1", "dgc", 0.898)):
+        _fake_run(results / name, conv, acc)
+    _fake_run(results / "dgc-flat-init-seed0", "dgc", 0.5, epochs=1)  # unfinished: left out
+    (results / "not-a-run").mkdir()
+    assert accuracy.main(["--summary-only", "--results", str(results), "--out", str(tmp_path),
+                          "--epochs", "2", "--width", "8", "--rounds", "1", "--seeds", "1",
+                          "--configs", "dgc-ramp-half"]) == 0
+    summary = pd.read_csv(results / "summary.csv")
+    assert summary.conv.tolist() == ["dgc-ramp-half", "dgc", "dgc-no-lasso"]
+    assert summary.seeds.tolist() == [2, 1, 1]  # every published seed, whatever --seeds says
+    assert "ablation dgc-ramp-half" in capsys.readouterr().out
+
+
 def _args(tmp_path, epochs):
     import argparse
 
