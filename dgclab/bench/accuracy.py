@@ -370,10 +370,17 @@ def summarize(args) -> pd.DataFrame:
         print(f"DGC above static groups of about the same MACs: {'met' if diff > 0 else 'MISSED'} "
               f"({diff:+.2f} points; group {by.paper_macs['group'] / 1e6:.2f}M vs DGC "
               f"{by.paper_macs['dgc'] / 1e6:.2f}M MACs)")
+    acc = runs.pivot(index="seed", columns="conv", values="test_acc")
     for name, (_, _, what) in ABLATIONS.items():
-        if {name, "dgc"} <= set(by.index):
-            diff = 100 * (by.acc_mean[name] - by.acc_mean["dgc"])
-            print(f"ablation {name} ({what}): {diff:+.2f} points against the official DGC")
+        if {name, "dgc"} <= set(by.index):  # paired: the seeds both have
+            both = acc[[name, "dgc"]].dropna()
+            seeds = ", ".join(map(str, both.index))
+            if both.empty:
+                print(f"ablation {name} ({what}): no seed in common with the official DGC")
+                continue
+            diff = 100 * (both[name] - both["dgc"]).mean()
+            print(f"ablation {name} ({what}): {diff:+.2f} points against the official DGC "
+                  f"(seed{'s' if len(both) > 1 else ''} {seeds})")
     return table
 
 

@@ -37,7 +37,8 @@ def test_accuracy_summary_reads_published_runs(tmp_path, capsys):
     assert "| dgc | 2 | 92.20 ± 0.14 |" in out
     assert "dense >= 92 %: met" in out
     assert "DGC above static groups of about the same MACs: met" in out
-    assert "ablation dgc-no-lasso (the saliency lasso off): -2.20 points" in out
+    assert "ablation dgc-no-lasso (the saliency lasso off): -2.10 points" in out
+    assert "against the official DGC (seed 0)" in out  # paired: dgc-seed1 has no partner
     summary = pd.read_csv(results / "summary.csv")
     assert summary.conv.tolist() == ["dense", "group", "dgc", "dgc-no-lasso"]
     assert (summary.ms_per_image_b1 > 0).all()
@@ -59,7 +60,9 @@ def test_summary_of_some_configs_keeps_every_finished_run_of_the_folder(tmp_path
     summary = pd.read_csv(results / "summary.csv")
     assert summary.conv.tolist() == ["dgc-ramp-half", "dgc", "dgc-no-lasso"]
     assert summary.seeds.tolist() == [2, 1, 1]  # every published seed, whatever --seeds says
-    assert "ablation dgc-ramp-half" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert ("ablation dgc-ramp-half (k final at 1/2 of training, not 3/4): +1.00 points "
+            "against the official DGC (seed 0)") in out
 
 
 def _args(tmp_path, epochs):
