@@ -185,10 +185,10 @@ def layer_split(nets: dict[str, nn.Module], x: torch.Tensor, rounds: int = 10,
     Returns ``{kind: {"layers": summed medians alone, "in_network": summed medians inside the
     network, "whole": network median, "rest": whole - layers}}``. ``rest`` holds the ops the
     networks share (the convs DGC does not replace, BNs, concatenations) and what the layers
-    lose inside the network beyond their time alone (``in_network - layers``: caches the other
-    layers have filled), so ``(split["dgc"]["rest"] + split["group"]["layers"]) /
-    split["dense"]["whole"]`` is about the DGC / dense the network would reach with DGC layers
-    as cheap as static groups'.
+    lose inside the network beyond their time alone (``in_network - layers``; why they lose it
+    is not established: colder caches, the layers' Python running colder), so
+    ``(split["dgc"]["rest"] + split["group"]["layers"]) / split["dense"]["whole"]`` is about
+    the DGC / dense the network would reach with DGC layers as cheap as static groups'.
     """
     if "dgc" not in nets:
         raise ValueError(f"nets needs a 'dgc' network, got {sorted(nets)}")
