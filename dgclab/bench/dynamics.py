@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from .._atomic import atomic_open, atomic_write_csv
+from ..checks import check_float, check_type
 from ..analysis import PROBE_METRICS, loss_around_k_steps
 from ..analysis.dynamics import LOSS_AROUND_K_COLUMNS
 
@@ -138,14 +139,19 @@ def eval_mode_dips(summary: pd.DataFrame, points: float = 1.0) -> pd.DataFrame:
         ``largest_gap_epoch``, ``mean_gap`` (percentage points).
 
     Raises:
-        ValueError: ``points`` not positive.
+        TypeError: ``summary`` not a DataFrame, ``points`` not a real number.
+        ValueError: ``points`` not positive; ``summary`` has recomputed accuracies but lacks
+            ``run``, ``epoch`` or ``test_acc``.
     """
-    if not points > 0:
-        raise ValueError(f"points must be > 0, got points={points}")
+    check_type("summary", summary, pd.DataFrame)
+    points = check_float("points", points, min=0, min_inclusive=False)
     columns = ["run", "epochs", "dips", "dip_epochs", "largest_gap", "largest_gap_epoch",
                "mean_gap"]
     if "test_acc_recalibrated" not in summary:
         return pd.DataFrame(columns=columns)
+    missing = [c for c in ("run", "epoch", "test_acc") if c not in summary]
+    if missing:
+        raise ValueError(f"summary lacks the column(s) {missing}; it has {list(summary.columns)}")
     both = summary.dropna(subset=["test_acc", "test_acc_recalibrated"])
     rows = []
     for run, epochs in both.groupby("run", sort=False):

@@ -545,6 +545,12 @@ def test_eval_mode_dips_count_the_epochs_the_running_statistics_cost_a_point():
     assert eval_mode_dips(summary.drop(columns="test_acc_recalibrated")).empty
     with pytest.raises(ValueError, match="points=0"):
         eval_mode_dips(summary, points=0)
+    with pytest.raises(TypeError, match="points='1'"):
+        eval_mode_dips(summary, points="1")
+    with pytest.raises(TypeError, match="summary"):
+        eval_mode_dips(summary.to_dict())
+    with pytest.raises(ValueError, match=r"\['epoch'\]"):
+        eval_mode_dips(summary.drop(columns="epoch"))
 
 
 def test_macs_benchmark_gives_the_papers_dydensenet86_figures(capsys, monkeypatch):
