@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from ..checks import check_type
 from ..viz.style import PALETTE, TEST, TRAIN, panel_grid, single_axes, style_axes
 from .train import FitResult
 
@@ -52,8 +53,9 @@ def plot_protocols(summary: pd.DataFrame, ax: Axes | None = None) -> Figure:
     """
     need = ["dataset", "model", "val_selected_mean", "val_selected_std", "test_selected_mean",
             "test_selected_std"]
-    if not isinstance(summary, pd.DataFrame) or set(need) - set(summary.columns):
-        raise ValueError(f"summary must be a DataFrame with columns {need}")
+    check_type("summary", summary, pd.DataFrame)
+    if set(need) - set(summary.columns):
+        raise ValueError(f"summary must have the columns {need}, got {list(summary.columns)}")
     if summary.empty:
         raise ValueError("summary has no rows to plot")
     datasets = list(dict.fromkeys(summary["dataset"]))
@@ -82,8 +84,9 @@ def plot_path_similarity(paths: pd.DataFrame, ax: Axes | None = None) -> Figure:
             cka_shuffled); one point per seed, the bar is the mean.
     """
     need = ["dataset", "model", "cka", "cka_init", "cka_shuffled"]
-    if not isinstance(paths, pd.DataFrame) or set(need) - set(paths.columns):
-        raise ValueError(f"paths must be a DataFrame with columns {need}")
+    check_type("paths", paths, pd.DataFrame)
+    if set(need) - set(paths.columns):
+        raise ValueError(f"paths must have the columns {need}, got {list(paths.columns)}")
     if paths.empty:
         raise ValueError("paths has no rows to plot")
     fig, ax = single_axes(ax, (7.2, 3.4))

@@ -183,8 +183,9 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """
     need = {"dataset", "model", "seed", "params", "val_selected", "test_selected",
             "val_epoch", "test_epoch"}
-    if not isinstance(runs, pd.DataFrame) or need - set(runs.columns):
-        raise ValueError(f"runs must be a DataFrame with columns {sorted(need)}")
+    check_type("runs", runs, pd.DataFrame)
+    if need - set(runs.columns):
+        raise ValueError(f"runs must have the columns {sorted(need)}, got {list(runs.columns)}")
     if runs.empty:
         raise ValueError("runs has no rows to summarize")
     runs = runs.assign(optimism=runs["test_selected"] - runs["val_selected"])

@@ -31,6 +31,7 @@ import torch.nn as nn
 from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
 from matplotlib.figure import Figure
 
+from ..checks import check_int
 from ..layers import DGCConv2d, dgc_layers
 from ..modes import eval_mode
 from ..record import paused
@@ -92,8 +93,7 @@ def image_attributions(
         (torch.Size([28, 28]), torch.Size([1, 28, 28]))
     """
     x = _batch_of_one(image, model)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-        raise ValueError(f"steps must be a positive int, got steps={steps!r}")
+    steps = check_int("steps", steps, min=1)
     name, module = _cam_layer(model, layer)
     with _eval(model), torch.enable_grad():
         with torch.no_grad():
@@ -166,10 +166,8 @@ def top_channel_maps(
         ``"kept"`` (k, heads) bool, which heads kept each channel.
     """
     name, module = _dgc_layer(model, layer)
-    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-        raise ValueError(f"k must be a positive int, got k={k!r}")
-    if head is not None and (isinstance(head, bool) or not isinstance(head, int)
-                             or not 0 <= head < module.heads):
+    k = check_int("k", k, min=1)
+    if head is not None and not 0 <= check_int("head", head) < module.heads:
         raise ValueError(f"head={head!r} is out of range for layer {name!r}, which has "
                          f"{module.heads} heads (0..{module.heads - 1})")
     x = _batch_of_one(image, model)
@@ -313,7 +311,7 @@ def _eval(model: nn.Module):
 
 def _batch_of_one(image, model: nn.Module) -> torch.Tensor:
     if not isinstance(image, torch.Tensor):
-        raise ValueError(f"image must be a torch.Tensor, got {type(image).__name__}")
+        raise TypeError(f"image must be a torch.Tensor, got {type(image).__name__}")
     if image.dim() == 3:
         image = image.unsqueeze(0)
     if image.dim() != 4 or image.shape[0] != 1:
@@ -363,8 +361,7 @@ def _describe(layer) -> str:
 
 
 def _check_target(target, classes: int) -> int:
-    if isinstance(target, bool) or not isinstance(target, (int, np.integer)) \
-            or not 0 <= target < classes:
+    if not 0 <= check_int("target", target) < classes:
         raise ValueError(f"target must be a class index in [0, {classes}), got target={target!r}")
     return int(target)
 

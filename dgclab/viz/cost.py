@@ -132,7 +132,7 @@ def plot_accuracy_vs_macs(frame: pd.DataFrame, ax: Axes | None = None) -> Figure
         The figure.
     """
     if not isinstance(frame, pd.DataFrame):
-        raise ValueError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
+        raise TypeError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
     require_columns(frame, ["name", "test_acc", "paper_macs", "realized_macs"], "frame")
     if frame.empty:
         raise ValueError("frame has no rows: nothing to plot")

@@ -39,6 +39,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 
 from ..analysis import SelfGroupedConv2d
 from ..analysis.self_grouping import _channel_mask
+from ..checks import check_int
 from ..layers import GroupingConv
 from ..layers.lgc import CondensedConv2d
 from ..modes import eval_mode
@@ -319,8 +320,7 @@ def plot_connectivity(panels: Mapping[str, torch.Tensor], ax: Axes | None = None
     """
     if not isinstance(panels, Mapping) or not panels:
         raise ValueError("panels must be a non-empty mapping method name -> (rows, C_in) bool")
-    if not isinstance(ncols, int) or isinstance(ncols, bool) or ncols < 1:
-        raise ValueError(f"ncols must be a positive int, got ncols={ncols!r}")
+    ncols = check_int("ncols", ncols, min=1)
     mats = {}
     for method, value in panels.items():
         mat = np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value).astype(bool)
@@ -406,11 +406,8 @@ class FamilyExplorer(Explorer):
         count = min(len(connectivity_layers(m)) for m in self.models.values())
         names = [n for n, _ in connectivity_layers(next(iter(self.models.values())))][:count]
         layer = count - 1 if layer is None else layer
-        if not isinstance(layer, int) or not 0 <= layer < count:
-            raise ValueError(f"layer must be an int in [0, {count}), got layer={layer!r}")
-        if not isinstance(image, int) or not 0 <= image < len(self.images):
-            raise ValueError(f"image must be an int in [0, {len(self.images)}), got "
-                             f"image={image!r}")
+        layer = check_int("layer", layer, min=0, max=count - 1)
+        image = check_int("image", image, min=0, max=len(self.images) - 1)
         pick = widgets.Dropdown(options=[(f"{i}: {c}", i) for i, c in enumerate(captions)],
                                 value=image, description="image")
         choice = widgets.Dropdown(options=[(f"{i}: {n}", i) for i, n in enumerate(names)],

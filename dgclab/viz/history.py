@@ -19,6 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..checks import check_float, check_int
 from ..layers import pruning_schedule
 from .inputs import history_frame
 from .style import PALETTE, PAPER, TEST, TRAIN, merged_legend, single_axes, style_axes
@@ -180,9 +181,7 @@ def plot_schedule_curve(
     Returns:
         The figure (the right axis reads k / C_in).
     """
-    if not isinstance(in_channels, (int, np.integer)) or isinstance(in_channels, bool) \
-            or in_channels <= 0:
-        raise ValueError(f"in_channels must be a positive int, got in_channels={in_channels!r}")
+    check_int("in_channels", in_channels, min=1)
     _check_rate(pruning_rate)
     fig, ax = single_axes(ax, (7, 3.8))
     p = np.linspace(0.0, 1.0, 2401)
@@ -225,7 +224,7 @@ def plot_dead_filters(data: pd.DataFrame, ax: Axes | None = None) -> Figure:
         The figure.
     """
     if not isinstance(data, pd.DataFrame):
-        raise ValueError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+        raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     cols = set(data.columns)
     if {"step", "layer", "metric", "value"} <= cols:
         return _dead_filters_tracked(data, ax)
@@ -304,6 +303,5 @@ def _dead_filters_per_layer(frame: pd.DataFrame, ax: Axes | None) -> Figure:
     return fig
 
 def _check_rate(rate) -> None:
-    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate < 1:
-        raise ValueError(f"pruning_rate must be a number in [0, 1), got pruning_rate={rate!r}")
+    check_float("pruning_rate", rate, min=0, max=1, max_inclusive=False)
 

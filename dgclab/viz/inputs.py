@@ -1,8 +1,9 @@
 """The inputs dgclab's plots read, checked before anything is drawn: a run's history
 (``metrics.csv``), a table with required columns, a ``Recording``.
 
-Each check raises ``ValueError`` naming what is wrong (the missing columns and the columns there
-are, the type received), so that a bad argument fails in one line rather than deep in matplotlib.
+Each check names what is wrong, so that a bad argument fails in one line rather than deep in
+matplotlib: ``TypeError`` with the type received, ``ValueError`` with the missing columns and the
+columns there are.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ def require_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None:
 
 
 def check_recording(recording) -> None:
-    """Raise ValueError unless ``recording`` looks like a ``Recording`` (or live ``Recorder``)."""
+    """Raise TypeError unless ``recording`` looks like a ``Recording`` (or live ``Recorder``)."""
     if not all(hasattr(recording, a) for a in ("layer_names", "selections", "labels")):
-        raise ValueError(f"expected a dgclab Recording (or Recorder), got "
+        raise TypeError(f"expected a dgclab Recording (or Recorder), got "
                          f"{type(recording).__name__}")
 

@@ -24,6 +24,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..checks import check_int
 from .style import PALETTE, TEST, TRAIN, panel_grid, style_axes
 from .widgets import in_kernel, figure_png
 
@@ -69,8 +70,7 @@ def plot_training_state(
     steps = _frame(step_logs, "step_logs")
     rows = _frame(epoch_rows, "epoch_rows")
     tracked = _tracker_frame(tracker)
-    if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth <= 0:
-        raise ValueError(f"smooth must be a positive int, got smooth={smooth!r}")
+    smooth = check_int("smooth", smooth, min=1)
     fig, axes = panel_grid(ax, 2, 2, (10.5, 6.5), sharex=True)
     loss_ax, k_ax, dead_ax, overlap_ax = axes.flat
     for a, label in zip(axes.flat, ("loss", "k", "dead", "overlap")):
@@ -176,9 +176,7 @@ class LiveTrainingView:
     """
 
     def __init__(self, every_n_steps: int = 20, tracker=None, output=None, dpi: int = 80) -> None:
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) \
-                or every_n_steps <= 0:
-            raise ValueError(f"every_n_steps must be a positive int, got {every_n_steps!r}")
+        check_int("every_n_steps", every_n_steps, min=1)
         if tracker is not None:
             _tracker_frame(tracker)  # refuse a wrong object now, not at the first redraw
         self.every_n_steps = every_n_steps
@@ -260,7 +258,7 @@ def _frame(data, name: str) -> pd.DataFrame:
     elif isinstance(data, Sequence) and not isinstance(data, str):
         frame = pd.DataFrame(list(data))
     else:
-        raise ValueError(f"{name} must be a list of dicts or a DataFrame, got "
+        raise TypeError(f"{name} must be a list of dicts or a DataFrame, got "
                          f"{type(data).__name__}")
     if len(frame) and "step" not in frame:
         raise ValueError(f"{name} lacks the column 'step'; it has {list(frame.columns)}")

@@ -23,6 +23,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from ..analysis import channel_usage, head_overlap
+from ..checks import check_int
 from .inputs import check_recording
 from .style import (
     DROPPED,
@@ -328,7 +329,7 @@ def _layer_info(recording, layer: str) -> dict:
 
 
 def _check_head(head, heads: int, layer: str) -> None:
-    if not isinstance(head, (int, np.integer)) or isinstance(head, bool) or not 0 <= head < heads:
+    if not 0 <= check_int("head", head) < heads:
         raise ValueError(f"head={head!r} is out of range for layer {layer!r}, which has "
                          f"{heads} heads (0..{heads - 1})")
 
@@ -342,8 +343,7 @@ def _head_selection(recording, layer: str, head: int) -> np.ndarray:
 
 
 def _check_positive_int(value, name: str) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
+    check_int(name, value, min=1)
 
 
 
@@ -353,4 +353,4 @@ def _as_numpy(x, name: str) -> np.ndarray:
     try:
         return np.asarray(x)
     except Exception as err:
-        raise ValueError(f"{name} must be an array or tensor, got {type(x).__name__}") from err
+        raise TypeError(f"{name} must be an array or tensor, got {type(x).__name__}") from err

@@ -185,7 +185,7 @@ class ImageExplorer(Explorer):
     def __init__(self, model: nn.Module, dataset, classes=None, layers: Sequence[str] | None = None,
                  height: str = "760px", cache: int = 16, **explain) -> None:
         if not isinstance(model, nn.Module):
-            raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         names = [n for n, _ in require_dgc_layers(model)]
         layers = names if layers is None else list(layers)
         unknown = [n for n in layers if n not in names]
@@ -301,7 +301,7 @@ class EpochExplorer(Explorer):
         elif isinstance(snapshots, Sequence) and not isinstance(snapshots, str):
             items = list(enumerate(snapshots, start=1))
         else:
-            raise ValueError("snapshots must be a dict epoch -> Recording or a list of "
+            raise TypeError("snapshots must be a dict epoch -> Recording or a list of "
                              f"recordings, got {type(snapshots).__name__}")
         if not items:
             raise ValueError("snapshots is empty: no epoch to show")

@@ -106,6 +106,10 @@ def test_run_protocol_summary_and_paired(karate, one_thread):
         run_protocol(karate, ["deep"], seeds=[0])
     with pytest.raises(ValueError, match="no rows"):
         summarize(runs.iloc[:0])
+    with pytest.raises(TypeError, match="runs must be a DataFrame, got list"):
+        summarize(runs.to_dict("records"))
+    with pytest.raises(ValueError, match=r"runs must have the columns .*'seed'"):
+        summarize(runs.drop(columns="seed"))
 
 
 def test_linear_cka_against_its_hsic_definition():
@@ -157,5 +161,9 @@ def test_figures(karate, one_thread):
     assert isinstance(plot_path_similarity(paths), Figure)
     with pytest.raises(ValueError, match="columns"):
         plot_protocols(summary.drop(columns="model"))
+    with pytest.raises(TypeError, match="summary must be a DataFrame, got dict"):
+        plot_protocols(summary.to_dict())
+    with pytest.raises(TypeError, match="paths must be a DataFrame, got list"):
+        plot_path_similarity([paths])
     with pytest.raises(TypeError, match="FitResult"):
         plot_selection(result.history)

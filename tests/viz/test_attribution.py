@@ -166,6 +166,19 @@ def test_bad_inputs(model, image):
         image_selection(resnet_cifar(8, width=8, in_channels=1), image)
 
 
+def test_wrong_types_are_type_errors_naming_the_value(model, image):
+    with pytest.raises(TypeError, match="image must be a torch.Tensor, got list"):
+        image_attributions(model, image.tolist())
+    with pytest.raises(TypeError, match=r"steps must be an int, got steps=8.0"):
+        image_attributions(model, image, steps=8.0)
+    with pytest.raises(TypeError, match="target must be an int, got target='3'"):
+        image_attributions(model, image, target="3")
+    with pytest.raises(TypeError, match="k must be an int, got k=True"):
+        top_channel_maps(model, image, "layer1.0.conv1", k=True)
+    with pytest.raises(TypeError, match="head must be an int, got head=1.0"):
+        top_channel_maps(model, image, "layer1.0.conv1", head=1.0)
+
+
 def test_explaining_an_image_inside_a_recording_records_nothing(model, image):
     from dgclab import Recorder
 

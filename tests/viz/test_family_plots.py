@@ -272,3 +272,5 @@ def test_family_explorer_refuses_bad_arguments(models, images):
         family_explorer(models, images, image=len(images))
     with pytest.raises(ValueError, match="images is empty"):
         family_explorer(models, [])
+    with pytest.raises(TypeError, match="layer must be an int, got layer='0'"):
+        family_explorer(models, images, layer="0")

@@ -68,6 +68,10 @@ def test_training_state_without_data_and_into_ax():
         plot_training_state([{"step": 1}], [])
     with pytest.raises(ValueError, match="tracker"):
         plot_training_state([], [], tracker=object())
+    with pytest.raises(TypeError, match="step_logs must be a list of dicts or a DataFrame, got int"):
+        plot_training_state(3, [])
+    with pytest.raises(TypeError, match="smooth must be an int, got smooth=2.5"):
+        plot_training_state([], [], smooth=2.5)
 
 
 def test_training_state_from_a_tracker():
@@ -99,6 +103,8 @@ def test_live_view_in_a_trainer_fit():
 
     with pytest.raises(ValueError, match="every_n_steps"):
         LiveTrainingView(every_n_steps=0)
+    with pytest.raises(TypeError, match="every_n_steps must be an int, got every_n_steps='5'"):
+        LiveTrainingView(every_n_steps="5")
 
 
 def test_live_view_with_a_tracker_draws_every_n_steps():

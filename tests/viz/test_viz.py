@@ -155,6 +155,8 @@ def test_k_schedule(history):
         plot_k_schedule(history.drop(columns="k_frac"))
     with pytest.raises(ValueError, match="pruning_rate"):
         plot_k_schedule(history, pruning_rate=1.5)
+    with pytest.raises(TypeError, match="pruning_rate must be a real number, got pruning_rate='0.5'"):
+        plot_k_schedule(history, pruning_rate="0.5")
 
 
 def test_schedule_curve_follows_pruning_schedule():
@@ -170,6 +172,8 @@ def test_schedule_curve_follows_pruning_schedule():
     assert "C_in = 128" in ax.get_title()
     with pytest.raises(ValueError, match="in_channels"):
         plot_schedule_curve(0)
+    with pytest.raises(TypeError, match="in_channels must be an int, got in_channels=16.0"):
+        plot_schedule_curve(16.0)
     with pytest.raises(ValueError, match="pruning_rate"):
         plot_schedule_curve(16, 1.0)
 
@@ -266,6 +270,19 @@ def test_selection_heatmap_static_head_and_cap(recording):
 def test_selection_heatmap_refuses(recording, kwargs, match):
     with pytest.raises(ValueError, match=match):
         plot_selection_heatmap(recording, **kwargs)
+
+
+def test_wrong_types_are_type_errors(recording, history):
+    with pytest.raises(TypeError, match="expected a dgclab Recording .*, got dict"):
+        plot_selection_heatmap({"a": 1}, "a", 0)
+    with pytest.raises(TypeError, match="head must be an int, got head=0.0"):
+        plot_selection_heatmap(recording, "a", 0.0)
+    with pytest.raises(TypeError, match="max_samples must be an int, got max_samples='5'"):
+        plot_selection_heatmap(recording, "a", 0, max_samples="5")
+    with pytest.raises(TypeError, match="data must be a pandas DataFrame, got list"):
+        plot_dead_filters(history.to_dict("records"))
+    with pytest.raises(TypeError, match="frame must be a pandas DataFrame, got dict"):
+        plot_accuracy_vs_macs({"name": ["dense"]})
 
 
 def test_channel_usage(recording):

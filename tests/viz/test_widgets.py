@@ -110,6 +110,8 @@ def test_image_explorer_class_filter(model, data):
     assert explorer.controls["layer"].options == ("layer2.0.conv1",)
     with pytest.raises(ValueError, match="DGC layers"):
         image_explorer(model, test, layers=["fc"])
+    with pytest.raises(TypeError, match="model must be an nn.Module, got OrderedDict"):
+        image_explorer(model.state_dict(), test)
 
 
 def test_displays_one_png_per_change_inside_a_kernel(model, snapshots, monkeypatch):
@@ -148,6 +150,8 @@ def test_epoch_explorer(snapshots, data, tmp_path):
     assert isinstance(listed.snapshots[1], Recording)
     with pytest.raises(ValueError, match="empty"):
         epoch_explorer({})
+    with pytest.raises(TypeError, match="snapshots must be a dict .*, got Recorder"):
+        epoch_explorer(snapshots[1])
 
 
 def hand_recording():
