@@ -31,7 +31,7 @@ from ..layers.dgc_functional import final_inactive_channels
 from ..modes import eval_mode
 from ..record import Recorder
 from .macs import count_macs
-from .selection import realized_macs
+from .selection import check_recording, realized_macs
 
 __all__ = ["PER_IMAGE_COLUMNS", "SWEEP_COLUMNS", "compute_per_image", "compute_sweep",
            "dropped_fraction", "layer_pruning_rates"]
@@ -178,6 +178,7 @@ def layer_pruning_rates(recording) -> pd.DataFrame:
         One row per dynamic layer, in recording order: ``layer``, ``in_channels``, ``mean``
         (over images and heads), ``p10`` and ``p90`` (over images, of the mean over heads).
     """
+    check_recording(recording)
     rows = []
     for name in recording.layer_names:
         if not recording.is_dynamic(name):

@@ -102,7 +102,8 @@ def channel_distance(
         tensor([[0.0000, 1.4142],
                 [1.4142, 0.0000]], dtype=torch.float64)
     """
-    gamma, beta, corr = gamma.double(), beta.double(), corr.double()
+    gamma, beta, corr = (check_type(name, t, torch.Tensor).double()
+                         for name, t in (("gamma", gamma), ("beta", beta), ("corr", corr)))
     c = gamma.shape[0]
     if gamma.shape != (c,) or beta.shape != (c,) or corr.shape != (c, c):
         raise ValueError(

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
+from dgclab.checks import check_int, check_type
 from dgclab.modes import eval_mode
 from dgclab.record import paused
 
@@ -37,6 +38,10 @@ def pruning_effect(
         "agreement"}``: the largest and mean ``|logits_pruned - logits|``, both accuracies, and
         the fraction of images whose predicted class is the same.
     """
+    check_type("model", model, nn.Module)
+    check_type("pruned", pruned, nn.Module)
+    if max_batches is not None:
+        max_batches = check_int("max_batches", max_batches, min=1)
     device = model_device(model)
     images = correct = correct_pruned = same = 0
     max_change, sum_change, entries = 0.0, 0.0, 0

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from scipy.stats import hypergeom
 
+from dgclab.checks import check_type
 from dgclab.layers import conv_kind
 
 from .macs import info_macs
@@ -67,7 +68,8 @@ def jaccard_similarity(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.
         tensor([[1., 0.],
                 [0., 1.]])
     """
-    b = a if b is None else b
+    check_type("a", a, torch.Tensor)
+    b = a if b is None else check_type("b", b, torch.Tensor)
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(
             f"a and b must be (N, D) and (M, D) bool, got shapes {tuple(a.shape)}, {tuple(b.shape)}"
@@ -89,7 +91,7 @@ def head_jaccard(selection: torch.Tensor) -> torch.Tensor:
         (N, heads, heads) float32, symmetric with ones on the diagonal; 1 where both heads kept
         nothing.
     """
-    if selection.dim() != 3:
+    if check_type("selection", selection, torch.Tensor).dim() != 3:
         raise ValueError(
             f"selection must be (N, heads, C) bool, got shape {tuple(selection.shape)}"
         )
@@ -102,7 +104,7 @@ def head_jaccard(selection: torch.Tensor) -> torch.Tensor:
 
 def binary_entropy(p: torch.Tensor) -> torch.Tensor:
     """Entropy in bits of a yes/no event of probability ``p`` (elementwise; 0 at p = 0 or 1)."""
-    p = p.double()
+    p = check_type("p", p, torch.Tensor).double()
     return (torch.special.entr(p) + torch.special.entr(1 - p)) / np.log(2)
 
 
@@ -147,8 +149,9 @@ def channel_usage(
         (448, 3)
     """
     frames = []
+    names = _layers(recording, layers)
     labels = recording.labels
-    for name in _layers(recording, layers):
+    for name in names:
         sel = recording.selections(name)  # (N, heads, C)
         heads, channels = sel.shape[1:]
         groups = [(None, torch.arange(sel.shape[0]))]
@@ -396,7 +399,15 @@ def realized_macs(
 # --------------------------------------------------------------------------------------------
 
 
+def check_recording(recording) -> None:
+    """TypeError unless ``recording`` reads like a ``Recording`` (or a live ``Recorder``)."""
+    if not all(hasattr(recording, a) for a in ("layer_names", "selections", "layer_info")):
+        raise TypeError(f"recording must be a dgclab Recording (or Recorder), got "
+                        f"{type(recording).__name__}")
+
+
 def _layers(recording, layers: Sequence[str] | None) -> list[str]:
+    check_recording(recording)
     names = list(recording.layer_names)
     if layers is None:
         return names

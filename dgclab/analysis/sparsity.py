@@ -78,6 +78,7 @@ def bn_relu_pairs(
         >>> bn_relu_pairs(model, input_size=(1, 3, 8, 8))
         [('1', '2')]
     """
+    check_type("model", model, nn.Module)
     if inputs is None and input_size is None:
         return _heuristic_pairs(model)
     if inputs is not None:
@@ -215,6 +216,7 @@ def filter_sparsity(
           layer  filters
         0     1        8
     """
+    check_type("model", model, nn.Module)
     gamma_threshold = check_float("gamma_threshold", gamma_threshold, min=0)
     activation_threshold = check_float("activation_threshold", activation_threshold, min=0)
     selectivity_threshold = check_float("selectivity_threshold", selectivity_threshold, min=0)

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from ..checks import check_type
 from ..data import load_dataset
 from ..layers import grouping_layers, regularization_loss, set_progress
 from ..record import load_recording
@@ -73,6 +74,8 @@ class TrainingDiverged(RuntimeError):
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD (nesterov; weight decay is L2), Adam (coupled L2) or AdamW (decoupled decay)."""
+    check_type("model", model, nn.Module)
+    check_type("config", config, TrainConfig)
     params = model.parameters()
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,

@@ -72,6 +72,8 @@ def test_sweep_rows_and_the_model_is_put_back():
 
 def test_bad_arguments():
     model, batches = _model(), _batches()
+    with pytest.raises(TypeError, match="recording must be a dgclab Recording .*, got list"):
+        layer_pruning_rates([])
     with pytest.raises(ValueError, match="pruning_rates"):
         compute_sweep(model, batches, (0.5, 1.0))
     with pytest.raises(ValueError, match="rules"):

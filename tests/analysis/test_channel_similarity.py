@@ -113,6 +113,8 @@ def test_channel_distance_core():
                                           dtype=torch.float64))
     with pytest.raises(ValueError, match="corr"):
         channel_distance(torch.ones(2), torch.ones(2), torch.eye(3))
+    with pytest.raises(TypeError, match="beta must be a Tensor, got list"):
+        channel_distance(torch.ones(2), [0.0, 0.0], torch.eye(2))
 
 
 def test_frame_covers_every_pair_and_leaves_the_model_as_it_was():

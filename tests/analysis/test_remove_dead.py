@@ -163,6 +163,10 @@ def test_small_nonzero_gamma_is_measured():
     assert effect["images"] == 16
     assert effect["max_logit_change"] == pytest.approx(report.max_logit_change, rel=1e-5)
     assert 0 <= effect["accuracy_pruned"] <= 1 and 0 <= effect["agreement"] <= 1
+    with pytest.raises(TypeError, match="pruned must be a Module, got PruningReport"):
+        pruning_effect(model, report, [(x, y)])
+    with pytest.raises(ValueError, match="max_batches must be >= 1, got max_batches=0"):
+        pruning_effect(model, pruned, [(x, y)], max_batches=0)
 
 
 def test_smallest_positive_threshold_removes_only_exact_zeros():

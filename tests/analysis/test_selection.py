@@ -226,6 +226,24 @@ def test_realized_macs_match_dgc_layer_macs_on_a_live_layer():
     assert (table["k_based"] == table["paper"]).all()
 
 
+@pytest.mark.parametrize("call", [channel_usage, head_overlap, head_input_dependence,
+                                  sample_similarity, realized_macs])
+def test_a_recording_of_the_wrong_type_is_a_type_error(call):
+    with pytest.raises(TypeError, match="recording must be a dgclab Recording .*, got dict"):
+        call({"l": torch.zeros(2, 1, 4, dtype=torch.bool)})
+
+
+def test_tensor_functions_refuse_other_types():
+    with pytest.raises(TypeError, match="a must be a Tensor, got list"):
+        jaccard_similarity([[True, False]])
+    with pytest.raises(TypeError, match="b must be a Tensor, got ndarray"):
+        jaccard_similarity(torch.ones(1, 2, dtype=torch.bool), np.ones((1, 2), bool))
+    with pytest.raises(TypeError, match="selection must be a Tensor, got ndarray"):
+        head_jaccard(np.ones((1, 2, 3), bool))
+    with pytest.raises(TypeError, match="p must be a Tensor, got float"):
+        binary_entropy(0.5)
+
+
 def test_unknown_layer_is_a_value_error():
     rec = recording(sets([{0}, {1}]))
     with pytest.raises(ValueError, match="nope"):

@@ -158,6 +158,10 @@ def test_modes_and_dgc_state_are_restored():
 
 def test_bad_batches_and_pairs():
     model = conv_bn_relu()
+    with pytest.raises(TypeError, match="model must be a Module, got OrderedDict"):
+        filter_sparsity(model.state_dict())
+    with pytest.raises(TypeError, match="model must be a Module, got OrderedDict"):
+        bn_relu_pairs(model.state_dict())
     with pytest.raises(ValueError, match="batch"):
         filter_sparsity(model, [{"x": torch.randn(1, 1, 2, 2)}])
     with pytest.raises(ValueError, match="BatchNorm2d"):

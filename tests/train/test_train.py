@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn as nn
 
 from dgclab.data import load_dataset, read_cifar
 from dgclab.record import load_recording
@@ -45,6 +46,15 @@ class Steps:
 def test_bad_config_names_the_value(field, value):
     with pytest.raises(ValueError, match=f"{field}={value!r}".replace("(", r"\(")):
         TrainConfig(**{field: value}).validate()
+
+
+def test_build_optimizer_refuses_what_is_not_a_model_or_a_config():
+    from dgclab.train import build_optimizer
+
+    with pytest.raises(TypeError, match="model must be a Module, got list"):
+        build_optimizer([nn.Parameter(torch.ones(1))], TrainConfig())
+    with pytest.raises(TypeError, match="config must be a TrainConfig, got dict"):
+        build_optimizer(nn.Linear(1, 1), {"optimizer": "sgd"})
 
 
 def test_schedule_end_speeds_up_every_schedule_and_is_exact_when_official():
