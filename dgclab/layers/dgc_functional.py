@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
-from ..checks import check_choice, check_float, check_int
+from ..checks import check_choice, check_float, check_int, check_type
 
 __all__ = [
     "GATE_ON",
@@ -28,6 +28,7 @@ __all__ = [
     "effective_squeeze_rate",
     "final_inactive_channels",
     "check_inactive_channels",
+    "check_dgc_operands",
 ]
 
 GATE_ON = ("auto", "input", "weight")
@@ -84,6 +85,19 @@ def check_inactive_channels(k, in_channels: int, name: str = "inactive_channels"
     return int(value)
 
 
+def check_dgc_operands(x, gate, weight) -> None:
+    """TypeError unless all three are tensors; ValueError unless their shapes fit together:
+    ``x`` (B, C, H, W), ``gate`` (B, heads, C), ``weight`` (heads, Co_h, C, kh, kw)."""
+    for name, t in (("x", x), ("gate", gate), ("weight", weight)):
+        check_type(name, t, torch.Tensor)
+    if (x.dim() != 4 or gate.dim() != 3 or weight.dim() != 5
+            or gate.shape[0] != x.shape[0] or gate.shape[1] != weight.shape[0]
+            or not gate.shape[2] == weight.shape[2] == x.shape[1]):
+        raise ValueError(
+            "x, gate and weight must be (B, C, H, W), (B, heads, C) and (heads, Co_h, C, kh, "
+            f"kw), got {tuple(x.shape)}, {tuple(gate.shape)} and {tuple(weight.shape)}")
+
+
 def select_channels(saliency: torch.Tensor, inactive_channels: int) -> torch.Tensor:
     """Which input channels each head keeps, per sample.
 
@@ -102,7 +116,7 @@ def select_channels(saliency: torch.Tensor, inactive_channels: int) -> torch.Ten
     Returns:
         (B, heads, C) bool, True where the channel is kept.
     """
-    g = saliency.detach()
+    g = check_type("saliency", saliency, torch.Tensor).detach()
     inactive_channels = check_inactive_channels(inactive_channels, g.shape[-1])
     if inactive_channels == 0:
         return torch.ones_like(g, dtype=torch.bool)
@@ -172,6 +186,8 @@ def interleave_heads(out: torch.Tensor, heads: int) -> torch.Tensor:
     Returns:
         (B, heads * Co_h, H, W), heads interleaved.
     """
+    if check_type("out", out, torch.Tensor).dim() != 4:
+        raise ValueError(f"out must be (B, C, H, W), got shape {tuple(out.shape)}")
     b, c, h, w = out.shape
     heads = check_int("heads", heads, min=1)
     if c % heads:
@@ -222,6 +238,7 @@ def dgc_mask_conv(
         (B, heads * Co_h, H', W') with heads interleaved; (0, heads * Co_h, H', W') for an
         empty batch.
     """
+    check_dgc_operands(x, gate, weight)
     b, c, h, w = x.shape
     heads, co_h, _, kh, kw = weight.shape
     check_choice("gate_on", gate_on, GATE_ON)

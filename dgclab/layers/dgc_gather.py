@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
 from . import cpu_kernel, dgc_triton
-from .dgc_functional import dgc_mask_conv, interleave_heads
+from ..checks import check_type
+from .dgc_functional import check_dgc_operands, dgc_mask_conv, interleave_heads
 
 __all__ = [
     "GATHER_CHUNK_BYTES",
@@ -117,6 +118,11 @@ def dgc_gather_conv(
     Returns:
         (B, heads * Co_h, H', W') with heads interleaved, equal to ``dgc_mask_conv``.
     """
+    check_dgc_operands(x, gate, weight)
+    check_type("keep_idx", keep_idx, torch.Tensor)
+    if keep_idx.shape[:2] != gate.shape[:2] or keep_idx.dim() != 3:
+        raise ValueError(f"keep_idx must be (B, heads, keep) for a gate of shape "
+                         f"{tuple(gate.shape)}, got {tuple(keep_idx.shape)}")
     b, c = x.shape[:2]
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     gate_kept = gate.gather(-1, keep_idx)  # (B, heads, keep)

@@ -54,7 +54,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checks import check_choice, check_float, check_int, check_pair
+from ..checks import check_choice, check_float, check_int, check_pair, check_type
 from .base import GroupingConv
 
 __all__ = [
@@ -205,6 +205,10 @@ def scc_banded_conv2d(x: torch.Tensor, weight: torch.Tensor, bands: SCCBands, st
     Returns:
         (B, O, H', W'), equal to ``F.conv2d(x, scc_dense_weight(...)[:, :, None, None])``.
     """
+    check_type("x", x, torch.Tensor)
+    check_type("bands", bands, SCCBands)
+    if x.dim() != 4:
+        raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
     if tuple(stride) != (1, 1):
         x = x[:, :, ::stride[0], ::stride[1]]  # a 1x1 conv without padding
     b, c, h, w = x.shape

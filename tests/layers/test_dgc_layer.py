@@ -218,6 +218,29 @@ def test_selection_refuses_k_outside_its_range(k):
             select(g, k)
 
 
+def test_functional_ops_check_their_operands_at_the_boundary():
+    x, gate = torch.randn(2, 8, 5, 5), torch.rand(2, 4, 8)
+    weight = torch.randn(4, 3, 8, 3, 3)
+    keep_idx = gate.topk(6, dim=-1).indices  # (2, 4, 6)
+    with pytest.raises(TypeError, match="saliency must be a Tensor, got list"):
+        select_channels(gate.tolist(), 2)
+    with pytest.raises(TypeError, match="x must be a Tensor, got ndarray"):
+        dgc_mask_conv(x.numpy(), gate, weight)
+    with pytest.raises(TypeError, match="keep_idx must be a Tensor, got list"):
+        dgc_gather_conv(x, gate, keep_idx.tolist(), weight)
+    with pytest.raises(TypeError, match="out must be a Tensor, got NoneType"):
+        interleave_heads(None, 2)
+    for conv in (dgc_mask_conv, lambda x, g, w: dgc_gather_conv(x, g, keep_idx, w)):
+        with pytest.raises(ValueError, match=r"got \(2, 8, 5, 5\), \(2, 4, 7\) and"):
+            conv(x, gate[..., :7], weight)  # a gate over 7 channels of 8
+        with pytest.raises(ValueError, match=r"\(4, 3, 8, 3, 3\)"):
+            conv(x[:, :, 0], gate, weight)  # a 3-D input
+    with pytest.raises(ValueError, match=r"keep_idx must be \(B, heads, keep\).*got \(2, 6\)"):
+        dgc_gather_conv(x, gate, keep_idx[:, 0], weight)
+    with pytest.raises(ValueError, match=r"out must be \(B, C, H, W\), got shape \(2, 8\)"):
+        interleave_heads(torch.zeros(2, 8), 2)
+
+
 # ---- oracles a plain F.conv2d can give -----------------------------------------------------
 
 

@@ -172,6 +172,11 @@ def test_bad_arguments_name_the_value():
         SlidingChannelConv2d(8, 8, 2, 0.5, execution="sparse")
     with pytest.raises(ValueError, match="step must be .*, got step=6"):
         scc_bands(scc_starts(8, 8, 2, 0.5), 8, 4, step=6)  # a band would read over C channels
+    bands = scc_bands(scc_starts(8, 8, 2, 0.5), 8, 4)
+    with pytest.raises(TypeError, match="bands must be a SCCBands, got tuple"):
+        scc_banded_conv2d(torch.zeros(1, 8, 2, 2), torch.zeros(8, 4), tuple(bands))
+    with pytest.raises(ValueError, match=r"x must be \(B, C, H, W\), got shape \(8, 2, 2\)"):
+        scc_banded_conv2d(torch.zeros(8, 2, 2), torch.zeros(8, 4), bands)
 
 
 def test_protocol_registry_and_network():
