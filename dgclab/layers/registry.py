@@ -123,8 +123,11 @@ def unregister_conv(name: str) -> ConvKind:
 
 
 def conv_kind(name: str) -> ConvKind:
-    """The registered kind ``name``; ValueError listing the known kinds otherwise."""
-    if isinstance(name, str) and name in _KINDS:
+    """The registered kind ``name``; TypeError for a name that is not a str, ValueError listing
+    the known kinds for an unknown one."""
+    if not isinstance(name, str):
+        raise TypeError(f"a conv kind is a str, one of {tuple(_KINDS)}; got {type(name).__name__}")
+    if name in _KINDS:
         return _KINDS[name]
     raise ValueError(f"unknown conv kind {name!r}; known kinds: {tuple(_KINDS)}")
 

@@ -30,6 +30,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from ..checks import check_int, check_type
 from ..layers import KernelConv2d, conv_kind, make_conv
 
 __all__ = ["DenseNet", "DyDenseNet", "DenseLayer", "dydensenet", "dydensenet86", "dydensenet74"]
@@ -118,6 +119,8 @@ class DenseNet(nn.Module):
         data: Data = "cifar",
     ) -> None:
         super().__init__()
+        for name, values in (("stages", stages), ("growth", growth)):
+            check_type(name, values, (list, tuple))
         stages, growth = list(stages), list(growth)
         if not stages or len(stages) != len(growth):
             raise ValueError(
@@ -125,8 +128,8 @@ class DenseNet(nn.Module):
                 f"growth={growth}"
             )
         for name, values in (("stages", stages), ("growth", growth)):
-            if any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values):
-                raise ValueError(f"{name} must hold positive ints, got {name}={values}")
+            for i, v in enumerate(values):
+                check_int(f"{name}[{i}]", v, min=1)
         if data not in DATA:
             raise ValueError(f"data must be one of {DATA}, got data={data!r}")
         if not conv_kind(conv_1x1).preactivated:

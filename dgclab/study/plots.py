@@ -218,7 +218,7 @@ def _short(layers: list[str]) -> list[str]:
 
 def _require(frame: pd.DataFrame, columns: list[str], what: str) -> None:
     if not isinstance(frame, pd.DataFrame):
-        raise ValueError(f"{what} must be a DataFrame, got {type(frame).__name__}")
+        raise TypeError(f"{what} must be a DataFrame, got {type(frame).__name__}")
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"{what} lacks the columns {missing}; it has {list(frame.columns)}")

@@ -104,7 +104,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, out: str | os.PathLike | None = None,
                  resume: bool = False, callbacks=(), progress: bool = True,
                  model: nn.Module | None = None) -> None:
-        self.config = config.validate()
+        self.config = check_type("config", config, TrainConfig).validate()
         self.out = Path(out) if out is not None else None
         self.callbacks = list(callbacks)
         if config.selection == "threshold":  # DGC-G: the threshold follows the schedule

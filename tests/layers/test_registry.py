@@ -134,6 +134,8 @@ def test_registry_errors_name_the_bad_value():
         register_conv("other", 3, nn.Conv2d)
     with pytest.raises(ValueError, match="unknown conv kind"):
         resnet_cifar(8, conv="nope")
+    with pytest.raises(TypeError, match=r"a conv kind is a str, one of \('dense'.*; got type"):
+        make_conv(DGCConv2d, 8, 8, 3)
     assert "other" not in CONV_KINDS  # nothing half-registered
     assert conv_kind("dgc").preactivated and not conv_kind("group").preactivated
 

@@ -170,9 +170,15 @@ def test_trainer_hooks_and_group_lasso():
     (dict(stages=[2, 2], growth=[8]), "equal length"),
     (dict(stages=[], growth=[]), "non-empty"),
     (dict(stages=[2, 0], growth=[8, 16]), "stages"),
-    (dict(stages=[2, 2], growth=[8, 1.5]), "growth"),
     (dict(stages=[2], growth=[6], group_3x3=1), "in_channels=18"),  # 12 + 6: not by G = 4
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         condensenet(**kwargs)
+
+
+def test_wrong_types_are_type_errors():
+    with pytest.raises(TypeError, match=r"growth\[1\] must be an int, got growth\[1\]=1.5"):
+        condensenet([2, 2], [8, 1.5])
+    with pytest.raises(TypeError, match="stages must be a list or tuple, got int"):
+        condensenet(14, [8])

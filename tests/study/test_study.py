@@ -177,6 +177,8 @@ def test_plots_return_figures(study):
     assert [line.get_label() for line in fig.axes[0].lines][0].startswith("basicnet-adam-l2")
     with pytest.raises(ValueError, match="lacks the columns"):
         plot_dead_fraction(basic.drop(columns="filters"))
+    with pytest.raises(TypeError, match="must be a DataFrame, got dict"):
+        plot_dead_fraction(basic.to_dict())
 
 
 def test_dead_over_training_says_when_nothing_died():

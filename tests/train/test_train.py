@@ -55,6 +55,8 @@ def test_build_optimizer_refuses_what_is_not_a_model_or_a_config():
         build_optimizer([nn.Parameter(torch.ones(1))], TrainConfig())
     with pytest.raises(TypeError, match="config must be a TrainConfig, got dict"):
         build_optimizer(nn.Linear(1, 1), {"optimizer": "sgd"})
+    with pytest.raises(TypeError, match="config must be a TrainConfig, got dict"):
+        Trainer({"epochs": 1}, progress=False)
 
 
 def test_schedule_end_speeds_up_every_schedule_and_is_exact_when_official():
