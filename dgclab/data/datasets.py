@@ -64,6 +64,8 @@ class TensorImageDataset(Dataset):
     """
 
     def __init__(self, images, labels, mean, std, crop_padding: int = 0, flip: bool = False):
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a uint8 Tensor, got {type(images).__name__}")
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if len(labels) != len(images):

@@ -105,6 +105,11 @@ def gcn_conv(x: torch.Tensor, adj: torch.Tensor, weight: torch.Tensor,
     Returns:
         (N, F_out).
     """
+    for name, t in (("x", x), ("adj", adj), ("weight", weight)):
+        check_type(name, t, torch.Tensor)
+    if x.dim() != 2 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
+        raise ValueError(f"x and weight must be (N, F_in) and (F_in, F_out), got "
+                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
     # The product is associative: multiply by the smaller side first (as DGL's GraphConv).
     if weight.shape[1] <= weight.shape[0]:
         out = adj @ (x @ weight)  # (N, F_out)

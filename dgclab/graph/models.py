@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checks import check_choice, check_int
+from ..checks import check_choice, check_int, check_type
 from .conv import GCNConv
 
 __all__ = ["MODELS", "GCNBase", "PlainGCN", "ResidualGCN", "MultiPathGCN", "GraphMLP",
@@ -145,4 +145,5 @@ def build_model(name: str, in_features: int, num_classes: int, hidden: int = 128
 
 def parameter_count(model: nn.Module) -> int:
     """Number of trainable parameters."""
+    check_type("model", model, nn.Module)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch.nn as nn
 
-from ..checks import check_float, check_int
+from ..checks import check_float, check_int, check_type
 from ..layers import CONV_KINDS, GroupingConv, conv_kind, kind_options, make_conv
 
 __all__ = ["Conversion", "convert"]
@@ -122,6 +122,7 @@ def convert(
         >>> skipped
         {'conv1': 'in_channels=3 is not divisible by heads=4'}
     """
+    check_type("model", model, nn.Module)
     targets = tuple(name for name, spec in CONV_KINDS.items() if spec.grouping)
     if to not in targets:
         raise ValueError(f"to must be one of {targets}, got to={to!r}")

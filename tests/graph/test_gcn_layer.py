@@ -76,6 +76,11 @@ def test_glorot_init_and_repr():
 
 
 def test_bad_input():
+    x, adj, w = torch.randn(4, 3), torch.eye(4), torch.randn(3, 2)
+    with pytest.raises(TypeError, match="weight must be a Tensor, got list"):
+        gcn_conv(x, adj, w.tolist())
+    with pytest.raises(ValueError, match=r"\(F_in, F_out\), got \(4, 3\) and \(2, 3\)"):
+        gcn_conv(x, adj, w.T)
     with pytest.raises(ValueError, match=r"node 5, but the graph has num_nodes=5"):
         normalized_adjacency(torch.tensor([[0, 5], [5, 0]]), 5)
     with pytest.raises(ValueError, match=r"node -1"):

@@ -379,5 +379,7 @@ def test_bad_inputs_name_the_value():
         dydensenet([2, 2], [8])
     with pytest.raises(ValueError, match="nope"):
         convert(nn.Sequential(nn.Conv2d(8, 8, 1)), skip=["nope"])
+    with pytest.raises(TypeError, match="model must be a Module, got OrderedDict"):
+        convert(nn.Sequential(nn.Conv2d(8, 8, 1)).state_dict())
     with pytest.raises(TypeError, match="checkpoint dict"):
         load_official(nn.Linear(2, 2), [1, 2])

@@ -239,6 +239,15 @@ def test_cifar_reader_refuses_foreign_pickles(tmp_path):
         read_cifar(tmp_path, "cifar10", train=False)
 
 
+def test_tensor_image_dataset_refuses_what_it_cannot_read():
+    from dgclab.data import TensorImageDataset
+
+    with pytest.raises(TypeError, match="images must be a uint8 Tensor, got ndarray"):
+        TensorImageDataset(np.zeros((2, 1, 4, 4), np.uint8), [0, 1], (0.5,), (0.5,))
+    with pytest.raises(ValueError, match=r"images must be uint8 \(N, C, H, W\), got torch.float32"):
+        TensorImageDataset(torch.zeros(2, 1, 4, 4), [0, 1], (0.5,), (0.5,))
+
+
 def test_dataset_info_without_loading_agrees_with_the_loaders(tmp_path):
     from dgclab.data import dataset_info
 
