@@ -228,6 +228,7 @@ def paired_differences(runs: pd.DataFrame, baseline: str = "plain") -> pd.DataFr
 
 def format_summary(summary: pd.DataFrame) -> str:
     """A Markdown table of ``summarize``'s output (accuracies in %, mean ± std)."""
+    check_type("summary", summary, pd.DataFrame)
     lines = ["| dataset | model | params | seeds | val-selected test acc | test-selected "
              "(released protocol) | optimism | epoch val / test |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -242,6 +243,7 @@ def format_summary(summary: pd.DataFrame) -> str:
 
 def format_paired(paired: pd.DataFrame) -> str:
     """A Markdown table of ``paired_differences``'s output (differences in points)."""
+    check_type("paired", paired, pd.DataFrame)
     lines = ["| dataset | model − plain | seeds | mean ± std (points) | wins / losses |",
              "|---|---|---:|---:|---:|"]
     for r in paired.itertuples():
@@ -253,6 +255,7 @@ def format_paired(paired: pd.DataFrame) -> str:
 
 def format_paths(paths: pd.DataFrame) -> str:
     """A Markdown table of ``run_protocol``'s path CKA (mean ± std over seeds)."""
+    check_type("paths", paths, pd.DataFrame)
     lines = ["| dataset | model | CKA(a, b) trained | at init | nodes shuffled (chance) |",
              "|---|---|---:|---:|---:|"]
     for (dataset, model), g in paths.groupby(["dataset", "model"], sort=False):

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..checks import check_type
+
 __all__ = ["STATUSES", "selection_by_status"]
 
 STATUSES = ("zero", "constant", "live")  # of a DGC layer's input channel (selection_by_status)
@@ -43,6 +45,7 @@ def selection_by_status(recording, filters: pd.DataFrame) -> pd.DataFrame:
         ``frequency_all`` (the same over all the layer's channels: what every status would get
         if the heads ignored it).
     """
+    check_type("filters", filters, pd.DataFrame)
     needed = {"layer", "filter", "dead_gamma", "dead_activation"}
     if not needed <= set(filters.columns):
         raise ValueError(

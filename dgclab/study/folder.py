@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .._atomic import atomic_write_bytes, atomic_write_csv, atomic_write_text
+from ..checks import check_type
 from .grid import GRID, Arm
 from .summary import format_report, summarize
 
@@ -133,6 +134,7 @@ def refresh_study(out: str | os.PathLike, *, figures: bool = True) -> StudyResul
 
 def write_figures(result: StudyResult) -> list[Path]:
     """The study's PNG figures, into its folder; returns the paths written."""
+    check_type("result", result, StudyResult)
     from .plots import (plot_dead_fraction, plot_dead_over_training, plot_dgc_selection,
                         plot_gamma_distribution)
 

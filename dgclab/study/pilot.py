@@ -75,6 +75,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from .._atomic import atomic_write_csv
+from ..checks import check_type
 from ..analysis import filter_sparsity
 from ..data import dataset_info, load_dataset
 from ..models.basicnet import BASICNET_HALF_WIDTHS, basicnet
@@ -141,6 +142,7 @@ def stop_reason(table: pd.DataFrame, max_epochs: int, max_minutes: float | None,
         >>> stop_reason(t, max_epochs=10, max_minutes=None, patience=1)
         'dead counts stopped rising: none above its maximum since epoch 2 (1 epochs of patience)'
     """
+    check_type("table", table, pd.DataFrame)
     if table.empty:
         return None
     last = table.iloc[-1]

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from ..checks import check_type
 from .dgc_selection import STATUSES
 from .grid import GRID, Arm
 
@@ -35,6 +36,7 @@ def summarize(sparsity: pd.DataFrame, grid: Sequence[Arm] = GRID) -> pd.DataFram
         seed's fraction averaged), ``selectivity`` (mean over layers and seeds), ``test_acc``
         and ``test_acc_std`` (over seeds; NaN for one seed).
     """
+    check_type("sparsity", sparsity, pd.DataFrame)
     columns = ["arm", "model", "optimizer", "regularisation", "lambda", "batch_size", "seeds",
                "filters", "dead_gamma", "dead_activation", "selectivity", "test_acc",
                "test_acc_std"]
@@ -82,6 +84,7 @@ def orderings(summary: pd.DataFrame) -> pd.DataFrame:
         fractions, as text), ``verdict``: ``"agrees"``, ``"disagrees"`` or ``"no dead filters"``
         (all zero: the ordering is not observable).
     """
+    check_type("summary", summary, pd.DataFrame)
     rows = []
 
     def pick(model, optimizer, regularisation, lam, batch=64):
@@ -139,6 +142,7 @@ def depth_ordering(sparsity: pd.DataFrame) -> pd.DataFrame:
         fractions), ``layers`` (which layers each half holds, as text), ``verdict``
         (``"agrees"`` when earlier > later, else ``"disagrees"``).
     """
+    check_type("sparsity", sparsity, pd.DataFrame)
     columns = ["arm", "model", "rule", "earlier", "later", "layers", "verdict"]
     rows = []
     for arm, frame in sparsity.groupby("arm", sort=False):
@@ -168,6 +172,9 @@ def _verdict(first: float, others: list[float]) -> str:
 
 def format_report(result: StudyResult) -> str:
     """The text printed at the end of a study: summary, orderings, pruning, DGC selection."""
+    from .folder import StudyResult  # folder imports this module
+
+    check_type("result", result, StudyResult)
     lines = []
     if result.summary.empty:
         return "no finished arm yet"

@@ -91,6 +91,10 @@ def test_run_protocol_summary_and_paired(karate, one_thread):
     assert row["optimism"] == pytest.approx((plain["test_selected"] - plain["val_selected"]).mean())
     table = format_summary(summary)
     assert table.count("\n") == 4 and "| karate | plain |" in table
+    for fmt, name in ((format_summary, "summary"), (format_paired, "paired"),
+                      (format_paths, "paths")):
+        with pytest.raises(TypeError, match=f"{name} must be a DataFrame, got list"):
+            fmt([])
 
     paired = paired_differences(runs)
     assert paired["model"].tolist() == ["multipath", "multipath-reuse"]

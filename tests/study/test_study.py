@@ -233,3 +233,16 @@ def test_depth_ordering_halves_and_verdicts():
     assert rows.loc[("early", "dead_gamma"), "layers"] == "bn1..bn2 vs bn4..bn5"
     assert rows.loc[("late", "dead_gamma"), "verdict"] == "disagrees"
     assert rows.loc[("act", "dead_activation"), "later"] == 0.1
+
+
+def test_tables_and_results_of_the_wrong_type_are_type_errors():
+    from dgclab.study import format_report, stop_reason
+
+    for call, name in ((summarize, "sparsity"), (orderings, "summary"),
+                       (depth_ordering, "sparsity"), (format_report, "result")):
+        with pytest.raises(TypeError, match=f"{name} must be a .*, got list"):
+            call([])
+    with pytest.raises(TypeError, match="filters must be a DataFrame, got dict"):
+        selection_by_status(None, {})
+    with pytest.raises(TypeError, match="table must be a DataFrame, got list"):
+        stop_reason([], 10, None, None)
