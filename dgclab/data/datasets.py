@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from ..checks import check_float, check_int
 from .fashion_mnist import ensure_fashion_mnist
 
 __all__ = [
@@ -241,7 +242,13 @@ def synthetic_images(n: int, templates: torch.Tensor, noise: float = 0.35, seed:
     Returns:
         images uint8 (n, C, S, S), labels int64 (n,).
     """
-    g = torch.Generator().manual_seed(seed)
+    n = check_int("n", n, min=0)
+    if not isinstance(templates, torch.Tensor):
+        raise TypeError(f"templates must be a Tensor, got {type(templates).__name__}")
+    if templates.dim() != 4:
+        raise ValueError(f"templates must be (K, C, S, S), got shape {tuple(templates.shape)}")
+    noise = check_float("noise", noise, min=0)
+    g = torch.Generator().manual_seed(check_int("seed", seed))
     labels = torch.randint(0, templates.shape[0], (n,), generator=g)
     shifts = torch.randint(-2, 3, (n, 2), generator=g)
     x = torch.stack([templates[y].roll(tuple(s.tolist()), dims=(-2, -1))

@@ -29,6 +29,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from ..checks import check_int
 from ..layers import conv_kind, kind_options, make_conv
 from .dyresnet import ShortcutNorm, init_resnet_
 
@@ -97,7 +98,8 @@ class ResNetCifar(nn.Module):
     ) -> None:
         super().__init__()
         spec = conv_kind(conv)  # ValueError listing the known kinds
-        if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        depth = check_int("depth", depth)
+        if depth < 8 or (depth - 2) % 6:
             raise ValueError(
                 f"depth must be 6n + 2 with n >= 1 (8, 14, 20, ...), got depth={depth!r}"
             )

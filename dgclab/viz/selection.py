@@ -351,6 +351,9 @@ def _as_numpy(x, name: str) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     try:
-        return np.asarray(x)
+        array = np.asarray(x)
     except Exception as err:
         raise TypeError(f"{name} must be an array or tensor, got {type(x).__name__}") from err
+    if array.dtype == object:
+        raise TypeError(f"{name} must be an array or tensor of numbers, got {type(x).__name__}")
+    return array

@@ -367,6 +367,8 @@ def test_convert_keeps_shared_convs_shared():
 
 
 def test_bad_inputs_name_the_value():
+    with pytest.raises(TypeError, match="depth must be an int, got depth='8'"):
+        resnet_cifar("8")
     with pytest.raises(ValueError, match="depth=7"):
         resnet_cifar(7)
     with pytest.raises(ValueError, match="'foo'"):

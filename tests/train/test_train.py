@@ -240,7 +240,18 @@ def test_cifar_reader_refuses_foreign_pickles(tmp_path):
 
 
 def test_tensor_image_dataset_refuses_what_it_cannot_read():
-    from dgclab.data import TensorImageDataset
+    from dgclab.data import TensorImageDataset, synthetic_images, synthetic_templates
+
+    templates = synthetic_templates(3, 1, 8)
+    assert synthetic_images(2, templates)[0].shape == (2, 1, 8, 8)
+    with pytest.raises(TypeError, match="n must be an int, got n=2.0"):
+        synthetic_images(2.0, templates)
+    with pytest.raises(TypeError, match="templates must be a Tensor, got ndarray"):
+        synthetic_images(2, templates.numpy())
+    with pytest.raises(ValueError, match=r"templates must be \(K, C, S, S\), got shape \(3, 8, 8\)"):
+        synthetic_images(2, templates[:, 0])
+    with pytest.raises(ValueError, match="noise must be >= 0, got noise=-0.1"):
+        synthetic_images(2, templates, noise=-0.1)
 
     with pytest.raises(TypeError, match="images must be a uint8 Tensor, got ndarray"):
         TensorImageDataset(np.zeros((2, 1, 4, 4), np.uint8), [0, 1], (0.5,), (0.5,))

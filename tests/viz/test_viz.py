@@ -352,6 +352,8 @@ def test_saliency_bars():
     assert fig.axes[1].get_title(loc="left").startswith("second: kept 2 of 4")
     assert fig.axes[2].get_title(loc="left").startswith("third: kept 1 of 4")
     assert len(plot_saliency_bars(np.arange(5.0), np.arange(5) > 2).axes) == 1  # one head
+    with pytest.raises(TypeError, match="saliency must be an array or tensor of numbers, got dict"):
+        plot_saliency_bars({"a": 1.0}, np.ones(1, bool))
 
 
 @pytest.mark.parametrize("sal, sel, names, match", [
