@@ -248,7 +248,7 @@ def test_tensor_image_dataset_refuses_what_it_cannot_read():
         synthetic_images(2.0, templates)
     with pytest.raises(TypeError, match="templates must be a Tensor, got ndarray"):
         synthetic_images(2, templates.numpy())
-    with pytest.raises(ValueError, match=r"templates must be \(K, C, S, S\), got shape \(3, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"\(K, C, S, S\), got shape \(3, 8, 8\)"):
         synthetic_images(2, templates[:, 0])
     with pytest.raises(ValueError, match="noise must be >= 0, got noise=-0.1"):
         synthetic_images(2, templates, noise=-0.1)
