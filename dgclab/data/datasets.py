@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ..checks import check_float, check_int
+from ..checks import check_choice, check_float, check_int
 from .fashion_mnist import ensure_fashion_mnist
 
 __all__ = [
@@ -276,19 +276,18 @@ def dataset_info(name: str, root: str | os.PathLike = "data") -> DatasetInfo:
     CIFAR class names come from the data files, so here they are empty; ImageNet's classes
     are the folders under ``root/train``.
     """
+    check_choice("dataset", name, DATASETS)
     if name == "fashion-mnist":
         return DatasetInfo("fashion-mnist", 10, 1, 28, FASHION_CLASSES)
     if name == "synthetic":
         return DatasetInfo("synthetic", 10, 1, 28, tuple(f"class {i}" for i in range(10)))
     if name in ("cifar10", "cifar100"):
         return DatasetInfo(name, 100 if name == "cifar100" else 10, 3, 32, ())
-    if name == "imagenet":
-        train = Path(root) / "train"
-        if not train.is_dir():
-            raise FileNotFoundError(f"ImageNet needs {train} (one folder per class)")
-        classes = tuple(sorted(d.name for d in train.iterdir() if d.is_dir()))
-        return DatasetInfo("imagenet", len(classes), 3, 224, classes)
-    raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+    train = Path(root) / "train"  # ImageNet, the one left
+    if not train.is_dir():
+        raise FileNotFoundError(f"ImageNet needs {train} (one folder per class)")
+    classes = tuple(sorted(d.name for d in train.iterdir() if d.is_dir()))
+    return DatasetInfo("imagenet", len(classes), 3, 224, classes)
 
 
 # ---- the one entry point --------------------------------------------------------------------
@@ -320,8 +319,7 @@ def load_dataset(name: str, root: str | os.PathLike = "data", subset: int | None
     Returns:
         ``(train, test, info)``: two Datasets of ``(image, label)`` and a ``DatasetInfo``.
     """
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+    check_choice("dataset", name, DATASETS)
     if subset is not None and (not isinstance(subset, int) or subset <= 0):
         raise ValueError(f"subset must be a positive int or None, got subset={subset!r}")
     if name == "synthetic":

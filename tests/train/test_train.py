@@ -259,6 +259,16 @@ def test_tensor_image_dataset_refuses_what_it_cannot_read():
         TensorImageDataset(torch.zeros(2, 1, 4, 4), [0, 1], (0.5,), (0.5,))
 
 
+def test_an_unknown_dataset_is_named():
+    from dgclab.data import dataset_info
+
+    for call in (dataset_info, load_dataset):
+        with pytest.raises(ValueError, match="dataset must be one of .*, got dataset='mnist'"):
+            call("mnist")
+        with pytest.raises(TypeError, match=r"dataset must be one of .*, got dataset=10 \(int\)"):
+            call(10)
+
+
 def test_dataset_info_without_loading_agrees_with_the_loaders(tmp_path):
     from dgclab.data import dataset_info
 
