@@ -72,6 +72,11 @@ class ChannelMask(nn.Module):
 
     def __init__(self, mask: torch.Tensor, cluster: torch.Tensor) -> None:
         super().__init__()
+        check_type("mask", mask, torch.Tensor)
+        check_type("cluster", cluster, torch.Tensor)
+        if mask.dim() != 2 or cluster.shape != mask.shape[:1]:
+            raise ValueError(f"mask must be (O, C) and cluster (O,), got {tuple(mask.shape)} and "
+                             f"{tuple(cluster.shape)}")
         self.register_buffer("mask", mask.detach().clone().float())
         self.register_buffer("cluster", cluster.detach().clone().long())
 
